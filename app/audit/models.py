@@ -1,0 +1,36 @@
+"""The audit log: one row per event, never updated or deleted (database triggers)."""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, utcnow
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    # "client:<id>" or "user:<id>"; null when the caller could not be identified.
+    principal: Mapped[str | None] = mapped_column(String(100))
+    organisation_id: Mapped[uuid.UUID | None]
+    enquirer: Mapped[dict[str, Any] | None]
+    purpose: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    # The normalised identifiers asked for (lookups only).
+    query: Mapped[dict[str, Any] | None]
+    outcome: Mapped[str] = mapped_column(String(64))
+    refusal: Mapped[str | None] = mapped_column(String(64))
+    disclosed: Mapped[dict[str, Any] | None]
+    entry_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    entry_version: Mapped[int | None]
+    # The authority whose child the event concerns: what its custodians may review.
+    authority_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    detail: Mapped[dict[str, Any] | None]
+    source_address: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,74 @@
+"""Settings, read once from the environment (prefix ``CPR_``, plus ``DATABASE_URL``)."""
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+PLACEHOLDER_SECRETS = frozenset(
+    {"changeme", "change-me", "secret", "password", "postgres", "example"}
+)
+
+
+class Environment(StrEnum):
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CPR_", extra="ignore")
+
+    environment: Environment = Environment.development
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///var/cpr.sqlite3",
+        validation_alias=AliasChoices("DATABASE_URL", "CPR_DATABASE_URL"),
+    )
+    database_pool_size: int = 10
+
+    # Tokens. The issuer and audience are checked on every request.
+    token_issuer: str = "https://cp-register.local"  # noqa: S105
+    token_audience: str = "cp-register"  # noqa: S105
+    token_ttl_seconds: Annotated[int, Field(gt=0, le=900)] = 900
+    token_leeway_seconds: Annotated[int, Field(ge=0, le=60)] = 30
+    # Private signing keys live here, outside the database (one PEM file per key id).
+    key_dir: Path = Path("var/keys")
+
+    max_body_bytes: int = 64 * 1024
+
+    # Whom a reference point calls when the child is not on a plan.
+    duty_contact_name: str = "cp-register duty desk (demo)"
+    duty_contact_phone: str = "020 7946 0999"
+
+    # Purposes of use each kind of reference point may give (DESIGN.md, check 5).
+    purposes_by_kind: dict[str, frozenset[str]] = {
+        "emergency_department": frozenset({"unscheduled_care", "safeguarding_concern"}),
+        "out_of_hours_social_care": frozenset({"out_of_hours_referral", "safeguarding_concern"}),
+        "police": frozenset({"police_investigation", "safeguarding_concern"}),
+    }
+
+    log_level: str = "INFO"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Self:
+        if self.environment is Environment.development:
+            return self
+        password = make_url(self.database_url).password
+        if password is not None and password.lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("DATABASE_URL carries a placeholder password")
+        if self.environment is Environment.production and not any(self.key_dir.glob("*.pem")):
+            raise ValueError(f"no signing key in {self.key_dir}; create one with `cpr keys rotate`")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

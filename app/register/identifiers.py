@@ -1,0 +1,59 @@
+"""Normalising a child's identifiers so that a lookup can only match exactly.
+
+Names compare case-, accent-, space- and hyphen-insensitively and nothing
+more: no wildcards, no partial or phonetic matching.
+"""
+
+import re
+import unicodedata
+from datetime import date
+
+_NHS_SEPARATORS = re.compile(r"[ \-]")
+_NAME_CHARS = re.compile(r"^[^\W\d_]+(?:[ \-'.][^\W\d_]+)*[.]?$")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
+_DROPPED = str.maketrans("", "", " -")
+
+
+def nhs_number_check_digit_ok(digits: str) -> bool:
+    """Modulus 11: weights 10..2 over the first nine digits; 10 is never valid."""
+    if len(digits) != 10 or not digits.isascii() or not digits.isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:9], range(10, 1, -1), strict=True))
+    check = 11 - total % 11
+    if check == 11:
+        check = 0
+    return check != 10 and check == int(digits[9])
+
+
+def normalise_nhs_number(raw: str) -> str:
+    """Ten digits, spaces and hyphens dropped; ValueError when not a valid NHS number."""
+    digits = _NHS_SEPARATORS.sub("", raw.strip())
+    if not nhs_number_check_digit_ok(digits):
+        raise ValueError("not a valid NHS number (10 digits with a modulus 11 check digit)")
+    return digits
+
+
+def check_name(raw: str) -> str:
+    """Refuse what is not a whole name: wildcards, digits, initials, stray symbols."""
+    name = " ".join(raw.translate(_APOSTROPHES).split())
+    if not _NAME_CHARS.match(name) or len(normalise_name(name)) < 2:
+        raise ValueError("must be a whole name: letters, spaces, hyphens and apostrophes only")
+    return name
+
+
+def normalise_name(name: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", name.translate(_APOSTROPHES))
+    unaccented = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return unaccented.casefold().translate(_DROPPED)
+
+
+def match_key(given_name: str, family_name: str, date_of_birth: date) -> str:
+    """The exact-match key of a person: normalised names and date of birth."""
+    return f"{normalise_name(given_name)}|{normalise_name(family_name)}|{date_of_birth.isoformat()}"
+
+
+def eighteenth_birthday(date_of_birth: date) -> date:
+    try:
+        return date_of_birth.replace(year=date_of_birth.year + 18)
+    except ValueError:  # 29 February
+        return date(date_of_birth.year + 18, 3, 1)

@@ -1,0 +1,39 @@
+"""Alembic environment: the same migrations build SQLite and PostgreSQL."""
+
+import asyncio
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from app.admin import models as _admin_models  # noqa: F401  (register tables)
+from app.audit import models as _audit_models  # noqa: F401
+from app.auth import models as _auth_models  # noqa: F401
+from app.config import get_settings
+from app.db import Base, create_engine
+from app.register import models as _register_models  # noqa: F401
+
+target_metadata = Base.metadata
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_async() -> None:
+    settings = context.config.attributes.get("settings") or get_settings()
+    engine = create_engine(settings)
+    async with engine.connect() as connection:
+        await connection.run_sync(_run)
+        await connection.commit()
+    await engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline migrations are not supported; run `cpr db upgrade`")
+asyncio.run(_run_async())

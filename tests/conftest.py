@@ -1,0 +1,334 @@
+"""Test harness: every test runs against a real database built by the real migrations,
+once on SQLite and once on PostgreSQL, through real HTTP calls into the app.
+
+PostgreSQL: ``CPR_TEST_POSTGRES_URL`` (default: the trust-auth server on
+127.0.0.1:5432). Each run creates its own database and drops it at the end.
+Unreachable, the PostgreSQL half skips, except under CI=true where it fails.
+"""
+
+import asyncio
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.admin.models import Organisation, OrganisationKind, Scope, UserRole
+from app.admin.service import create_client, create_organisation, create_user
+from app.auth.keys import ensure_signing_key
+from app.cli import upgrade_database
+from app.config import Environment, Settings
+from app.main import create_app
+from app.register.models import Category, RegisterEntry
+from app.register.schemas import EntryCreate, Person
+from app.register.service import create_entry, end_entry
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "CPR_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+ACTOR = "test:setup"
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _postgres_reachable() -> str | None:
+    try:
+        conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await conn.close()
+    return None
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'cpr.sqlite3'}"
+        return
+    problem = asyncio.run(_postgres_reachable())
+    if problem is not None:
+        message = f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable ({problem})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + "; under CI the PostgreSQL tests must run")
+        pytest.skip(message + "; PostgreSQL tests skipped")
+    name = f"cpr_test_{secrets.token_hex(4)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = Settings(
+        environment=Environment.test,
+        database_url=database_url,
+        key_dir=tmp_path_factory.mktemp("keys"),
+        duty_contact_name="Test duty desk",
+        duty_contact_phone="020 7946 0999",
+    )
+    upgrade_database(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+def sessionmaker(app: FastAPI) -> async_sessionmaker[AsyncSession]:
+    return app.state.sessionmaker
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@dataclass
+class Principal:
+    """A demo principal with its credentials and a token obtained through /oauth/token."""
+
+    subject: str
+    organisation: Organisation
+    credentials: dict[str, str]
+    token: str = ""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class World:
+    """Organisations, principals and register entries shared by the tests of one database."""
+
+    orgs: dict[str, Organisation] = field(default_factory=dict)
+    principals: dict[str, Principal] = field(default_factory=dict)
+    entries: dict[str, RegisterEntry] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Principal:
+        return self.principals[name]
+
+
+def _years_ago(years: int, days: int = 0) -> date:
+    today = date.today()
+    try:
+        return today.replace(year=today.year - years) - timedelta(days=days)
+    except ValueError:
+        return today.replace(year=today.year - years, day=28) - timedelta(days=days)
+
+
+def person(nhs: str | None, given: str, family: str, born: date) -> Person:
+    return Person(nhs_number=nhs, given_name=given, family_name=family, date_of_birth=born)
+
+
+# Fictional children. NHS numbers are valid (modulus 11) numbers from the 999 test range.
+NHS = {
+    "neglect": "9991000011",
+    "multi": "9991000038",
+    "mother": "9991000046",
+    "ended_own": "9991000054",
+    "ended_other": "9991000062",
+    "adult": "9991000070",
+    "never": "9991000089",
+    "dup_a": "9991000097",
+    "dup_b": "9991000100",
+}
+BORN = {
+    key: _years_ago(years, 45)
+    for key, years in {"neglect": 6, "multi": 9, "ended_own": 4, "ended_other": 5, "dup": 3}.items()
+}
+BORN["adult"] = _years_ago(18, 20)
+BORN["mother"] = date(1997, 3, 9)
+
+
+async def _token(http: httpx.AsyncClient, data: dict[str, str]) -> str:
+    response = await http.post("/oauth/token", data=data)
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
+@pytest.fixture(scope="session")
+async def world(
+    app: FastAPI, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+) -> World:
+    world = World()
+    today = date.today()
+    async with sessionmaker() as session:
+        await ensure_signing_key(session, settings.key_dir, actor=ACTOR)
+        specs = {
+            "authority_a": (OrganisationKind.local_authority, "020 7946 0101"),
+            "authority_b": (OrganisationKind.local_authority, "020 7946 0102"),
+            "hospital": (OrganisationKind.emergency_department, "020 7946 0201"),
+            "edt": (OrganisationKind.out_of_hours_social_care, "020 7946 0301"),
+            "police": (OrganisationKind.police, "020 7946 0401"),
+            "operator": (OrganisationKind.service_operator, "020 7946 0901"),
+        }
+        for key, (kind, phone) in specs.items():
+            world.orgs[key] = create_organisation(
+                session,
+                actor=ACTOR,
+                kind=kind,
+                name=f"Test {key} {uuid.uuid4().hex[:6]}",
+                ods_code=None,
+                contact_name=f"{key} safeguarding",
+                contact_phone=phone,
+            )
+        await session.flush()
+
+        for key, org in (("hospital_client", "hospital"), ("police_client", "police")):
+            client, secret = create_client(
+                session,
+                actor=ACTOR,
+                organisation=world.orgs[org],
+                name=f"{key} system",
+                scopes=frozenset({Scope.lookup}),
+            )
+            world.principals[key] = Principal(
+                f"client:{client.id}",
+                world.orgs[org],
+                {
+                    "grant_type": "client_credentials",
+                    "client_id": client.id,
+                    "client_secret": secret,
+                },
+            )
+        for key, org, role in (
+            ("duty_officer", "edt", UserRole.duty_officer),
+            ("custodian_a", "authority_a", UserRole.custodian),
+            ("operator", "operator", UserRole.operator),
+        ):
+            password = secrets.token_urlsafe(12)
+            username = f"{key}-{uuid.uuid4().hex[:6]}"
+            user = create_user(
+                session,
+                actor=ACTOR,
+                organisation=world.orgs[org],
+                username=username,
+                full_name=f"Test {key}",
+                role=role,
+                password=password,
+            )
+            await session.flush()
+            world.principals[key] = Principal(
+                f"user:{user.id}",
+                world.orgs[org],
+                {"grant_type": "password", "username": username, "password": password},
+            )
+
+        def plan(*categories: Category, child: Person | None = None, **extra: Any) -> EntryCreate:
+            return EntryCreate(
+                child=child,
+                categories=list(categories),
+                plan_start=today - timedelta(days=40),
+                lead_professional="Lead Professional Name",
+                notes="custodian-only note",
+                **extra,
+            )
+
+        a, b = world.orgs["authority_a"].id, world.orgs["authority_b"].id
+        specs_entries = {
+            "neglect": (
+                a,
+                plan(
+                    Category.neglect,
+                    child=person(NHS["neglect"], "Amara", "Quinn-Lowe", BORN["neglect"]),
+                ),
+            ),
+            "multi": (
+                a,
+                plan(
+                    Category.emotional_abuse,
+                    Category.neglect,
+                    child=person(NHS["multi"], "Zoë", "Dúbois", BORN["multi"]),
+                ),
+            ),
+            "unborn": (
+                a,
+                plan(
+                    Category.physical_abuse,
+                    mother=person(NHS["mother"], "Hana", "Petrova", BORN["mother"]),
+                    expected_delivery_date=today + timedelta(days=50),
+                ),
+            ),
+            "ended_own": (
+                a,
+                plan(
+                    Category.neglect,
+                    child=person(NHS["ended_own"], "Tobias", "Reed", BORN["ended_own"]),
+                ),
+            ),
+            "ended_other": (
+                b,
+                plan(
+                    Category.sexual_abuse,
+                    child=person(NHS["ended_other"], "Maisie", "Clarke", BORN["ended_other"]),
+                ),
+            ),
+            "adult": (
+                a,
+                plan(Category.neglect, child=person(NHS["adult"], "Kai", "Morgan", BORN["adult"])),
+            ),
+            "dup_a": (
+                a,
+                plan(Category.neglect, child=person(NHS["dup_a"], "Ruby", "Shah", BORN["dup"])),
+            ),
+            "dup_b": (
+                b,
+                plan(
+                    Category.physical_abuse, child=person(NHS["dup_b"], "Ruby", "Shah", BORN["dup"])
+                ),
+            ),
+            "no_nhs": (
+                a,
+                plan(Category.emotional_abuse, child=person(None, "Idris", "Wynne", BORN["dup"])),
+            ),
+        }
+        for key, (authority_id, data) in specs_entries.items():
+            world.entries[key] = create_entry(
+                session, actor=ACTOR, authority_id=authority_id, data=data
+            )
+        await session.flush()
+        for key in ("ended_own", "ended_other"):
+            end_entry(
+                session,
+                world.entries[key],
+                actor=ACTOR,
+                ended_on=today - timedelta(days=3),
+                reason="no_longer_at_risk",
+            )
+        await session.commit()
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        for principal in world.principals.values():
+            principal.token = await _token(http, principal.credentials)
+    return world
