@@ -1,0 +1,42 @@
+"""Settings refuse to start an unsafe production service."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Environment, Settings
+
+
+def test_production_refuses_to_start_without_a_signing_key(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="no signing key"):
+        Settings(environment=Environment.production, key_dir=tmp_path)
+
+
+def test_production_refuses_a_placeholder_database_password(tmp_path: Path) -> None:
+    (tmp_path / "k.pem").write_text("key")
+    with pytest.raises(ValidationError, match="placeholder"):
+        Settings(
+            environment=Environment.production,
+            key_dir=tmp_path,
+            database_url="postgresql+asyncpg://cpr:changeme@db/cpr",
+        )
+
+
+def test_production_starts_with_a_key_and_a_real_password(tmp_path: Path) -> None:
+    (tmp_path / "k.pem").write_text("key")
+    settings = Settings(
+        environment=Environment.production,
+        key_dir=tmp_path,
+        database_url="postgresql+asyncpg://cpr:s3cr3t-from-vault@db/cpr",
+    )
+    assert settings.environment is Environment.production
+
+
+def test_tokens_may_not_live_longer_than_fifteen_minutes() -> None:
+    with pytest.raises(ValidationError):
+        Settings(token_ttl_seconds=3600)
+
+
+def test_development_runs_without_keys_yet(tmp_path: Path) -> None:
+    assert Settings(key_dir=tmp_path / "none").environment is Environment.development
