@@ -40,6 +40,17 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = 64 * 1024
 
+    # Volume limits on lookups (DESIGN.md check 7), counted over sliding windows in
+    # the audit log, which every replica shares.
+    lookup_limit_per_client: int = 300
+    lookup_client_window_seconds: int = 60
+    lookup_limit_per_enquirer: int = 30
+    lookup_enquirer_window_seconds: int = 900
+    # Sign-in lockout: after this many failures, each further one doubles the wait.
+    login_failures_before_lockout: int = 5
+    login_lockout_base_seconds: int = 60
+    login_lockout_max_seconds: int = 3600
+
     # Whom a reference point calls when the child is not on a plan.
     duty_contact_name: str = "cp-register duty desk (demo)"
     duty_contact_phone: str = "020 7946 0999"

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, Text
+from sqlalchemy import Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -12,6 +12,8 @@ from app.db import Base, utcnow
 
 class AuditEvent(Base):
     __tablename__ = "audit_events"
+    # Volume limits and sign-in lockout count recent events by principal.
+    __table_args__ = (Index("ix_audit_events_principal_occurred_at", "principal", "occurred_at"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -21,6 +23,7 @@ class AuditEvent(Base):
     principal: Mapped[str | None] = mapped_column(String(100))
     organisation_id: Mapped[uuid.UUID | None]
     enquirer: Mapped[dict[str, Any] | None]
+    enquirer_id: Mapped[str | None] = mapped_column(String(64))
     purpose: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
     # The normalised identifiers asked for (lookups only).

@@ -1,9 +1,11 @@
 """Writing audit events. An event is durable before the answer it records leaves."""
 
+from datetime import datetime
 from typing import Any, NoReturn
 
 import structlog
 from fastapi import Request
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,3 +54,29 @@ async def refuse(session: AsyncSession, event: AuditEvent, problem: ProblemError
     await record(session, event)
     log.info("request_refused", refusal=event.refusal, event_id=str(event.id))
     raise problem
+
+
+async def recent_events(
+    session: AsyncSession,
+    *,
+    principal: str,
+    event_type: str,
+    since: datetime,
+    enquirer_id: str | None = None,
+) -> tuple[int, datetime | None, datetime | None]:
+    """How many of a principal's events of one type since a time: count, oldest, newest.
+
+    The log is the one store every replica shares, so limits counted here hold
+    across the whole service, over exact sliding windows.
+    """
+    statement = select(
+        func.count(), func.min(AuditEvent.occurred_at), func.max(AuditEvent.occurred_at)
+    ).where(
+        AuditEvent.principal == principal,
+        AuditEvent.occurred_at >= since,
+        AuditEvent.event_type == event_type,
+    )
+    if enquirer_id is not None:
+        statement = statement.where(AuditEvent.enquirer_id == enquirer_id)
+    count, oldest, newest = (await session.execute(statement)).one()
+    return count, oldest, newest

@@ -9,6 +9,19 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db import Base, utcnow
 
 
+class AccessToken(Base):
+    """Every token issued: a token whose ``jti`` is not here was not issued by us,
+    and a revoked one stops working at once."""
+
+    __tablename__ = "access_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(100), index=True)
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None]
+
+
 class SigningKey(Base):
     __tablename__ = "signing_keys"
 

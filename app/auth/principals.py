@@ -9,13 +9,14 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import exists, select
 
 from app.admin.models import SCOPES_BY_KIND, Client, Organisation, OrganisationKind, User
 from app.audit.models import AuditEvent
 from app.audit.service import refuse, request_context
 from app.auth.keys import KeyRing
-from app.auth.tokens import InvalidToken, verify_token
+from app.auth.models import AccessToken
+from app.auth.tokens import InvalidToken, TokenClaims, verify_token
 from app.config import Settings
 from app.db import SessionDep
 from app.errors import ProblemError
@@ -75,11 +76,11 @@ async def get_principal(
         event.detail = {"problem": str(exc), "path": request.url.path}
         await refuse(session, event, _UNAUTHENTICATED)
 
-    kind, _, principal_id = claims.subject.partition(":")
-    principal = await _load(session, kind, principal_id)
+    principal = await _load(session, claims)
     event.principal = claims.subject
     event.detail = {"path": request.url.path}
     if principal is None or str(principal.organisation_id) != claims.organisation_id:
+        # Disabled, revoked, moved to another organisation, or a token we never issued.
         event.refusal = "principal_inactive"
         await refuse(session, event, _UNAUTHENTICATED)
     event.organisation_id = principal.organisation_id
@@ -88,13 +89,21 @@ async def get_principal(
     return replace(principal, scopes=claims.scopes & allowed)
 
 
-async def _load(session: SessionDep, kind: str, principal_id: str) -> Principal | None:
+async def _load(session: SessionDep, claims: TokenClaims) -> Principal | None:
+    """The active principal the token names, in one query that also proves we issued
+    the token (its ``jti``) and have not revoked it."""
+    kind, _, principal_id = claims.subject.partition(":")
+    issued = exists().where(
+        AccessToken.jti == claims.token_id,
+        AccessToken.subject == claims.subject,
+        AccessToken.revoked_at.is_(None),
+    )
     if kind == "client":
         row = (
             await session.execute(
                 select(Client, Organisation)
                 .join(Organisation, Client.organisation_id == Organisation.id)
-                .where(Client.id == principal_id, Client.active, Organisation.active)
+                .where(Client.id == principal_id, Client.active, Organisation.active, issued)
             )
         ).first()
         if row is None:
@@ -119,7 +128,7 @@ async def _load(session: SessionDep, kind: str, principal_id: str) -> Principal 
             await session.execute(
                 select(User, Organisation)
                 .join(Organisation, User.organisation_id == Organisation.id)
-                .where(User.id == user_id, User.active, Organisation.active)
+                .where(User.id == user_id, User.active, Organisation.active, issued)
             )
         ).first()
         if row is None:

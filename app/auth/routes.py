@@ -6,25 +6,32 @@ as OAuth clients expect, rather than as problem documents.
 
 import base64
 import binascii
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin.models import SCOPES_BY_KIND, Client, Organisation, OrganisationKind, User
 from app.audit.models import AuditEvent
-from app.audit.service import record, request_context
+from app.audit.service import recent_events, record, request_context
 from app.auth.hashing import verify_secret
+from app.auth.models import AccessToken
 from app.auth.principals import KeyRingDep, SettingsDep
 from app.auth.tokens import issue_token
-from app.db import SessionDep
+from app.config import Settings
+from app.db import SessionDep, utcnow
 
 router = APIRouter(tags=["auth"])
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="cp-register"'}
 
 
 class TokenResponse(BaseModel):
@@ -65,10 +72,79 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     return (unquote(client_id), unquote(secret)) if sep else ("", "")
 
 
+@dataclass(frozen=True)
+class _Account:
+    """Who is signing in, found before the secret is checked."""
+
+    login_key: str  # what failures are counted against: the principal, or the name tried
+    subject: str | None
+    secret_hash: str | None
+    active: bool
+    scopes: set[str]
+    organisation: Organisation | None
+
+
+async def _find_client(session: AsyncSession, client_id: str) -> _Account:
+    row = (
+        await session.execute(
+            select(Client, Organisation)
+            .join(Organisation, Client.organisation_id == Organisation.id)
+            .where(Client.id == client_id)
+        )
+    ).first()
+    if row is None:
+        return _Account(f"login:client:{client_id[:64]}", None, None, False, set(), None)
+    client, org = row
+    subject = f"client:{client.id}"
+    active = client.active and org.active
+    return _Account(subject, subject, client.secret_hash, active, set(client.scopes), org)
+
+
+async def _find_user(session: AsyncSession, username: str) -> _Account:
+    row = (
+        await session.execute(
+            select(User, Organisation)
+            .join(Organisation, User.organisation_id == Organisation.id)
+            .where(User.username == username)
+        )
+    ).first()
+    if row is None:
+        return _Account(f"login:user:{username[:80]}", None, None, False, set(), None)
+    user, org = row
+    subject = f"user:{user.id}"
+    return _Account(
+        subject, subject, user.password_hash, user.active and org.active, set(user.scopes), org
+    )
+
+
+async def _locked_for(session: AsyncSession, settings: Settings, account: _Account) -> int:
+    """Seconds until the next sign-in attempt is allowed (0: now).
+
+    Failures since the last token issued (or within a day) count; past the
+    threshold each further failure doubles the wait, up to the maximum.
+    """
+    now = utcnow()
+    since = now - timedelta(days=1)
+    if account.subject is not None:
+        last_issued = await session.scalar(
+            select(func.max(AccessToken.issued_at)).where(AccessToken.subject == account.subject)
+        )
+        if last_issued is not None:
+            since = max(since, last_issued)
+    failures, _, newest = await recent_events(
+        session, principal=account.login_key, event_type="auth.login_failed", since=since
+    )
+    excess = failures - settings.login_failures_before_lockout
+    if excess < 0 or newest is None:
+        return 0
+    wait = min(settings.login_lockout_base_seconds * 2**excess, settings.login_lockout_max_seconds)
+    return max(0, math.ceil((newest + timedelta(seconds=wait) - now).total_seconds()))
+
+
 @router.post(
     "/oauth/token",
     response_model=TokenResponse,
-    responses={400: {"model": OAuthError}, 401: {"model": OAuthError}},
+    responses={400: {"model": OAuthError}, 401: {"model": OAuthError}, 429: {"model": OAuthError}},
     summary="Issue an access token (client_credentials or password grant)",
 )
 async def token(
@@ -83,78 +159,71 @@ async def token(
     username: Annotated[str | None, Form()] = None,
     password: Annotated[str | None, Form()] = None,
 ) -> Any:
-    requested = set(scope.split()) if scope else None
-    failure = AuditEvent(
-        event_type="auth.login_failed", outcome="refused", **request_context(request)
-    )
-
     if grant_type == "client_credentials":
         basic = _basic_credentials(request)
         if basic is not None:
             client_id, client_secret = basic
         if not client_id or not client_secret:
             return _oauth_error(
-                401,
-                "invalid_client",
-                "Client authentication failed.",
-                {"WWW-Authenticate": 'Basic realm="cp-register"'},
+                401, "invalid_client", "Client authentication failed.", _BASIC_CHALLENGE
             )
-        row = (
-            await session.execute(
-                select(Client, Organisation)
-                .join(Organisation, Client.organisation_id == Organisation.id)
-                .where(Client.id == client_id)
-            )
-        ).first()
-        client, org = row if row else (None, None)
-        await session.commit()  # release SQLite's write lock before the slow hash check
-        secret_ok = verify_secret(client_secret, client.secret_hash if client else None)
-        if client is None or org is None or not (secret_ok and client.active and org.active):
-            failure.refusal = "invalid_client"
-            failure.principal = f"client:{client.id}" if client else None
-            failure.detail = {"grant_type": grant_type, "client_id": client_id[:64]}
-            await record(session, failure)
-            return _oauth_error(
-                401,
-                "invalid_client",
-                "Client authentication failed.",
-                {"WWW-Authenticate": 'Basic realm="cp-register"'},
-            )
-        subject, held, kind = f"client:{client.id}", set(client.scopes), org.kind
-
+        account, secret, name = await _find_client(session, client_id), client_secret, client_id
+        failure = (401, "invalid_client", "Client authentication failed.", _BASIC_CHALLENGE)
     elif grant_type == "password":
         if not username or not password:
             return _oauth_error(400, "invalid_request", "username and password are required.")
-        row = (
-            await session.execute(
-                select(User, Organisation)
-                .join(Organisation, User.organisation_id == Organisation.id)
-                .where(User.username == username)
-            )
-        ).first()
-        user, org = row if row else (None, None)
-        await session.commit()  # release SQLite's write lock before the slow hash check
-        password_ok = verify_secret(password, user.password_hash if user else None)
-        if user is None or org is None or not (password_ok and user.active and org.active):
-            failure.refusal = "invalid_grant"
-            failure.principal = f"user:{user.id}" if user else None
-            failure.detail = {"grant_type": grant_type, "username": username[:100]}
-            await record(session, failure)
-            return _oauth_error(400, "invalid_grant", "Wrong username or password.")
-        subject, held, kind = f"user:{user.id}", set(user.scopes), org.kind
-
+        account, secret, name = await _find_user(session, username), password, username
+        failure = (400, "invalid_grant", "Wrong username or password.", None)
     else:
         return _oauth_error(400, "unsupported_grant_type", "Use client_credentials or password.")
 
-    grantable = held & SCOPES_BY_KIND[OrganisationKind(kind)]
+    event = AuditEvent(
+        principal=account.login_key,
+        outcome="refused",
+        **request_context(request),
+        detail={"grant_type": grant_type, "name": name[:100]},
+    )
+    locked_for = await _locked_for(session, settings, account)
+    if locked_for:
+        event.event_type, event.refusal = "auth.login_locked", "locked_out"
+        await record(session, event)
+        return _oauth_error(
+            429,
+            "slow_down",
+            "Too many failed attempts; try again later.",
+            {"Retry-After": str(locked_for)},
+        )
+    await session.commit()  # release SQLite's write lock before the slow hash check
+    if not (verify_secret(secret, account.secret_hash) and account.active):
+        event.event_type, event.refusal = "auth.login_failed", failure[1]
+        await record(session, event)
+        return _oauth_error(*failure)
+    assert account.subject is not None
+    assert account.organisation is not None
+
+    organisation = account.organisation
+    grantable = account.scopes & SCOPES_BY_KIND[OrganisationKind(organisation.kind)]
+    requested = set(scope.split()) if scope else None
     if requested is not None and not requested <= grantable:
         return _oauth_error(400, "invalid_scope", "A requested scope is not granted to you.")
     scopes = sorted(requested if requested is not None else grantable)
-    access_token = await issue_token(
-        keyring, settings, subject=subject, organisation_id=str(org.id), scopes=scopes
+    issued = await issue_token(
+        keyring,
+        settings,
+        subject=account.subject,
+        organisation_id=str(organisation.id),
+        scopes=scopes,
     )
+    session.add(
+        AccessToken(
+            jti=issued.token_id,
+            subject=account.subject,
+            expires_at=datetime.fromtimestamp(issued.expires_at, UTC),
+        )
+    )
+    await session.commit()
     body = TokenResponse(
-        access_token=access_token, expires_in=settings.token_ttl_seconds, scope=" ".join(scopes)
+        access_token=issued.token, expires_in=settings.token_ttl_seconds, scope=" ".join(scopes)
     )
     return JSONResponse(body.model_dump(), headers=NO_STORE)
 

@@ -19,6 +19,13 @@ class InvalidToken(Exception):
 
 
 @dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    token_id: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
 class TokenClaims:
     subject: str
     organisation_id: str
@@ -29,7 +36,7 @@ class TokenClaims:
 
 async def issue_token(
     keyring: KeyRing, settings: Settings, *, subject: str, organisation_id: str, scopes: list[str]
-) -> str:
+) -> IssuedToken:
     kid, key = await keyring.signer()
     now = int(time.time())
     claims = {
@@ -43,7 +50,8 @@ async def issue_token(
         "exp": now + settings.token_ttl_seconds,
         "jti": secrets.token_urlsafe(16),
     }
-    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": "at+jwt"})
+    token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": "at+jwt"})
+    return IssuedToken(token=token, token_id=claims["jti"], expires_at=claims["exp"])
 
 
 async def verify_token(keyring: KeyRing, settings: Settings, token: str) -> TokenClaims:

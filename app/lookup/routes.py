@@ -18,6 +18,7 @@ from app.auth.principals import CurrentPrincipal, Principal, SettingsDep
 from app.config import Settings
 from app.db import SessionDep
 from app.errors import ProblemError, responses, safe_validation_errors
+from app.lookup.limits import check_volume
 from app.lookup.schemas import Contact, LookupAnswer, LookupRequest
 from app.register.identifiers import normalise_name
 from app.register.matching import Decision, Status, SubjectQuery, decide, find_candidates
@@ -29,7 +30,7 @@ router = APIRouter(tags=["lookup"])
     "/v1/lookups",
     response_model=LookupAnswer,
     response_model_exclude_none=True,
-    responses=responses(401, 403, 413, 422, 503),
+    responses=responses(401, 403, 413, 422, 429, 503),
     summary="Look a child up",
     openapi_extra={
         "requestBody": {
@@ -85,6 +86,7 @@ async def lookup(
     event.enquirer = _enquirer(principal, command, event)
     if event.enquirer is None:
         await refuse(session, event, ProblemError(422, "Invalid request", _ENQUIRER_RULE))
+    event.enquirer_id = event.enquirer["id"]
     if command.purpose.value not in settings.purposes_by_kind.get(principal.organisation_kind, ()):
         event.refusal = "purpose_not_allowed"
         await refuse(
@@ -95,6 +97,23 @@ async def lookup(
                 "Forbidden",
                 f"Purpose {command.purpose.value!r} is not allowed for "
                 f"{principal.organisation_kind.value.replace('_', ' ')} enquirers.",
+            ),
+        )
+
+    over = await check_volume(
+        session, settings, principal=principal.subject, enquirer_id=event.enquirer_id
+    )
+    if over is not None:
+        event.refusal = over.refusal
+        await refuse(
+            session,
+            event,
+            ProblemError(
+                429,
+                "Too many lookups",
+                "The volume limit for this enquirer or system has been reached; "
+                "the custodians have been alerted.",
+                headers={"Retry-After": str(over.retry_after_seconds)},
             ),
         )
 

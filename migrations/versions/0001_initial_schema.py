@@ -21,6 +21,21 @@ APPEND_ONLY_TABLES = ("audit_events", "register_entry_versions")
 
 def upgrade() -> None:
     op.create_table(
+        "access_tokens",
+        sa.Column("jti", sa.String(length=64), nullable=False),
+        sa.Column("subject", sa.String(length=100), nullable=False),
+        sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("jti", name=op.f("pk_access_tokens")),
+    )
+    with op.batch_alter_table("access_tokens", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_access_tokens_expires_at"), ["expires_at"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_access_tokens_subject"), ["subject"], unique=False)
+
+    op.create_table(
         "audit_events",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
@@ -29,6 +44,7 @@ def upgrade() -> None:
         sa.Column("principal", sa.String(length=100), nullable=True),
         sa.Column("organisation_id", sa.Uuid(), nullable=True),
         sa.Column("enquirer", sa.JSON(), nullable=True),
+        sa.Column("enquirer_id", sa.String(length=64), nullable=True),
         sa.Column("purpose", sa.String(length=64), nullable=True),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("query", sa.JSON(), nullable=True),
@@ -49,6 +65,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_audit_events_entry_id"), ["entry_id"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_audit_events_occurred_at"), ["occurred_at"], unique=False
+        )
+        batch_op.create_index(
+            "ix_audit_events_principal_occurred_at", ["principal", "occurred_at"], unique=False
         )
 
     op.create_table(
@@ -244,8 +263,14 @@ def downgrade() -> None:
     op.drop_table("signing_keys")
     op.drop_table("organisations")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_audit_events_principal_occurred_at")
         batch_op.drop_index(batch_op.f("ix_audit_events_occurred_at"))
         batch_op.drop_index(batch_op.f("ix_audit_events_entry_id"))
         batch_op.drop_index(batch_op.f("ix_audit_events_authority_id"))
 
     op.drop_table("audit_events")
+    with op.batch_alter_table("access_tokens", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_access_tokens_subject"))
+        batch_op.drop_index(batch_op.f("ix_access_tokens_expires_at"))
+
+    op.drop_table("access_tokens")
