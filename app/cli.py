@@ -1,19 +1,29 @@
-"""The `cpr` command: database, demo bootstrap, keys, OpenAPI."""
+"""The `cpr` command: database, demo bootstrap, keys, OpenAPI, and the operator's
+organisation / client / user management (through the same service functions as
+the admin API, so the same rules and the same audit events)."""
 
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.admin import service as admin
+from app.admin.models import Client, Organisation, OrganisationKind, Scope, User, UserRole
+from app.admin.schemas import Name, OrganisationCreate, Username
 from app.config import Settings, get_settings
 from app.db import create_engine, create_sessionmaker
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -140,3 +150,363 @@ def openapi(output: Path) -> None:
     document = create_app(get_settings()).openapi()
     output.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     click.echo(f"wrote {output}")
+
+
+# --- organisations, clients, users -----------------------------------------------------
+
+SHOWN_ONCE = "Shown this once: only a hash is stored. Hand it over securely now."
+
+
+def _admin_work(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run one change and commit it, turning the service's refusals into CLI errors."""
+
+    async def commit_after(session: AsyncSession) -> T:
+        result = await work(session)
+        await session.commit()
+        return result
+
+    try:
+        return _with_session(get_settings(), commit_after)
+    except (admin.NotPermitted, admin.WeakPassword) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except IntegrityError as exc:
+        raise click.ClickException("that name, ODS code or username is already taken") from exc
+
+
+def _validated(model: type[M], **data: Any) -> M:
+    """The admin API's own input rules, applied to command-line options."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err['loc']) or 'input'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise click.ClickException(problems) from exc
+
+
+class _UserNames(BaseModel):
+    """A user's names, checked by the same rules as the admin API's ``UserCreate``."""
+
+    username: Username
+    full_name: Name
+
+
+def _as_uuid(reference: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(reference)
+    except ValueError:
+        return None
+
+
+async def _organisation(session: AsyncSession, reference: str) -> Organisation:
+    """An organisation by id or by exact name."""
+    org_id = _as_uuid(reference)
+    condition = Organisation.id == org_id if org_id else Organisation.name == reference
+    organisation = await session.scalar(select(Organisation).where(condition))
+    if organisation is None:
+        raise click.ClickException(f"no organisation {reference!r}")
+    return organisation
+
+
+async def _client(session: AsyncSession, client_id: str) -> tuple[Client, Organisation]:
+    client = await session.get(Client, client_id)
+    if client is None:
+        raise click.ClickException(f"no client {client_id!r}")
+    return client, await _organisation(session, str(client.organisation_id))
+
+
+async def _user(session: AsyncSession, reference: str) -> tuple[User, Organisation]:
+    """A user by id or by username."""
+    user_id = _as_uuid(reference)
+    condition = User.id == user_id if user_id else User.username == reference
+    user = await session.scalar(select(User).where(condition))
+    if user is None:
+        raise click.ClickException(f"no user {reference!r}")
+    return user, await _organisation(session, str(user.organisation_id))
+
+
+def _echo_organisation(organisation: Organisation) -> None:
+    state = "active" if organisation.active else "deactivated"
+    ods = organisation.ods_code or "-"
+    click.echo(f"{organisation.id}\t{organisation.kind}\t{state}\t{ods}\t{organisation.name}")
+
+
+@main.group()
+def org() -> None:
+    """Organisations: reference points, local authorities, the operator."""
+
+
+@org.command("create")
+@click.option("--kind", type=click.Choice([kind.value for kind in OrganisationKind]), required=True)
+@click.option("--name", required=True)
+@click.option("--ods-code", default=None)
+@click.option("--contact-name", required=True, help="Whom reference points are told to call.")
+@click.option("--contact-phone", required=True, help="Their 24-hour number.")
+def org_create(
+    kind: str, name: str, ods_code: str | None, contact_name: str, contact_phone: str
+) -> None:
+    """Register an organisation."""
+    data = _validated(
+        OrganisationCreate,
+        kind=kind,
+        name=name,
+        ods_code=ods_code,
+        contact_name=contact_name,
+        contact_phone=contact_phone,
+    )
+
+    async def work(session: AsyncSession) -> Organisation:
+        organisation = admin.create_organisation(
+            session, actor="cli:org-create", **data.model_dump()
+        )
+        await session.flush()
+        return organisation
+
+    _echo_organisation(_admin_work(work))
+
+
+@org.command("list")
+@click.option("--kind", type=click.Choice([kind.value for kind in OrganisationKind]))
+def org_list(kind: str | None) -> None:
+    """List organisations: id, kind, state, ODS code, name (tab-separated)."""
+
+    async def work(session: AsyncSession) -> list[Organisation]:
+        statement = select(Organisation).order_by(Organisation.name)
+        if kind is not None:
+            statement = statement.where(Organisation.kind == kind)
+        return list((await session.scalars(statement)).all())
+
+    for organisation in _with_session(get_settings(), work):
+        _echo_organisation(organisation)
+
+
+def _set_organisation_active(reference: str, *, active: bool, actor: str) -> None:
+    async def work(session: AsyncSession) -> Organisation:
+        organisation = await _organisation(session, reference)
+        return admin.update_organisation(
+            session, actor=actor, organisation=organisation, changes={"active": active}
+        )
+
+    _echo_organisation(_admin_work(work))
+
+
+@org.command("disable")
+@click.argument("organisation")
+def org_disable(organisation: str) -> None:
+    """Deactivate an organisation (id or name): its clients and users stop working at once."""
+    _set_organisation_active(organisation, active=False, actor="cli:org-disable")
+
+
+@org.command("enable")
+@click.argument("organisation")
+def org_enable(organisation: str) -> None:
+    """Reactivate an organisation (id or name)."""
+    _set_organisation_active(organisation, active=True, actor="cli:org-enable")
+
+
+@main.group("client")
+def client_group() -> None:
+    """System clients (OAuth2 client credentials)."""
+
+
+def _echo_secret(client: Client, secret: str) -> None:
+    click.echo(f"client_id: {client.id}")
+    click.echo(f"client_secret: {secret}")
+    click.echo(SHOWN_ONCE, err=True)
+
+
+@client_group.command("create")
+@click.option("--org", "organisation", required=True, help="Organisation id or name.")
+@click.option("--name", required=True, help="The system, e.g. 'Northshire General EPR'.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice([scope.value for scope in Scope]),
+    default=[Scope.lookup.value],
+    show_default=True,
+)
+def client_create(organisation: str, name: str, scopes: tuple[str, ...]) -> None:
+    """Register a system client and print its secret, once."""
+
+    async def work(session: AsyncSession) -> tuple[Client, str]:
+        owner = await _organisation(session, organisation)
+        return admin.create_client(
+            session,
+            actor="cli:client-create",
+            organisation=owner,
+            name=name,
+            scopes=frozenset(Scope(scope) for scope in scopes),
+        )
+
+    _echo_secret(*_admin_work(work))
+
+
+@client_group.command("rotate")
+@click.argument("client_id")
+def client_rotate(client_id: str) -> None:
+    """Give a client a new secret (printed once); the old one stops working."""
+
+    async def work(session: AsyncSession) -> tuple[Client, str]:
+        client, organisation = await _client(session, client_id)
+        if not client.active:
+            raise click.ClickException("the client is revoked; register a new one")
+        secret = admin.reset_client_secret(
+            session, actor="cli:client-rotate", client=client, organisation=organisation
+        )
+        return client, secret
+
+    _echo_secret(*_admin_work(work))
+
+
+@client_group.command("revoke")
+@click.argument("client_id")
+def client_revoke(client_id: str) -> None:
+    """Revoke a client for good: its tokens fail on their next request."""
+
+    async def work(session: AsyncSession) -> Client:
+        client, organisation = await _client(session, client_id)
+        return admin.revoke_client(
+            session, actor="cli:client-revoke", client=client, organisation=organisation
+        )
+
+    click.echo(f"revoked {_admin_work(work).id}")
+
+
+@main.group()
+def user() -> None:
+    """Staff users (thin client and CLI sign-in)."""
+
+
+def _create_user(
+    organisation: str, username: str, full_name: str, role: UserRole, password: str, actor: str
+) -> User:
+    async def work(session: AsyncSession) -> User:
+        owner = await _organisation(session, organisation)
+        created = admin.create_user(
+            session,
+            actor=actor,
+            organisation=owner,
+            username=username,
+            full_name=full_name,
+            role=role,
+            password=password,
+        )
+        await session.flush()
+        return created
+
+    return _admin_work(work)
+
+
+@user.command("create")
+@click.option("--org", "organisation", required=True, help="Organisation id or name.")
+@click.option("--username", required=True)
+@click.option("--full-name", required=True)
+@click.option("--role", type=click.Choice([role.value for role in UserRole]), required=True)
+@click.option(
+    "--prompt-password",
+    is_flag=True,
+    help="Type the password (hidden) instead of having one generated and printed once.",
+)
+def user_create(
+    organisation: str, username: str, full_name: str, role: str, prompt_password: bool
+) -> None:
+    """Register a user; their scopes follow from the role."""
+    names = _validated(_UserNames, username=username, full_name=full_name)
+    if prompt_password:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = admin.new_password(names.username)
+    created = _create_user(
+        organisation, names.username, names.full_name, UserRole(role), password, "cli:user-create"
+    )
+    click.echo(f"user {created.username} ({created.id}), role {created.role}")
+    if not prompt_password:
+        click.echo(f"password: {password}")
+        click.echo(SHOWN_ONCE, err=True)
+
+
+def _set_user_active(reference: str, *, active: bool, actor: str) -> None:
+    async def work(session: AsyncSession) -> User:
+        found, organisation = await _user(session, reference)
+        return admin.set_user_active(
+            session, actor=actor, user=found, organisation=organisation, active=active
+        )
+
+    changed = _admin_work(work)
+    click.echo(f"{'enabled' if active else 'disabled'} {changed.username} ({changed.id})")
+
+
+@user.command("disable")
+@click.argument("user_ref", metavar="USER")
+def user_disable(user_ref: str) -> None:
+    """Disable a user (username or id): their tokens fail on their next request."""
+    _set_user_active(user_ref, active=False, actor="cli:user-disable")
+
+
+@user.command("enable")
+@click.argument("user_ref", metavar="USER")
+def user_enable(user_ref: str) -> None:
+    """Enable a disabled user (username or id)."""
+    _set_user_active(user_ref, active=True, actor="cli:user-enable")
+
+
+@main.group("admin")
+def admin_group() -> None:
+    """Bootstrap of the service operator."""
+
+
+@admin_group.command("create-operator")
+@click.option("--username", required=True)
+@click.option("--full-name", required=True)
+@click.option(
+    "--organisation", default="cp-register operations", show_default=True, help="Its name."
+)
+@click.option("--contact-name", default=None, help="Defaults to the organisation's name.")
+@click.option("--contact-phone", required=True, help="The operator's 24-hour number.")
+def admin_create_operator(
+    username: str,
+    full_name: str,
+    organisation: str,
+    contact_name: str | None,
+    contact_phone: str,
+) -> None:
+    """Create an operator user (and the service_operator organisation if missing).
+
+    The password is generated and printed once.
+    """
+    actor = "cli:admin-create-operator"
+    spec = _validated(
+        OrganisationCreate,
+        kind=OrganisationKind.service_operator,
+        name=organisation,
+        contact_name=contact_name or organisation,
+        contact_phone=contact_phone,
+    )
+
+    names = _validated(_UserNames, username=username, full_name=full_name)
+
+    async def work(session: AsyncSession) -> tuple[User, Organisation, str]:
+        owner = await session.scalar(select(Organisation).where(Organisation.name == spec.name))
+        if owner is None:
+            owner = admin.create_organisation(session, actor=actor, **spec.model_dump())
+        elif owner.kind != OrganisationKind.service_operator:
+            raise click.ClickException(f"{spec.name!r} exists and is a {owner.kind}")
+        password = admin.new_password(names.username)
+        created = admin.create_user(
+            session,
+            actor=actor,
+            organisation=owner,
+            username=names.username,
+            full_name=names.full_name,
+            role=UserRole.operator,
+            password=password,
+        )
+        await session.flush()
+        return created, owner, password
+
+    created, owner, password = _admin_work(work)
+    click.echo(f"operator {created.username} ({created.id}) in {owner.name} ({owner.id})")
+    click.echo(f"password: {password}")
+    click.echo(SHOWN_ONCE, err=True)

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "CPR_DATABASE_URL"),
     )
     database_pool_size: int = 10
+    # PostgreSQL: the role the service acts as (SET ROLE on every connection), e.g.
+    # cpr_app, which has only INSERT and SELECT on the audit log. Migrations ignore it.
+    database_role: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")] | None = None
 
     # Tokens. The issuer and audience are checked on every request.
     token_issuer: str = "https://cp-register.local"  # noqa: S105
@@ -55,6 +58,18 @@ class Settings(BaseSettings):
     duty_contact_name: str = "cp-register duty desk (demo)"
     duty_contact_phone: str = "020 7946 0999"
 
+    # The tamper-evident log (docs/audit-log.md). The Ed25519 key signs checkpoints;
+    # each checkpoint is also written to checkpoint_dir, outside the database.
+    audit_log_origin: str = "cp-register.local/audit"
+    checkpoint_key_path: Path = Path("var/keys/audit-checkpoint.ed25519.pem")
+    checkpoint_dir: Path = Path("var/checkpoints")
+    sealing_enabled: bool = True
+    sealing_interval_seconds: Annotated[float, Field(gt=0)] = 0.5
+    sealing_batch_size: Annotated[int, Field(gt=0)] = 2000
+    checkpoint_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+    # The verifier reports any event still unsealed this long after it was written.
+    sealing_delay_seconds: Annotated[int, Field(gt=0)] = 30
+
     # Purposes of use each kind of reference point may give (DESIGN.md, check 5).
     purposes_by_kind: dict[str, frozenset[str]] = {
         "emergency_department": frozenset({"unscheduled_care", "safeguarding_concern"}),
@@ -77,6 +92,11 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL carries a placeholder password")
         if self.environment is Environment.production and not any(self.key_dir.glob("*.pem")):
             raise ValueError(f"no signing key in {self.key_dir}; create one with `cpr keys rotate`")
+        if self.environment is Environment.production and not self.checkpoint_key_path.exists():
+            raise ValueError(
+                f"no checkpoint key at {self.checkpoint_key_path}; create one with "
+                "`cpr audit keygen`"
+            )
         return self
 
 

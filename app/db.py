@@ -67,12 +67,25 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(settings.database_url, hide_parameters=True)
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         hide_parameters=True,
         pool_size=settings.database_pool_size,
         pool_pre_ping=True,
     )
+    if settings.database_role:
+        _set_role(engine, settings.database_role)
+    return engine
+
+
+def _set_role(engine: AsyncEngine, role: str) -> None:
+    """Every connection acts as ``role`` (validated as an identifier in Settings)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET ROLE {role}")
+        cursor.close()
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -1,16 +1,21 @@
 """Builds the FastAPI app."""
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI
 from pydantic.json_schema import models_json_schema
 
 from app import health
+from app.admin import routes as admin_routes
+from app.audit import routes as audit_routes
+from app.audit.chain import CheckpointSigner
+from app.audit.sealing import Sequencer
 from app.auth import routes as auth_routes
 from app.auth.keys import KeyRing
-from app.config import Settings, get_settings
+from app.config import Environment, Settings, get_settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_handlers
 from app.logging import configure_logging
@@ -30,9 +35,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings)
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.keyring = KeyRing(app.state.sessionmaker, settings.key_dir)
+        app.state.sequencer = None
+        sealing: asyncio.Task[None] | None = None
+        if settings.sealing_enabled:
+            signer = CheckpointSigner.from_file(
+                settings.checkpoint_key_path,
+                settings.audit_log_origin,
+                create=settings.environment is not Environment.production,
+            )
+            app.state.sequencer = Sequencer(app.state.sessionmaker, signer, settings)
+            sealing = asyncio.create_task(app.state.sequencer.run_forever())
         try:
             yield
         finally:
+            if sealing is not None:
+                sealing.cancel()
+                with suppress(asyncio.CancelledError):
+                    await sealing
+                await app.state.sequencer.run_once(checkpoint=True)  # seal what is left
             await engine.dispose()
 
     app = FastAPI(
@@ -48,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(auth_routes.router)
     app.include_router(lookup_routes.router)
+    app.include_router(audit_routes.router)
+    app.include_router(admin_routes.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

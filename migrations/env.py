@@ -27,7 +27,8 @@ def _run(connection: Connection) -> None:
 
 async def _run_async() -> None:
     settings = context.config.attributes.get("settings") or get_settings()
-    engine = create_engine(settings)
+    # Migrations run as the schema owner, never as the service's restricted role.
+    engine = create_engine(settings.model_copy(update={"database_role": None}))
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()

@@ -11,8 +11,10 @@ import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -51,46 +53,76 @@ async def _postgres_reachable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'cpr.sqlite3'}"
+async def _postgres_admin(sql: str) -> None:
+    conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def _new_database(backend: str, directory: Path) -> Iterator[str]:
+    """A database of its own, dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{directory / 'cpr.sqlite3'}"
         return
-    problem = asyncio.run(_postgres_reachable())
-    if problem is not None:
-        message = f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable ({problem})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + "; under CI the PostgreSQL tests must run")
-        pytest.skip(message + "; PostgreSQL tests skipped")
     name = f"cpr_test_{secrets.token_hex(4)}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}"'))
     try:
         yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql":
+        problem = asyncio.run(_postgres_reachable())
+        if problem is not None:
+            message = f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable ({problem})"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message + "; under CI the PostgreSQL tests must run")
+            pytest.skip(message + "; PostgreSQL tests skipped")
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with _new_database(backend, tmp_path_factory.mktemp("db")) as url:
+        yield url
+
+
+def _test_settings(database_url: str, keys: Path, checkpoints: Path, **overrides: Any) -> Settings:
+    settings = Settings(
+        environment=Environment.test,
+        database_url=database_url,
+        key_dir=keys,
+        checkpoint_key_path=keys / "checkpoint.pem",
+        checkpoint_dir=checkpoints,
+        duty_contact_name="Test duty desk",
+        duty_contact_phone="020 7946 0999",
+        **overrides,
+    )
+    upgrade_database(settings)
+    return settings
 
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    settings = Settings(
-        environment=Environment.test,
-        database_url=database_url,
-        key_dir=tmp_path_factory.mktemp("keys"),
-        duty_contact_name="Test duty desk",
-        duty_contact_phone="020 7946 0999",
+    return _test_settings(
+        database_url, tmp_path_factory.mktemp("keys"), tmp_path_factory.mktemp("checkpoints")
     )
-    upgrade_database(settings)
-    return settings
+
+
+@pytest.fixture
+def fresh_settings(backend: str, tmp_path: Path) -> Iterator[Settings]:
+    """Settings for a database of this test's own (for tests that tamper with it),
+    with the background sequencer off so that the test drives sealing itself."""
+    with _new_database(backend, tmp_path) as url:
+        yield _test_settings(
+            url, tmp_path / "keys", tmp_path / "checkpoints", sealing_enabled=False
+        )
 
 
 @pytest.fixture(scope="session")

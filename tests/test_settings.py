@@ -23,11 +23,23 @@ def test_production_refuses_a_placeholder_database_password(tmp_path: Path) -> N
         )
 
 
-def test_production_starts_with_a_key_and_a_real_password(tmp_path: Path) -> None:
+def test_production_refuses_to_start_without_a_checkpoint_key(tmp_path: Path) -> None:
     (tmp_path / "k.pem").write_text("key")
+    with pytest.raises(ValidationError, match="no checkpoint key"):
+        Settings(
+            environment=Environment.production,
+            key_dir=tmp_path,
+            checkpoint_key_path=tmp_path / "missing.pem",
+        )
+
+
+def test_production_starts_with_keys_and_a_real_password(tmp_path: Path) -> None:
+    (tmp_path / "k.pem").write_text("key")
+    (tmp_path / "checkpoint.key").write_text("key")
     settings = Settings(
         environment=Environment.production,
         key_dir=tmp_path,
+        checkpoint_key_path=tmp_path / "checkpoint.key",
         database_url="postgresql+asyncpg://cpr:s3cr3t-from-vault@db/cpr",
     )
     assert settings.environment is Environment.production

@@ -1,9 +1,14 @@
-"""Creating organisations, clients and users. Each change is an audit event.
+"""Creating and changing organisations, clients and users. Each change is an audit event.
 
-Functions add to the session; the caller commits once.
+Functions add to the session; the caller commits once. The admin API and the
+`cpr` command both go through here, so the rules (which scopes a kind may
+hold, what a password must be) hold whichever way a change is made.
 """
 
 import secrets
+import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,21 +35,81 @@ class NotPermitted(ValueError):
     """A scope or role the organisation's kind may not hold."""
 
 
+class WeakPassword(ValueError):
+    """A password that guessing or a glance over the shoulder would find."""
+
+
+MIN_PASSWORD_LENGTH = 12
+# The first guesses of any attacker; compared case-insensitively.
+COMMON_PASSWORDS = frozenset(
+    {
+        "password1234",
+        "password12345",
+        "password123!",
+        "passwordpassword",
+        "123456789012",
+        "1234567890123",
+        "qwertyuiop12",
+        "qwertyuiopasdf",
+        "letmein12345",
+        "welcome12345",
+        "changeme1234",
+        "administrator",
+        "iloveyou1234",
+        "trustno1trustno1",
+        "safeguarding1",
+        "safeguarding123",
+        "childprotection",
+    }
+)
+
+
+def check_password(password: str, username: str) -> None:
+    """Refuse the passwords found first: short, common, repetitive, or naming the account."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise WeakPassword(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    if password.lower() in COMMON_PASSWORDS:
+        raise WeakPassword("the password is on the list of common passwords")
+    if len(set(password)) < 5:
+        raise WeakPassword("the password repeats too few different characters")
+    if username and username.lower() in password.lower():
+        raise WeakPassword("the password must not contain the username")
+
+
+def new_password(username: str) -> str:
+    """A generated password that passes ``check_password``, shown once to whoever asked."""
+    while True:
+        password = secrets.token_urlsafe(18)
+        try:
+            check_password(password, username)
+        except WeakPassword:
+            continue
+        return password
+
+
 def grantable_scopes(kind: OrganisationKind, scopes: frozenset[Scope]) -> list[str]:
     refused = scopes - SCOPES_BY_KIND[kind]
     if refused:
         names = ", ".join(sorted(refused))
-        raise NotPermitted(f"a {kind.value} organisation may not hold: {names}")
+        raise NotPermitted(f"an organisation of kind {kind.value} may not hold: {names}")
     return sorted(scopes)
 
 
-def _event(actor: str, event_type: str, organisation: Organisation, **detail: object) -> AuditEvent:
+def _event(
+    actor: str,
+    event_type: str,
+    organisation: Organisation,
+    context: Mapping[str, Any] | None = None,
+    **detail: object,
+) -> AuditEvent:
+    """``context`` is who asked from where (request id, source address) when over HTTP."""
     return AuditEvent(
         event_type=event_type,
         principal=actor,
         organisation_id=organisation.id,
         outcome="ok",
         detail={"organisation": organisation.name, **detail},
+        **(context or {}),
     )
 
 
@@ -57,8 +122,11 @@ def create_organisation(
     ods_code: str | None,
     contact_name: str,
     contact_phone: str,
+    context: Mapping[str, Any] | None = None,
 ) -> Organisation:
+    # The id is set here, not at flush, so that the event below can carry it.
     organisation = Organisation(
+        id=uuid.uuid4(),
         kind=kind.value,
         name=name,
         ods_code=ods_code,
@@ -67,7 +135,44 @@ def create_organisation(
         active=True,
     )
     session.add(organisation)
-    session.add(_event(actor, "admin.organisation_created", organisation, kind=kind.value))
+    session.add(_event(actor, "admin.organisation_created", organisation, context, kind=kind.value))
+    return organisation
+
+
+ORGANISATION_CHANGEABLE = frozenset({"name", "contact_name", "contact_phone", "active"})
+
+
+def update_organisation(
+    session: AsyncSession,
+    *,
+    actor: str,
+    organisation: Organisation,
+    changes: Mapping[str, Any],
+    context: Mapping[str, Any] | None = None,
+) -> Organisation:
+    """Change name, contact or ``active``. Deactivating revokes every client and user
+    of the organisation on their next request, since principals are reloaded each time."""
+    unknown = set(changes) - ORGANISATION_CHANGEABLE
+    if unknown:
+        raise ValueError(f"not changeable: {', '.join(sorted(unknown))}")
+    before = {field: getattr(organisation, field) for field in changes}
+    for field, value in changes.items():
+        setattr(organisation, field, value)
+    event_type = "admin.organisation_updated"
+    if "active" in changes and changes["active"] != before["active"]:
+        deactivated = not changes["active"]
+        event_type = f"admin.organisation_{'deactivated' if deactivated else 'reactivated'}"
+    session.add(
+        _event(
+            actor,
+            event_type,
+            organisation,
+            context,
+            changed={
+                field: {"from": before[field], "to": value} for field, value in changes.items()
+            },
+        )
+    )
     return organisation
 
 
@@ -82,6 +187,7 @@ def create_client(
     organisation: Organisation,
     name: str,
     scopes: frozenset[Scope],
+    context: Mapping[str, Any] | None = None,
 ) -> tuple[Client, str]:
     """A system client; its secret is returned once and stored only as a hash."""
     granted = grantable_scopes(OrganisationKind(organisation.kind), scopes)
@@ -96,18 +202,60 @@ def create_client(
     )
     session.add(client)
     session.add(
-        _event(actor, "admin.client_created", organisation, client_id=client.id, scopes=granted)
+        _event(
+            actor,
+            "admin.client_created",
+            organisation,
+            context,
+            client_id=client.id,
+            scopes=granted,
+        )
     )
     return client, secret
 
 
 def reset_client_secret(
-    session: AsyncSession, *, actor: str, client: Client, organisation: Organisation
+    session: AsyncSession,
+    *,
+    actor: str,
+    client: Client,
+    organisation: Organisation,
+    context: Mapping[str, Any] | None = None,
 ) -> str:
+    """A new secret, returned once; the old one stops working when this commits."""
     secret = new_client_secret()
     client.secret_hash = hash_secret(secret)
-    session.add(_event(actor, "admin.client_secret_rotated", organisation, client_id=client.id))
+    session.add(
+        _event(actor, "admin.client_secret_rotated", organisation, context, client_id=client.id)
+    )
     return secret
+
+
+def revoke_client(
+    session: AsyncSession,
+    *,
+    actor: str,
+    client: Client,
+    organisation: Organisation,
+    context: Mapping[str, Any] | None = None,
+) -> Client:
+    """Revoke for good: tokens already issued fail on their next request.
+
+    There is no un-revoke; a system that should come back gets a new client.
+    """
+    was_active = client.active
+    client.active = False
+    session.add(
+        _event(
+            actor,
+            "admin.client_revoked",
+            organisation,
+            context,
+            client_id=client.id,
+            was_active=was_active,
+        )
+    )
+    return client
 
 
 def create_user(
@@ -119,9 +267,18 @@ def create_user(
     full_name: str,
     role: UserRole,
     password: str,
+    context: Mapping[str, Any] | None = None,
 ) -> User:
-    granted = grantable_scopes(OrganisationKind(organisation.kind), ROLE_SCOPES[role])
+    kind = OrganisationKind(organisation.kind)
+    try:
+        granted = grantable_scopes(kind, ROLE_SCOPES[role])
+    except NotPermitted as exc:
+        raise NotPermitted(
+            f"a {role.value} user may not belong to an organisation of kind {kind.value} ({exc})"
+        ) from exc
+    check_password(password, username)
     user = User(
+        id=uuid.uuid4(),
         organisation_id=organisation.id,
         username=username,
         full_name=full_name,
@@ -132,13 +289,56 @@ def create_user(
     )
     session.add(user)
     session.add(
-        _event(actor, "admin.user_created", organisation, username=username, role=role.value)
+        _event(
+            actor,
+            "admin.user_created",
+            organisation,
+            context,
+            user_id=str(user.id),
+            username=username,
+            role=role.value,
+        )
     )
     return user
 
 
 def reset_password(
-    session: AsyncSession, *, actor: str, user: User, organisation: Organisation, password: str
+    session: AsyncSession,
+    *,
+    actor: str,
+    user: User,
+    organisation: Organisation,
+    password: str,
+    context: Mapping[str, Any] | None = None,
 ) -> None:
+    check_password(password, user.username)
     user.password_hash = hash_secret(password)
-    session.add(_event(actor, "admin.user_password_reset", organisation, username=user.username))
+    session.add(
+        _event(actor, "admin.user_password_reset", organisation, context, username=user.username)
+    )
+
+
+def set_user_active(
+    session: AsyncSession,
+    *,
+    actor: str,
+    user: User,
+    organisation: Organisation,
+    active: bool,
+    context: Mapping[str, Any] | None = None,
+) -> User:
+    """Disable or enable a user. Disabling takes effect on the user's next request."""
+    was_active = user.active
+    user.active = active
+    session.add(
+        _event(
+            actor,
+            "admin.user_enabled" if active else "admin.user_disabled",
+            organisation,
+            context,
+            user_id=str(user.id),
+            username=user.username,
+            was_active=was_active,
+        )
+    )
+    return user

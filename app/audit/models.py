@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -37,3 +37,44 @@ class AuditEvent(Base):
     authority_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     detail: Mapped[dict[str, Any] | None]
     source_address: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditUnsealed(Base):
+    """Events waiting for the sequencer; filled by a database trigger on every insert
+    into ``audit_events``, so no code path can forget to queue its event."""
+
+    __tablename__ = "audit_unsealed"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    occurred_at: Mapped[datetime]
+
+
+class AuditSeal(Base):
+    """An event's place in the hash chain (append-only).
+
+    ``position`` is assigned gap-free by the sequencer under a lock, never by a
+    sequence: concurrent transactions commit out of order.
+    """
+
+    __tablename__ = "audit_seals"
+
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_events.id"), unique=True)
+    leaf_hash: Mapped[str] = mapped_column(String(64))
+    chain_hash: Mapped[str] = mapped_column(String(64))
+    sealed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditCheckpoint(Base):
+    """A signed statement of the log's size and head hash (append-only).
+
+    Also written outside the database: only a copy held elsewhere catches a
+    truncated tail or a rewritten history.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    note: Mapped[str] = mapped_column(Text)

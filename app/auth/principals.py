@@ -5,13 +5,14 @@ request, so disabling either takes effect at once, not at token expiry.
 """
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 from sqlalchemy import exists, select
 
-from app.admin.models import SCOPES_BY_KIND, Client, Organisation, OrganisationKind, User
+from app.admin.models import SCOPES_BY_KIND, Client, Organisation, OrganisationKind, Scope, User
 from app.audit.models import AuditEvent
 from app.audit.service import refuse, request_context
 from app.auth.keys import KeyRing
@@ -148,3 +149,41 @@ async def _load(session: SessionDep, claims: TokenClaims) -> Principal | None:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require_scope(
+    scope: Scope,
+    *,
+    kinds: frozenset[OrganisationKind],
+    event_type: str,
+    kind_refusal: str = "wrong_organisation_kind",
+) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting a principal of one of ``kinds`` whose token carries ``scope``.
+
+    Both must hold: a token's scope alone would let a mis-issued client in, and
+    the kind alone would let in any token of that organisation. Each refusal is
+    an audit event (``event_type``), committed before the 403 leaves.
+    """
+    kinds_text = " or ".join(sorted(kind.value.replace("_", " ") for kind in kinds))
+
+    async def dependency(
+        request: Request, principal: CurrentPrincipal, session: SessionDep
+    ) -> Principal:
+        event = AuditEvent(
+            event_type=event_type,
+            principal=principal.subject,
+            organisation_id=principal.organisation_id,
+            detail={"method": request.method, "path": request.url.path, "scope": scope.value},
+            **request_context(request),
+        )
+        if principal.organisation_kind not in kinds:
+            event.refusal = kind_refusal
+            detail = f"Only {kinds_text} organisations may do this."
+            await refuse(session, event, ProblemError(403, "Forbidden", detail))
+        if scope.value not in principal.scopes:
+            event.refusal = "missing_scope"
+            detail = f"The token does not carry the {scope.value} scope."
+            await refuse(session, event, ProblemError(403, "Forbidden", detail))
+        return principal
+
+    return dependency

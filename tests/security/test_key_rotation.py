@@ -43,22 +43,22 @@ async def test_rotation_signs_with_the_new_key_and_honours_old_tokens_through_th
         await session.commit()
 
     replica = create_app(settings)  # another replica: it reads the key set from the database
-    async with replica.router.lifespan_context(replica):
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=replica), base_url="http://r"
-        ) as http:
-            issued = await http.post("/oauth/token", data=world["hospital_client"].credentials)
-            kids = {key["kid"] for key in (await http.get("/.well-known/jwks.json")).json()["keys"]}
-            old_still_works = await http.post(
-                "/v1/lookups",
-                json={**BODY, "purpose": "police_investigation"},
-                headers={"Authorization": f"Bearer {old_token}"},
-            )
-            new_works = await http.post(
-                "/v1/lookups",
-                json=BODY,
-                headers={"Authorization": f"Bearer {issued.json()['access_token']}"},
-            )
+    async with (
+        replica.router.lifespan_context(replica),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=replica), base_url="http://r") as http,
+    ):
+        issued = await http.post("/oauth/token", data=world["hospital_client"].credentials)
+        kids = {key["kid"] for key in (await http.get("/.well-known/jwks.json")).json()["keys"]}
+        old_still_works = await http.post(
+            "/v1/lookups",
+            json={**BODY, "purpose": "police_investigation"},
+            headers={"Authorization": f"Bearer {old_token}"},
+        )
+        new_works = await http.post(
+            "/v1/lookups",
+            json=BODY,
+            headers={"Authorization": f"Bearer {issued.json()['access_token']}"},
+        )
 
     assert _kid(issued.json()["access_token"]) == new_key.kid
     assert {new_key.kid, _kid(old_token)} <= kids
@@ -109,14 +109,14 @@ async def test_token_signed_by_a_retired_key_is_refused_and_the_key_unpublished(
     token = jwt.encode(claims, pem, algorithm="ES256", headers={"kid": key.kid})
 
     replica = create_app(settings)
-    async with replica.router.lifespan_context(replica):
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=replica), base_url="http://r"
-        ) as http:
-            refused = await http.post(
-                "/v1/lookups", json=BODY, headers={"Authorization": f"Bearer {token}"}
-            )
-            kids = {k["kid"] for k in (await http.get("/.well-known/jwks.json")).json()["keys"]}
+    async with (
+        replica.router.lifespan_context(replica),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=replica), base_url="http://r") as http,
+    ):
+        refused = await http.post(
+            "/v1/lookups", json=BODY, headers={"Authorization": f"Bearer {token}"}
+        )
+        kids = {k["kid"] for k in (await http.get("/.well-known/jwks.json")).json()["keys"]}
 
     assert refused.status_code == 401
     assert "categories" not in refused.text
