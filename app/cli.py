@@ -5,8 +5,10 @@ the admin API, so the same rules and the same audit events)."""
 import asyncio
 import json
 import os
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,8 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.admin import service as admin
 from app.admin.models import Client, Organisation, OrganisationKind, Scope, User, UserRole
 from app.admin.schemas import Name, OrganisationCreate, Username
+from app.audit.chain import CheckpointSigner, CheckpointVerifier
+from app.audit.sealing import Sequencer
+from app.audit.verify import verify_log
 from app.config import Settings, get_settings
 from app.db import create_engine, create_sessionmaker
+from app.logging import configure_logging
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -54,6 +60,8 @@ def upgrade_database(settings: Settings) -> None:
 @click.group()
 def main() -> None:
     """cp-register: the child protection plan lookup service."""
+    # Logs go to stderr as JSON; stdout carries what the command prints for people.
+    configure_logging(get_settings().log_level, sys.stderr)
 
 
 @main.group()
@@ -510,3 +518,84 @@ def admin_create_operator(
     click.echo(f"operator {created.username} ({created.id}) in {owner.name} ({owner.id})")
     click.echo(f"password: {password}")
     click.echo(SHOWN_ONCE, err=True)
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit log."""
+
+
+def _signer(settings: Settings, *, create: bool = False) -> CheckpointSigner:
+    return CheckpointSigner.from_file(
+        settings.checkpoint_key_path, settings.audit_log_origin, create=create
+    )
+
+
+@audit_group.command("keygen")
+def audit_keygen() -> None:
+    """Create the Ed25519 checkpoint signing key (if missing) and print its verifier key."""
+    settings = get_settings()
+    signer = _signer(settings, create=True)
+    click.echo(f"checkpoint key: {settings.checkpoint_key_path}")
+    click.echo(f"verifier key (give this to auditors): {signer.verifier.vkey}")
+
+
+@audit_group.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Seal every pending event now and sign a checkpoint."""
+    settings = get_settings()
+
+    async def run() -> str:
+        engine = create_engine(settings)
+        try:
+            sequencer = Sequencer(create_sessionmaker(engine), _signer(settings), settings)
+            _, signed = await sequencer.run_once(checkpoint=True)
+        finally:
+            await engine.dispose()
+        return signed.note if signed else "the log is empty\n"
+
+    click.echo(asyncio.run(run()), nl=False)
+
+
+@audit_group.command("verify")
+@click.option(
+    "--checkpoint",
+    "held",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A checkpoint note held outside the database.",
+)
+@click.option(
+    "--verifier-key",
+    default=None,
+    help="Check signatures with this key (name+hash+key) instead of the local one.",
+)
+def audit_verify(held: tuple[Path, ...], verifier_key: str | None) -> None:
+    """Recompute every hash and signature; exit 1 naming the first problem."""
+    settings = get_settings()
+    verifier = (
+        CheckpointVerifier.from_vkey(verifier_key) if verifier_key else _signer(settings).verifier
+    )
+    notes = [path.read_text() for path in held]
+    notes += [p.read_text() for p in sorted(settings.checkpoint_dir.glob("checkpoint-*.txt"))[-1:]]
+
+    async def work(session: AsyncSession) -> Any:
+        return await verify_log(
+            session,
+            verifier,
+            sealing_delay=timedelta(seconds=settings.sealing_delay_seconds),
+            held_checkpoints=notes,
+        )
+
+    report = _with_session(settings, work)
+    click.echo(
+        f"size {report.size}, head {report.head}, {report.checkpoints_checked} checkpoints checked"
+    )
+    if report.ok:
+        click.echo("OK: every event, hash and checkpoint verifies")
+        return
+    for finding in report.findings:
+        where = f"position {finding.position}" if finding.position else ""
+        event = f"event {finding.event_id}" if finding.event_id else ""
+        click.echo(f"FAILED {finding.kind} {where} {event}: {finding.detail}".replace("  ", " "))
+    sys.exit(1)

@@ -3,6 +3,7 @@ those belong in the audit log only."""
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -13,10 +14,10 @@ _SHARED = [
 ]
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", stream: TextIO = sys.stdout) -> None:
     """structlog for our own lines; uvicorn's and the standard library's rendered the
     same way, so every line on stdout is one JSON object."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processor=structlog.processors.JSONRenderer(), foreign_pre_chain=_SHARED
@@ -32,6 +33,6 @@ def configure_logging(level: str = "INFO") -> None:
     structlog.configure(
         processors=[*_SHARED, structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )

@@ -19,6 +19,7 @@ from app.audit.sealing import Sequencer
 from app.audit.verify import Report, verify_log
 from app.config import Settings
 from app.main import create_app
+from tests.conftest import World
 
 DELAY = timedelta(seconds=30)
 
@@ -267,16 +268,32 @@ async def test_concurrent_writers_and_sequencers_never_fork_the_chain(log: Log) 
     assert report.size == 6 + 16 * 10 * 2
 
 
-async def test_verify_endpoint_reports_ok_and_names_tampering(
-    log: Log, fresh_settings: Settings
+async def test_custodian_verifies_the_live_log_over_http(
+    client: httpx.AsyncClient,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    app: FastAPI,
 ) -> None:
-    """Through HTTP, as an operator would (the app's sequencer is the one under test)."""
-    app = create_app(fresh_settings.model_copy(update={"sealing_enabled": True}))
-    async with app.router.lifespan_context(app):
-        assert app.state.sequencer is not None
-        # Tokens need principals; the verify route is exercised in test_audit_api.py.
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://t"
-        ) as http:
-            response = await http.get("/v1/audit/verify")
-        assert response.status_code == 401
+    await app.state.sequencer.run_once(checkpoint=True)
+    response = await client.get("/v1/audit/verify", headers=world["custodian_a"].headers)
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["ok"] is True, report["findings"]
+    assert report["size"] > 0
+    assert report["checkpoints_checked"] >= 1
+    signed = await client.post("/v1/audit/checkpoints", headers=world["custodian_a"].headers)
+    assert signed.status_code == 200, signed.text
+    latest = await client.get("/v1/audit/checkpoints/latest", headers=world["custodian_a"].headers)
+    assert (
+        CheckpointVerifier.from_vkey(latest.json()["verifier_key"]).open(latest.json()["note"]).size
+        == latest.json()["size"]
+    )
+
+
+async def test_reference_points_may_not_verify_or_checkpoint(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    for principal in ("hospital_client", "duty_officer"):
+        headers = world[principal].headers
+        assert (await client.get("/v1/audit/verify", headers=headers)).status_code == 403
+        assert (await client.post("/v1/audit/checkpoints", headers=headers)).status_code == 403
