@@ -85,10 +85,13 @@ async def verify_token(keyring: KeyRing, settings: Settings, token: str) -> Toke
                 "leeway": settings.token_leeway_seconds,
             },
         )
-    except JOSEError as exc:
+    except (JOSEError, TypeError, ValueError) as exc:
+        # python-jose raises TypeError for time claims of the wrong JSON type.
         raise InvalidToken(type(exc).__name__) from exc
-    lifetime = claims["exp"] - claims["iat"]
-    if not isinstance(lifetime, int) or lifetime > settings.token_ttl_seconds:
+    times = [claims.get(name) for name in ("exp", "iat", "nbf")]
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in times):
+        raise InvalidToken("time claims must be integers")
+    if claims["exp"] - claims["iat"] > settings.token_ttl_seconds:
         raise InvalidToken("lifetime too long")
     if claims["iat"] > time.time() + settings.token_leeway_seconds:
         raise InvalidToken("issued in the future")

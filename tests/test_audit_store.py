@@ -1,0 +1,298 @@
+"""The audit store refuses changes and the service fails closed without it
+(DESIGN.md, "Audit log").
+
+Tampering statements run in a transaction that is never committed: should a
+guard be missing, the test fails and the shared database is left untouched.
+The insert-refusing trigger used for the fail-closed tests is always dropped.
+"""
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.audit.models import AuditEvent
+from app.config import Settings
+from tests.conftest import NHS, World
+
+APPEND_ONLY = {
+    # table: an UPDATE that would rewrite history, and how to spot its work
+    "audit_events": (
+        "UPDATE audit_events SET outcome = 'tampered', refusal = NULL",
+        "outcome = 'tampered'",
+    ),
+    "register_entry_versions": (
+        "UPDATE register_entry_versions SET changed_by = 'tampered'",
+        "changed_by = 'tampered'",
+    ),
+}
+REFUSE_INSERT = "cpr_test_refuse_audit_insert"
+
+
+def _postgres_only(settings: Settings) -> None:
+    if settings.is_sqlite:
+        pytest.skip("PostgreSQL only")
+
+
+async def _count(
+    sessionmaker: async_sessionmaker[AsyncSession], table: str, where: str = "1 = 1"
+) -> int:
+    async with sessionmaker() as session:
+        statement = text(f"SELECT count(*) FROM {table} WHERE {where}")
+        return (await session.execute(statement)).scalar_one()
+
+
+async def _refused(sessionmaker: async_sessionmaker[AsyncSession], *statements: str) -> DBAPIError:
+    """Run the statements in one transaction, expect the last to be refused, never commit."""
+    async with sessionmaker() as session:
+        try:
+            for statement in statements[:-1]:
+                await session.execute(text(statement))
+            with pytest.raises(DBAPIError) as refused:
+                await session.execute(text(statements[-1]))
+        finally:
+            await session.rollback()
+    return refused.value
+
+
+@pytest.mark.parametrize("table", sorted(APPEND_ONLY))
+async def test_update_is_refused_by_the_database(
+    world: World, sessionmaker: async_sessionmaker[AsyncSession], table: str
+) -> None:
+    before = await _count(sessionmaker, table)
+    assert before > 0, "nothing to tamper with: the test would prove nothing"
+    update, tampered = APPEND_ONLY[table]
+    error = await _refused(sessionmaker, update)
+    assert "append-only" in str(error)
+    assert await _count(sessionmaker, table, tampered) == 0
+
+
+@pytest.mark.parametrize("table", sorted(APPEND_ONLY))
+async def test_delete_is_refused_by_the_database(
+    world: World, sessionmaker: async_sessionmaker[AsyncSession], table: str
+) -> None:
+    before = await _count(sessionmaker, table)
+    assert before > 0
+    error = await _refused(sessionmaker, f"DELETE FROM {table}")
+    assert "append-only" in str(error)
+    assert await _count(sessionmaker, table) >= before
+
+
+async def test_a_single_targeted_update_is_refused_too(
+    world: World, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Not only bulk statements: rewriting one lookup's outcome is refused."""
+    async with sessionmaker() as session:
+        event_id = (await session.execute(text("SELECT id FROM audit_events LIMIT 1"))).scalar_one()
+    async with sessionmaker() as session:
+        try:
+            with pytest.raises(DBAPIError, match="append-only"):
+                await session.execute(
+                    text("UPDATE audit_events SET outcome = 'not_on_plan' WHERE id = :id"),
+                    {"id": event_id},
+                )
+        finally:
+            await session.rollback()
+
+
+# --- PostgreSQL: TRUNCATE, replication role, privileges -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "TRUNCATE audit_events CASCADE",
+        "TRUNCATE register_entry_versions",
+        "TRUNCATE audit_seals",
+        "TRUNCATE audit_checkpoints",
+    ],
+)
+async def test_truncate_is_refused_on_postgresql(
+    world: World,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    statement: str,
+) -> None:
+    _postgres_only(settings)
+    error = await _refused(sessionmaker, statement)
+    assert "append-only" in str(error)
+
+
+async def test_plain_truncate_of_the_log_is_refused_on_postgresql(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Refused before the trigger is reached (audit_seals references the log), which is
+    why the CASCADE form above exists: it gets past that and meets the guard."""
+    _postgres_only(settings)
+    before = await _count(sessionmaker, "audit_events")
+    await _refused(sessionmaker, "TRUNCATE audit_events")
+    assert await _count(sessionmaker, "audit_events") >= before
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        APPEND_ONLY["audit_events"][0],
+        APPEND_ONLY["register_entry_versions"][0],
+        "DELETE FROM audit_events",
+        "DELETE FROM register_entry_versions",
+        "TRUNCATE audit_events CASCADE",
+        "TRUNCATE register_entry_versions",
+    ],
+)
+async def test_replication_role_replica_does_not_switch_the_guards_off(
+    world: World,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    statement: str,
+) -> None:
+    """Ordinary triggers do not fire under session_replication_role = replica;
+    the guards are ENABLE ALWAYS, so they still do."""
+    _postgres_only(settings)
+    error = await _refused(sessionmaker, "SET LOCAL session_replication_role = replica", statement)
+    assert "append-only" in str(error)
+
+
+@pytest.mark.parametrize("table", ["audit_events", "register_entry_versions"])
+async def test_the_application_role_may_only_insert_and_read_the_log(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], table: str
+) -> None:
+    _postgres_only(settings)
+    async with sessionmaker() as session:
+        privileges = {
+            privilege: (
+                await session.execute(
+                    text("SELECT has_table_privilege('cpr_app', :table, :privilege)"),
+                    {"table": table, "privilege": privilege},
+                )
+            ).scalar_one()
+            for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+        }
+    assert privileges == {
+        "SELECT": True,
+        "INSERT": True,
+        "UPDATE": False,
+        "DELETE": False,
+        "TRUNCATE": False,
+    }
+
+
+# --- fail closed ----------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def audit_log_unwritable(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+) -> AsyncIterator[None]:
+    """Make every INSERT into audit_events fail, for real, in the database.
+
+    Committed before the caller goes on (on SQLite the app's writes BEGIN
+    IMMEDIATE and would wait for an open DDL transaction); always dropped.
+    """
+    if settings.is_sqlite:
+        create = [
+            f"CREATE TRIGGER {REFUSE_INSERT} BEFORE INSERT ON audit_events "
+            "BEGIN SELECT RAISE(ABORT, 'audit log unwritable (test)'); END"
+        ]
+        drop = [f"DROP TRIGGER IF EXISTS {REFUSE_INSERT}"]
+    else:
+        create = [
+            f"CREATE FUNCTION {REFUSE_INSERT}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN RAISE EXCEPTION 'audit log unwritable (test)'; END $$",
+            f"CREATE TRIGGER {REFUSE_INSERT} BEFORE INSERT ON audit_events "
+            f"FOR EACH ROW EXECUTE FUNCTION {REFUSE_INSERT}()",
+        ]
+        drop = [
+            f"DROP TRIGGER IF EXISTS {REFUSE_INSERT} ON audit_events",
+            f"DROP FUNCTION IF EXISTS {REFUSE_INSERT}()",
+        ]
+    try:
+        async with sessionmaker() as session:
+            for statement in create:
+                await session.execute(text(statement))
+            await session.commit()
+        yield
+    finally:
+        async with sessionmaker() as session:
+            for statement in drop:
+                await session.execute(text(statement))
+            await session.commit()
+
+
+def _on_plan_lookup() -> dict[str, object]:
+    return {
+        "subject": {"nhs_number": NHS["neglect"]},
+        "purpose": "unscheduled_care",
+        "reason": "attended ED with unexplained bruising",
+        "enquirer": {"id": f"F-{uuid.uuid4().hex[:10]}", "name": "Dr A Jones", "role": "registrar"},
+    }
+
+
+async def test_lookup_fails_closed_when_the_audit_log_cannot_be_written(
+    client: httpx.AsyncClient,
+    world: World,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    headers = world["hospital_client"].headers
+    answered = await client.post("/v1/lookups", json=_on_plan_lookup(), headers=headers)
+    assert answered.status_code == 200
+    assert answered.json()["status"] == "on_plan"  # what the attacker hopes to see
+
+    capfd.readouterr()
+    async with audit_log_unwritable(sessionmaker, settings):
+        response = await client.post("/v1/lookups", json=_on_plan_lookup(), headers=headers)
+    out, err = capfd.readouterr()
+
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert int(response.headers["retry-after"]) > 0
+    body = response.json()
+    # The problem document's own "status" is the HTTP status, never a lookup status.
+    assert body["status"] == 503
+    assert "categories" not in body
+    assert set(body) <= {"type", "title", "status", "detail", "instance"}
+    for marker in ("on_plan", "neglect", "unborn", "lookup_id", "contact", NHS["neglect"]):
+        assert marker not in response.text
+    async with sessionmaker() as session:
+        written = await session.execute(
+            text("SELECT count(*) FROM audit_events WHERE request_id = :rid"),
+            {"rid": response.headers["x-request-id"]},
+        )
+        assert written.scalar_one() == 0
+    # The failure is logged, without the child's identifiers.
+    assert "audit_write_failed" in out + err
+    assert NHS["neglect"] not in out + err
+
+
+async def test_the_service_answers_again_once_the_log_is_writable(
+    client: httpx.AsyncClient,
+    world: World,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    async with audit_log_unwritable(sessionmaker, settings):
+        pass
+    response = await client.post(
+        "/v1/lookups", json=_on_plan_lookup(), headers=world["hospital_client"].headers
+    )
+    assert response.status_code == 200
+    async with sessionmaker() as session:
+        assert await session.get(AuditEvent, uuid.UUID(response.json()["lookup_id"])) is not None
+
+
+async def test_readyz_reports_an_unwritable_audit_log(
+    client: httpx.AsyncClient, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    assert (await client.get("/readyz")).status_code == 200
+    async with audit_log_unwritable(sessionmaker, settings):
+        not_ready = await client.get("/readyz")
+    assert not_ready.status_code == 503
+    assert not_ready.headers["content-type"] == "application/problem+json"
+    assert (await client.get("/readyz")).status_code == 200
