@@ -63,20 +63,32 @@ async def recent_events(
     event_type: str,
     since: datetime,
     enquirer_id: str | None = None,
+    newest_only: int | None = None,
 ) -> tuple[int, datetime | None, datetime | None]:
-    """How many of a principal's events of one type since a time: count, oldest, newest.
+    """A principal's events of one type since a time: count, oldest, newest.
 
     The log is the one store every replica shares, so limits counted here hold
-    across the whole service, over exact sliding windows.
+    across the whole service, over exact sliding windows. ``newest_only`` caps
+    the work at that many index entries: a limit needs to know only whether it
+    is reached, and when the oldest of the newest ``limit`` events leaves the window.
     """
-    statement = select(
-        func.count(), func.min(AuditEvent.occurred_at), func.max(AuditEvent.occurred_at)
-    ).where(
-        AuditEvent.principal == principal,
-        AuditEvent.occurred_at >= since,
-        AuditEvent.event_type == event_type,
+    recent = (
+        select(AuditEvent.occurred_at)
+        .where(
+            AuditEvent.principal == principal,
+            AuditEvent.occurred_at >= since,
+            AuditEvent.event_type == event_type,
+        )
+        .order_by(AuditEvent.occurred_at.desc())
     )
     if enquirer_id is not None:
-        statement = statement.where(AuditEvent.enquirer_id == enquirer_id)
-    count, oldest, newest = (await session.execute(statement)).one()
+        recent = recent.where(AuditEvent.enquirer_id == enquirer_id)
+    if newest_only is not None:
+        recent = recent.limit(newest_only)
+    window = recent.subquery()
+    count, oldest, newest = (
+        await session.execute(
+            select(func.count(), func.min(window.c.occurred_at), func.max(window.c.occurred_at))
+        )
+    ).one()
     return count, oldest, newest

@@ -42,7 +42,12 @@ async def check_volume(
     for refusal, enquirer, limit, window in limits:
         since = now - timedelta(seconds=window)
         count, oldest, _ = await recent_events(
-            session, principal=principal, event_type="lookup", since=since, enquirer_id=enquirer
+            session,
+            principal=principal,
+            event_type="lookup",
+            since=since,
+            enquirer_id=enquirer,
+            newest_only=limit,
         )
         if count >= limit and oldest is not None:
             frees_at = oldest + timedelta(seconds=window)
