@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,8 +24,9 @@ from app.admin.schemas import Name, OrganisationCreate, Username
 from app.audit.chain import CheckpointSigner, CheckpointVerifier
 from app.audit.sealing import Sequencer
 from app.audit.verify import verify_log
+from app.auth.models import AccessToken
 from app.config import Settings, get_settings
-from app.db import create_engine, create_sessionmaker
+from app.db import create_engine, create_sessionmaker, utcnow
 from app.logging import configure_logging
 
 T = TypeVar("T")
@@ -599,3 +600,23 @@ def audit_verify(held: tuple[Path, ...], verifier_key: str | None) -> None:
         event = f"event {finding.event_id}" if finding.event_id else ""
         click.echo(f"FAILED {finding.kind} {where} {event}: {finding.detail}".replace("  ", " "))
     sys.exit(1)
+
+
+@main.group("tokens")
+def tokens_group() -> None:
+    """Issued access tokens."""
+
+
+@tokens_group.command("purge")
+@click.option("--older-than-hours", type=int, default=24, show_default=True)
+def tokens_purge(older_than_hours: int) -> None:
+    """Forget tokens that expired long ago (run daily; their jti can never verify again)."""
+    settings = get_settings()
+    cutoff = utcnow() - timedelta(hours=older_than_hours)
+
+    async def work(session: AsyncSession) -> int:
+        result = await session.execute(delete(AccessToken).where(AccessToken.expires_at < cutoff))
+        await session.commit()
+        return result.rowcount
+
+    click.echo(f"purged {_with_session(settings, work)} expired tokens")
