@@ -620,3 +620,69 @@ def tokens_purge(older_than_hours: int) -> None:
         return result.rowcount
 
     click.echo(f"purged {_with_session(settings, work)} expired tokens")
+
+
+@main.command("lookup")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    envvar="CPR_URL",
+    help="The cp-register service.",
+)
+@click.option("--username", prompt=True, envvar="CPR_USERNAME")
+@click.option("--password", prompt=True, hide_input=True, envvar="CPR_PASSWORD")
+@click.option("--nhs-number", default=None)
+@click.option("--given-name", default=None)
+@click.option("--family-name", default=None)
+@click.option("--date-of-birth", default=None, help="YYYY-MM-DD")
+@click.option("--purpose", default="out_of_hours_referral", show_default=True)
+@click.option("--reason", prompt=True)
+def lookup(
+    url: str,
+    username: str,
+    password: str,
+    nhs_number: str | None,
+    given_name: str | None,
+    family_name: str | None,
+    date_of_birth: str | None,
+    purpose: str,
+    reason: str,
+) -> None:
+    """Look a child up as a signed-in duty officer, through the API (so it is audited)."""
+    import httpx
+
+    subject = {
+        key: value
+        for key, value in {
+            "nhs_number": nhs_number,
+            "given_name": given_name,
+            "family_name": family_name,
+            "date_of_birth": date_of_birth,
+        }.items()
+        if value
+    }
+    with httpx.Client(base_url=url, timeout=10) as http:
+        signed_in = http.post(
+            "/oauth/token",
+            data={"grant_type": "password", "username": username, "password": password},
+        )
+        if signed_in.status_code != 200:
+            raise click.ClickException(
+                f"sign-in refused: {signed_in.json().get('error_description', signed_in.text)}"
+            )
+        answer = http.post(
+            "/v1/lookups",
+            headers={"Authorization": f"Bearer {signed_in.json()['access_token']}"},
+            json={"subject": subject, "purpose": purpose, "reason": reason},
+        )
+    body = answer.json()
+    if answer.status_code != 200:
+        problems = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in body.get("errors", []))
+        raise click.ClickException(f"{body.get('title')}: {body.get('detail') or problems}")
+    status = body["status"].replace("_", " ").upper()
+    click.echo(status + (" (unborn child)" if body.get("unborn") else ""))
+    if body.get("categories"):
+        click.echo("categories: " + ", ".join(c.replace("_", " ") for c in body["categories"]))
+    click.echo(f"call: {body['contact']['name']}, {body['contact']['phone']}")
+    click.echo(f"lookup id: {body['lookup_id']}")
