@@ -6,7 +6,9 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint openapi clean
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: install run test lint openapi bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
@@ -27,8 +29,18 @@ test: install lint
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check app tests migrations
-	$(BIN)/ruff format --check app tests migrations
+	$(BIN)/ruff check app tests migrations bench
+	$(BIN)/ruff format --check app tests migrations bench
+
+# Issue 6: throughput and latency of the audited lookup against its floor and ceiling,
+# on PostgreSQL and SQLite (docs/performance.md). BENCH_DURATION=5 for a quick run.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python -m bench.run
 
 openapi: install
 	$(BIN)/cpr openapi

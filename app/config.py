@@ -28,7 +28,9 @@ class Settings(BaseSettings):
         default="sqlite+aiosqlite:///var/cpr.sqlite3",
         validation_alias=AliasChoices("DATABASE_URL", "CPR_DATABASE_URL"),
     )
-    database_pool_size: int = 10
+    # Per worker. No overflow: connections opened and closed under load cost
+    # PostgreSQL a backend each; requests wait for a pooled one instead.
+    database_pool_size: int = 20
     # PostgreSQL: the role the service acts as (SET ROLE on every connection), e.g.
     # cpr_app, which has only INSERT and SELECT on the audit log. Migrations ignore it.
     database_role: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")] | None = None
@@ -70,6 +72,30 @@ class Settings(BaseSettings):
     # The verifier reports any event still unsealed this long after it was written.
     sealing_delay_seconds: Annotated[int, Field(gt=0)] = 30
 
+    # Custodians' alerts (GET /v1/audit/alerts), computed from the log over the period
+    # asked for (by default the last alert_lookback_hours). Many not-found answers to one
+    # enquirer within the window suggests enumeration; one child looked up by several
+    # organisations within days suggests a child presenting at different sites.
+    alert_lookback_hours: Annotated[int, Field(gt=0)] = 24
+    alert_not_found_threshold: Annotated[int, Field(gt=0)] = 10
+    alert_not_found_window_minutes: Annotated[int, Field(gt=0)] = 60
+    alert_repeat_sites_threshold: Annotated[int, Field(gt=1)] = 2
+    alert_repeat_days: Annotated[int, Field(gt=0)] = 7
+
+    # Notifications to the responsible authority (docs/audit-review.md): derived from
+    # the sealed log by a background notifier, one per enquirer and child per period.
+    notifications_enabled: bool = True
+    notifier_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+    notifier_batch_size: Annotated[int, Field(gt=0)] = 1000
+    notification_dedupe_hours: Annotated[int, Field(gt=0)] = 24
+    # Webhook delivery from the outbox: at least once, retried with exponential back-off.
+    webhook_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    webhook_retry_base_seconds: Annotated[float, Field(gt=0)] = 5.0
+    webhook_retry_max_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    # A delivery attempt claims its row for this long, so replicas do not send it twice.
+    webhook_claim_seconds: Annotated[float, Field(gt=0)] = 60.0
+    webhook_batch_size: Annotated[int, Field(gt=0)] = 50
+
     # Purposes of use each kind of reference point may give (DESIGN.md, check 5).
     purposes_by_kind: dict[str, frozenset[str]] = {
         "emergency_department": frozenset({"unscheduled_care", "safeguarding_concern"}),
@@ -82,6 +108,13 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @model_validator(mode="after")
+    def _claim_outlasts_delivery(self) -> Self:
+        # Otherwise a slow receiver's row could be claimed, and sent, a second time.
+        if self.webhook_claim_seconds <= self.webhook_timeout_seconds:
+            raise ValueError("webhook_claim_seconds must exceed webhook_timeout_seconds")
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Self:

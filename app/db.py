@@ -71,6 +71,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         settings.database_url,
         hide_parameters=True,
         pool_size=settings.database_pool_size,
+        max_overflow=0,
         pool_pre_ping=True,
     )
     if settings.database_role:

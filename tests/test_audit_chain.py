@@ -4,7 +4,9 @@ every way, as the file owner / superuser, and the verifier names the event."""
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -297,3 +299,14 @@ async def test_reference_points_may_not_verify_or_checkpoint(
         headers = world[principal].headers
         assert (await client.get("/v1/audit/verify", headers=headers)).status_code == 403
         assert (await client.post("/v1/audit/checkpoints", headers=headers)).status_code == 403
+
+
+def test_workers_starting_together_share_one_checkpoint_key(tmp_path: Path) -> None:
+    """Several uvicorn workers create the key on a first start; all must load the same."""
+    path = tmp_path / "keys" / "checkpoint.pem"
+    with ThreadPoolExecutor(8) as pool:
+        signers = list(
+            pool.map(lambda _: CheckpointSigner.from_file(path, "o", create=True), range(8))
+        )
+    assert len({signer.verifier.vkey for signer in signers}) == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pem"]

@@ -11,6 +11,7 @@ it. Checkpoints are C2SP signed notes (tlog-checkpoint) with an Ed25519 key.
 import base64
 import hashlib
 import os
+import secrets
 import struct
 import uuid
 from dataclasses import dataclass
@@ -101,9 +102,18 @@ class CheckpointSigner:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Written aside and linked into place: when several workers start at once,
+            # one key wins and every worker loads that one.
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as file:
                 file.write(pem)
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                pass
+            finally:
+                temporary.unlink()
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path} is not an Ed25519 private key")

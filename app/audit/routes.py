@@ -28,7 +28,7 @@ _reviewer = require_scope(
 Reviewer = Annotated[Principal, Depends(_reviewer)]
 
 
-def get_sequencer(request: Request) -> Sequencer:
+async def get_sequencer(request: Request) -> Sequencer:
     sequencer: Sequencer | None = request.app.state.sequencer
     if sequencer is None:
         raise ProblemError(503, "Sealing is off", "This instance runs no sequencer.")

@@ -39,11 +39,12 @@ class Principal:
         return f"{self.kind}:{self.id}"
 
 
-def get_settings_dep(request: Request) -> Settings:
+# async: FastAPI would run a plain function in a worker thread on every request.
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_keyring(request: Request) -> KeyRing:
+async def get_keyring(request: Request) -> KeyRing:
     return request.app.state.keyring
 
 

@@ -1,0 +1,238 @@
+"""What each run measured, and the tables `make bench` prints and writes."""
+
+import contextlib
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.load import WrkResult
+from bench.seed import SeededRegister
+
+SEALING_ON, SEALING_OFF = "lookup, sealing on", "lookup, sealing off"
+HEALTHZ, CEILING = "GET /healthz (floor)", "ceiling (raw driver)"
+
+
+@dataclass(frozen=True)
+class Run:
+    scenario: str
+    connections: int
+    result: WrkResult
+    server_cpu_seconds: float  # the uvicorn workers (on SQLite, the database's work too)
+    database_cpu_seconds: float | None  # PostgreSQL's processes; None on SQLite
+    sessions_opened: int | None  # PostgreSQL connections opened (pool growth and churn)
+    sealing: str | None  # the sealing backlog when the load stopped (sealing on)
+    other_cores: float  # cores kept busy by other processes during the run
+
+    def cpu_ms_per_request(self, seconds: float | None) -> str:
+        if seconds is None or not self.result.requests:
+            return ""
+        return f"{1000 * seconds / self.result.requests:.2f}"
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """Lookup events an instance wrote, against the 200s wrk received from it."""
+
+    instance: str
+    audited: int
+    answered: int
+    unanswered: int  # sent but never answered (in flight when wrk stopped)
+    outcomes: dict[str, int]
+
+    @property
+    def verdict(self) -> str:
+        # Each event commits before its answer leaves, so every 200 has one; a request
+        # in flight when wrk stopped may have its event without wrk seeing the answer.
+        if self.audited == self.answered:
+            return "MATCH"
+        if self.answered < self.audited <= self.answered + self.unanswered:
+            return "MATCH (allowing for requests in flight when wrk stopped)"
+        return "MISMATCH"
+
+    def describe(self) -> str:
+        extra = self.audited - self.answered
+        in_flight = (
+            f" + {extra} of the {self.unanswered} requests in flight when wrk stopped"
+            if extra > 0
+            else ""
+        )
+        mix = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
+        return (
+            f"{self.verdict}: {self.instance}: {self.audited} lookup events for "
+            f"{self.answered} 200 responses{in_flight} ({mix})"
+        )
+
+
+@dataclass
+class BackendReport:
+    backend: str
+    seeded: SeededRegister | None = None
+    runs: list[Run] = field(default_factory=list)
+    audit: list[AuditCheck] = field(default_factory=list)
+    memory: dict[str, list[float]] = field(default_factory=dict)
+    profile: list[str] = field(default_factory=list)
+    import_timing: str = ""
+
+    def add(self, run: Run) -> None:
+        self.runs.append(run)
+        print(f"  {_row(run, None)}", flush=True)
+
+    def run(self, scenario: str, connections: int) -> Run | None:
+        for run in self.runs:
+            if run.scenario == scenario and run.connections == connections:
+                return run
+        return None
+
+    def result(self, scenario: str, connections: int) -> WrkResult | None:
+        run = self.run(scenario, connections)
+        return run.result if run is not None else None
+
+
+# A run during which other processes kept this much of the machine busy is flagged.
+DISTURBED_CORES = 0.2
+HEADER = (
+    "| scenario | conns | req/s | p50 ms | p95 ms | p99 ms | errors | vs ceiling "
+    "| server CPU ms/req | PostgreSQL CPU ms/req |"
+)
+RULE = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+
+
+def _ms(microseconds: int) -> str:
+    return f"{microseconds / 1000:.1f}"
+
+
+def _row(run: Run, ceiling: WrkResult | None) -> str:
+    result, share = run.result, ""
+    if ceiling is not None and run.scenario in (SEALING_ON, SEALING_OFF):
+        share = f"{result.requests_per_second / ceiling.requests_per_second:.0%}"
+    return (
+        f"| {run.scenario} | {run.connections} | {result.requests_per_second:.0f} | "
+        f"{_ms(result.p50_us)} | {_ms(result.p95_us)} | {_ms(result.p99_us)} | "
+        f"{result.errors} | {share} | {run.cpu_ms_per_request(run.server_cpu_seconds)} | "
+        f"{run.cpu_ms_per_request(run.database_cpu_seconds)} |"
+    )
+
+
+def seeded_line(seeded: SeededRegister) -> str:
+    return (
+        f"seeded {seeded.entries} entries in {seeded.seconds:.1f} s "
+        f"({len(seeded.on_plan)} NHS numbers on a live plan, "
+        f"{len(seeded.not_on_plan)} valid ones without)"
+    )
+
+
+def backend_markdown(report: BackendReport, connections: tuple[int, ...]) -> list[str]:
+    lines = [f"## {report.backend}", ""]
+    if report.seeded is not None:
+        lines += [seeded_line(report.seeded) + ".", ""]
+    lines += [HEADER, RULE]
+    order = [SEALING_ON, SEALING_OFF, HEALTHZ, CEILING]
+    for scenario in order:
+        for count in connections:
+            run = report.run(scenario, count)
+            if run is not None:
+                lines.append(_row(run, report.result(CEILING, count)))
+    lines += ["", "Sealing on / off (lookup req/s):", ""]
+    for count in connections:
+        on, off = report.result(SEALING_ON, count), report.result(SEALING_OFF, count)
+        if on and off:
+            ratio = on.requests_per_second / off.requests_per_second
+            lines.append(
+                f"- {count} connections: {on.requests_per_second:.0f} / "
+                f"{off.requests_per_second:.0f} = {ratio:.0%}; p99 {_ms(on.p99_us)} / "
+                f"{_ms(off.p99_us)} ms"
+            )
+    opened = [run for run in report.runs if run.sessions_opened is not None]
+    if opened:
+        lines += ["", "PostgreSQL connections opened during each run (pool growth and churn):", ""]
+        for scenario in (SEALING_ON, SEALING_OFF, CEILING):
+            counts = [
+                f"{r.sessions_opened} at {r.connections}" for r in opened if r.scenario == scenario
+            ]
+            if counts:
+                lines.append(f"- {scenario}: " + ", ".join(counts))
+    disturbed = [run for run in report.runs if run.other_cores >= DISTURBED_CORES]
+    lines += ["", "Other load on the machine during the runs:", ""]
+    if disturbed:
+        lines += [
+            f"- {run.scenario} at {run.connections}: {run.other_cores:.1f} cores busy elsewhere"
+            for run in disturbed
+        ]
+    else:
+        worst = max((run.other_cores for run in report.runs), default=0.0)
+        lines.append(f"- none worth noting (at most {worst:.2f} cores busy elsewhere)")
+    lines += ["", "Sealing backlog (sealing on):", ""]
+    lines += [
+        f"- {run.connections} connections: {run.sealing}" for run in report.runs if run.sealing
+    ]
+    lines += ["", "Audit events against 200 responses:", ""]
+    lines += [f"- {check.describe()}" for check in report.audit]
+    lines += ["", "Resident memory per worker after the load:", ""]
+    for scenario, sizes in report.memory.items():
+        lines.append(f"- {scenario}: " + ", ".join(f"{size:.0f} MiB" for size in sizes))
+    lines += ["", report.import_timing, ""]
+    if report.profile:
+        lines += ["Profile of one worker under the highest load (py-spy):", "", "```"]
+        lines += [*report.profile, "```", ""]
+    return lines
+
+
+def targets_markdown(reports: list[BackendReport], connections: tuple[int, ...]) -> list[str]:
+    """The issue's targets, read off the PostgreSQL runs at the highest concurrency."""
+    postgres = next((r for r in reports if r.backend == "postgresql"), None)
+    top = max(connections)
+    lines = [f"## Targets (PostgreSQL, {top} connections)", ""]
+    if postgres is None:
+        return [*lines, "- not measured: no PostgreSQL run", ""]
+    on, off = postgres.result(SEALING_ON, top), postgres.result(SEALING_OFF, top)
+    ceiling = postgres.result(CEILING, top)
+    if on is None or off is None or ceiling is None:
+        return [*lines, "- not measured", ""]
+    share = on.requests_per_second / ceiling.requests_per_second
+    cost = 1 - on.requests_per_second / off.requests_per_second
+    worst_p99 = max((r.result.p99_us for r in postgres.runs if r.scenario == SEALING_ON), default=0)
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    lines += [
+        f"- audited lookup >= 60 % of the ceiling: {share:.0%} ({met(share >= 0.6)})",
+        f"- lookup p99 <= 25 ms at every concurrency: worst {_ms(worst_p99)} ms "
+        f"({met(worst_p99 <= 25_000)})",
+        f"- sealing costs <= 10 %: {cost:.0%} ({met(cost <= 0.10)})",
+        f"- 50k import < 30 s: {postgres.import_timing}",
+        "",
+    ]
+    return lines
+
+
+def machine_line() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kib / 1024 / 1024:.0f} GiB"
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    return f"{os.cpu_count()} cores ({model}){memory}, {python}"
+
+
+def write_results(
+    reports: list[BackendReport], connections: tuple[int, ...], conditions: str, path: Path
+) -> None:
+    """The tables, preceded by the machine and the run's ``conditions``, to ``path``
+    and to stdout."""
+    when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    lines = ["# cp-register benchmark", "", f"{when}; {machine_line()}; {conditions}", ""]
+    for report in reports:
+        lines += backend_markdown(report, connections)
+    lines += targets_markdown(reports, connections)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    print("\n" + "\n".join(lines))

@@ -1,0 +1,611 @@
+"""`make bench`: the audited lookup under load, beside its floor and its ceiling.
+
+For each backend (PostgreSQL in a throwaway database, SQLite in a temporary
+file): migrate, bootstrap the demo, seed a register of BENCH_ENTRIES entries,
+then drive wrk (bench/lookup.lua) at each of BENCH_CONNECTIONS against
+
+- the service as deployed (uvicorn, BENCH_WORKERS workers): POST /v1/lookups
+  with sealing on, and GET /healthz (the framework floor);
+- the same service with sealing off (CPR_SEALING_ENABLED=false);
+- the ceiling (bench/ceiling.py): one indexed SELECT and one INSERT + COMMIT
+  through the raw driver, nothing else.
+
+Each lookup run uses a new client of the demo emergency department (see
+new_client_token). Each run also records the CPU the workers and PostgreSQL
+spent per request, the PostgreSQL connections opened, and how busy other
+processes kept the machine. It checks that every 200 wrk saw has its audit
+event, reads each worker's resident memory after the load, times
+`cpr register import` when it exists, and prints one table per backend, also
+written to var/bench/results.md (docs/performance.md reads them).
+
+Settings (environment): BENCH_DURATION (seconds per run, 10), BENCH_WARMUP (2),
+BENCH_CONNECTIONS (1,8,32), BENCH_WORKERS (2), BENCH_ENTRIES (50000),
+BENCH_BACKENDS (postgresql,sqlite), BENCH_POSTGRES_URL (the trust-auth server
+on 127.0.0.1:5432), BENCH_PROFILE (1: also profile one loaded worker with py-spy).
+"""
+
+import asyncio
+import contextlib
+import csv
+import json
+import os
+import random
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import asyncpg
+import httpx
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.admin.models import Organisation, Scope
+from app.admin.service import create_client
+from app.audit.models import AuditEvent, AuditUnsealed
+from app.config import Settings
+from app.db import create_engine, create_sessionmaker
+from app.demo import AUTHORITY, CLIENTS
+from bench.ceiling import CEILING_TABLE_SQL
+from bench.load import WrkResult, run_wrk
+from bench.probes import CpuSnapshot
+from bench.profile import summarise_collapsed
+from bench.report import (
+    CEILING,
+    HEALTHZ,
+    SEALING_OFF,
+    SEALING_ON,
+    AuditCheck,
+    BackendReport,
+    Run,
+    seeded_line,
+    write_results,
+)
+from bench.seed import SeededRegister, nhs_numbers, seed_register
+from bench.servers import BIN, Server
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_DIR = ROOT / "var" / "bench"
+ON_PLAN_SHARE = 0.3  # of the lookups; the rest ask about a child with no live plan
+BODY_COUNT = 20_000
+NEVER_REGISTERED = 10_000
+ENQUIRERS = [
+    {"id": f"C{100000 + n}", "name": f"Dr Bench {n}", "role": "ED registrar"} for n in range(20)
+]
+ED_ORGANISATION = CLIENTS["emergency_department_client"][0]
+ACTOR = "bench:run"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    duration: float
+    warmup: float
+    connections: tuple[int, ...]
+    workers: int
+    entries: int
+    backends: tuple[str, ...]
+    postgres_url: str
+    profile: bool
+
+    @classmethod
+    def from_environment(cls) -> "BenchConfig":
+        env = os.environ.get
+        return cls(
+            duration=float(env("BENCH_DURATION", "10")),
+            warmup=float(env("BENCH_WARMUP", "2")),
+            connections=tuple(int(c) for c in env("BENCH_CONNECTIONS", "1,8,32").split(",")),
+            workers=int(env("BENCH_WORKERS", "2")),
+            entries=int(env("BENCH_ENTRIES", "50000")),
+            backends=tuple(env("BENCH_BACKENDS", "postgresql,sqlite").split(",")),
+            postgres_url=env(
+                "BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+            ),
+            profile=env("BENCH_PROFILE", "0") == "1",
+        )
+
+
+# --- databases ---------------------------------------------------------------------------
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.asynccontextmanager
+async def throwaway_database(backend: str, config: BenchConfig, tmp: Path) -> AsyncIterator[str]:
+    """A database of its own: a temporary SQLite file, or cpr_bench_<random>, dropped after."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp / 'cpr-bench.sqlite3'}"
+        return
+    name = f"cpr_bench_{secrets.token_hex(4)}"
+    admin_dsn = _asyncpg_dsn(config.postgres_url)
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    try:
+        yield make_url(config.postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        connection = await asyncpg.connect(admin_dsn)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+
+async def postgres_unreachable(config: BenchConfig) -> str | None:
+    try:
+        connection = await asyncpg.connect(_asyncpg_dsn(config.postgres_url), timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await connection.close()
+    return None
+
+
+async def lookup_outcomes(engine: AsyncEngine) -> dict[str, int]:
+    """Lookup audit events that answered (not refused), by outcome."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            select(AuditEvent.outcome, func.count())
+            .where(AuditEvent.event_type == "lookup", AuditEvent.outcome != "refused")
+            .group_by(AuditEvent.outcome)
+        )
+        return {outcome: int(count) for outcome, count in rows}
+
+
+async def postgres_sessions(engine: AsyncEngine) -> int | None:
+    """Connections ever opened to this PostgreSQL database (None on SQLite)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    async with engine.connect() as connection:
+        sessions = await connection.scalar(
+            text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        )
+        return int(sessions or 0)
+
+
+async def unsealed_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int(await connection.scalar(select(func.count()).select_from(AuditUnsealed)) or 0)
+
+
+# --- the service -------------------------------------------------------------------------
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "cpr"), *args], env=env, capture_output=True, text=True, check=False
+    )
+
+
+def prepare_database(env: dict[str, str], tmp: Path) -> None:
+    """Migrate, bootstrap the demo, and create the checkpoint key, as an operator would.
+
+    The key is made before the service starts: left to the workers, each finds it
+    missing and tries to create it, and the one that loses the race fails to start
+    (app/audit/chain.py, CheckpointSigner.from_file), which stops uvicorn.
+    """
+    credentials = tmp / "demo-credentials.json"
+    for step in (
+        ["db", "upgrade"],
+        ["demo", "bootstrap", "--credentials", str(credentials)],
+        ["audit", "keygen"],
+    ):
+        if (done := cli(env, *step)).returncode != 0:
+            raise RuntimeError(f"cpr {' '.join(step)} failed:\n{done.stderr}")
+
+
+def service_env(database_url: str, tmp: Path, **overrides: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("CPR_") and key != "DATABASE_URL"
+    }
+    return env | {
+        "DATABASE_URL": database_url,
+        "CPR_KEY_DIR": str(tmp / "keys"),
+        "CPR_CHECKPOINT_KEY_PATH": str(tmp / "keys" / "audit-checkpoint.ed25519.pem"),
+        "CPR_CHECKPOINT_DIR": str(tmp / "checkpoints"),
+        "CPR_LOOKUP_LIMIT_PER_CLIENT": "100000000",
+        "CPR_LOOKUP_LIMIT_PER_ENQUIRER": "100000000",
+        "CPR_LOG_LEVEL": "WARNING",
+        **overrides,
+    }
+
+
+async def new_client_token(
+    engine: AsyncEngine, base_url: str, name: str, *, http: httpx.AsyncClient | None = None
+) -> str:
+    """A token for a new system client of the demo emergency department.
+
+    Each run gets a client of its own: the volume limits count a client's lookups
+    in the audit log over a sliding window (15 minutes for an enquirer), and that
+    count costs more the more lookups the client made, so a client shared between
+    runs would make each run slower than the one before.
+    """
+    async with create_sessionmaker(engine)() as session:
+        organisation = await session.scalar(
+            select(Organisation).where(Organisation.name == ED_ORGANISATION)
+        )
+        if organisation is None:
+            raise RuntimeError(f"{ED_ORGANISATION!r} is missing: run `cpr demo bootstrap` first")
+        client, secret = create_client(
+            session,
+            actor=ACTOR,
+            organisation=organisation,
+            name=name,
+            scopes=frozenset({Scope.lookup}),
+        )
+        await session.commit()
+    async with contextlib.AsyncExitStack() as stack:
+        if http is None:
+            http = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=30))
+        response = await http.post(
+            "/oauth/token", data={"grant_type": "client_credentials"}, auth=(client.id, secret)
+        )
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+
+def write_bodies(path: Path, seeded: SeededRegister) -> None:
+    """Lookup bodies, one JSON document a line: ON_PLAN_SHARE on a plan, in random order."""
+    rng = random.Random(7)
+    with path.open("w") as out:
+        for n in range(BODY_COUNT):
+            numbers = seeded.on_plan if rng.random() < ON_PLAN_SHARE else seeded.not_on_plan
+            body = {
+                "subject": {"nhs_number": rng.choice(numbers)},
+                "purpose": "unscheduled_care",
+                "reason": "attended ED with unexplained bruising (benchmark)",
+                "enquirer": ENQUIRERS[n % len(ENQUIRERS)],
+            }
+            out.write(json.dumps(body, separators=(",", ":")) + "\n")
+
+
+# --- scenarios ---------------------------------------------------------------------------
+
+
+async def measured_run(
+    scenario: str,
+    connections: int,
+    server: Server,
+    engine: AsyncEngine,
+    url: str,
+    *,
+    duration: float,
+    bodies: Path | None = None,
+    token: str | None = None,
+    watch_sealing: bool = False,
+) -> Run:
+    """One wrk run, with the CPU the server's workers and PostgreSQL spent on it, the
+    connections PostgreSQL opened for it, and (``watch_sealing``) how far sealing lagged."""
+    sessions = await postgres_sessions(engine)
+    before = CpuSnapshot.take(server)
+    result = await run_wrk(
+        url, connections=connections, duration_seconds=duration, bodies=bodies, token=token
+    )
+    after = CpuSnapshot.take(server)
+    sealing = await _sealing_catch_up(engine) if watch_sealing else None
+    await asyncio.sleep(1)  # a pause between runs, which also lets backends report stats
+    sessions_after = await postgres_sessions(engine)
+    on_postgres = sessions is not None and sessions_after is not None
+    return Run(
+        scenario,
+        connections,
+        result,
+        server_cpu_seconds=after.server - before.server,
+        database_cpu_seconds=after.database - before.database if on_postgres else None,
+        sessions_opened=sessions_after - sessions if on_postgres else None,
+        sealing=sealing,
+        other_cores=max(0.0, after.others_user - before.others_user) / result.seconds,
+    )
+
+
+async def lookup_runs(
+    report: BackendReport,
+    config: BenchConfig,
+    service: Server,
+    scenario: str,
+    bodies: Path,
+    engine: AsyncEngine,
+) -> tuple[int, int]:
+    """Warm-up, then one run per connection count; 200s and unanswered, summed over all."""
+    answered = unanswered = 0
+    url = f"{service.base_url}/v1/lookups"
+    # (connections, seconds, reported): a warm-up first, counted for the audit check only
+    plan = [(8, config.warmup, False)] if config.warmup > 0 else []
+    plan += [(connections, config.duration, True) for connections in config.connections]
+    for connections, duration, reported in plan:
+        name = f"bench {scenario}, {connections} connections{'' if reported else ' (warm-up)'}"
+        token = await new_client_token(engine, service.base_url, name)
+        run = await measured_run(
+            scenario,
+            connections,
+            service,
+            engine,
+            url,
+            duration=duration,
+            bodies=bodies,
+            token=token,
+            watch_sealing=scenario == SEALING_ON,
+        )
+        answered, unanswered = answered + run.result.ok, unanswered + run.result.unanswered
+        if reported:
+            report.add(run)
+    return answered, unanswered
+
+
+async def _sealing_catch_up(engine: AsyncEngine) -> str:
+    """How many events were waiting for the sequencer when the load stopped, and how
+    long it took to seal them."""
+    started = time.monotonic()
+    backlog = pending = await unsealed_count(engine)
+    while pending and time.monotonic() - started < 60:
+        await asyncio.sleep(0.1)
+        pending = await unsealed_count(engine)
+    took = time.monotonic() - started
+    state = "sealed" if not pending else f"{pending} still unsealed"
+    return f"{backlog} events unsealed when the load stopped, {state} in {took:.1f} s"
+
+
+async def service_instance(
+    report: BackendReport,
+    config: BenchConfig,
+    *,
+    scenario: str,
+    env: dict[str, str],
+    bodies: Path,
+    engine: AsyncEngine,
+) -> None:
+    before = await lookup_outcomes(engine)
+    log = OUTPUT_DIR / f"{report.backend}-{scenario.replace(' ', '').replace(',', '-')}.log"
+    async with Server(
+        ["app.main:create_app", "--factory"],
+        workers=config.workers,
+        env=env,
+        ready_path="/readyz",
+        log_path=log,
+    ) as service:
+        answered, unanswered = await lookup_runs(report, config, service, scenario, bodies, engine)
+        if config.profile and scenario == SEALING_ON:
+            extra = await profile_workers(report, config, service, bodies, engine)
+            answered, unanswered = answered + extra.ok, unanswered + extra.unanswered
+        report.memory[scenario] = service.worker_rss_mib()
+        if scenario == SEALING_ON:
+            url = f"{service.base_url}/healthz"
+            for connections in config.connections:
+                run = await measured_run(
+                    HEALTHZ, connections, service, engine, url, duration=config.duration
+                )
+                report.add(run)
+    after = await lookup_outcomes(engine)
+    outcomes = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    check = AuditCheck(scenario, sum(outcomes.values()), answered, unanswered, outcomes)
+    report.audit.append(check)
+    print(f"  audit: {check.describe()}", flush=True)
+
+
+async def profile_workers(
+    report: BackendReport,
+    config: BenchConfig,
+    service: Server,
+    bodies: Path,
+    engine: AsyncEngine,
+) -> WrkResult:
+    """An extra, unreported lookup run at the highest concurrency with py-spy sampling
+    one worker (collapsed stacks, summarised) and another (flame graph SVG)."""
+    workers = service.worker_pids()
+    connections = max(config.connections)
+    outputs = [
+        (workers[0], "raw", OUTPUT_DIR / f"profile-{report.backend}.txt"),
+        (workers[-1], "flamegraph", OUTPUT_DIR / f"profile-{report.backend}.svg"),
+    ]
+    profilers = [
+        subprocess.Popen(  # noqa: ASYNC220 (they run beside the load)
+            [
+                str(BIN / "py-spy"),
+                "record",
+                f"--pid={pid}",
+                f"--duration={max(1, int(config.duration))}",
+                f"--format={form}",
+                f"--output={path}",
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for pid, form, path in outputs
+    ]
+    token = await new_client_token(engine, service.base_url, "bench profile")
+    result = await run_wrk(
+        f"{service.base_url}/v1/lookups",
+        connections=connections,
+        duration_seconds=config.duration,
+        bodies=bodies,
+        token=token,
+    )
+    for profiler in profilers:
+        _, stderr = await asyncio.to_thread(profiler.communicate)
+        if profiler.returncode != 0:
+            report.profile.append(f"py-spy failed: {stderr.decode(errors='replace')[-300:]}")
+    raw = outputs[0][2]
+    if raw.exists():
+        report.profile.extend(summarise_collapsed(raw.read_text(), top=15))
+        report.profile.append(f"(collapsed stacks: {raw}; flame graph: {outputs[1][2]})")
+    return result
+
+
+async def ceiling_runs(
+    report: BackendReport,
+    config: BenchConfig,
+    database_url: str,
+    bodies: Path,
+    engine: AsyncEngine,
+) -> None:
+    env = dict(os.environ) | {"BENCH_CEILING_DATABASE_URL": database_url}
+    async with Server(
+        ["bench.ceiling:create_app", "--factory"],
+        workers=config.workers,
+        env=env,
+        ready_path="/",
+        log_path=OUTPUT_DIR / f"{report.backend}-ceiling.log",
+    ) as ceiling:
+        url = f"{ceiling.base_url}/v1/lookups"
+        if config.warmup > 0:
+            await run_wrk(url, connections=8, duration_seconds=config.warmup, bodies=bodies)
+        for connections in config.connections:
+            run = await measured_run(
+                CEILING, connections, ceiling, engine, url, duration=config.duration, bodies=bodies
+            )
+            report.add(run)
+        report.memory[CEILING] = ceiling.worker_rss_mib()
+
+
+# --- the register import -----------------------------------------------------------------
+
+IMPORT_COLUMNS = [
+    "child_nhs_number",
+    "child_given_name",
+    "child_family_name",
+    "child_date_of_birth",
+    "expected_delivery_date",
+    "mother_nhs_number",
+    "mother_given_name",
+    "mother_family_name",
+    "mother_date_of_birth",
+    "categories",
+    "plan_start",
+    "next_review",
+    "lead_professional",
+    "team_contact",
+    "notes",
+]
+
+
+def write_import_csv(path: Path, rows: int) -> None:
+    """A CSV of ``rows`` live plans. The columns are a guess at `cpr register import`'s
+    format (it is being built): match IMPORT_COLUMNS to it when it lands."""
+    rng = random.Random(11)
+    numbers = nhs_numbers(first_prefix=999_300_000)
+    today = date.today()
+    with path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, IMPORT_COLUMNS)
+        writer.writeheader()
+        for n in range(rows):
+            born = today.replace(year=today.year - rng.randint(1, 16), day=rng.randint(1, 28))
+            writer.writerow(
+                {
+                    "child_nhs_number": next(numbers),
+                    "child_given_name": rng.choice(["Amelia", "Oliver", "Zoë", "Leo"]),
+                    "child_family_name": rng.choice(["Hughes", "Patel", "Müller-Smith"]),
+                    "child_date_of_birth": born.isoformat(),
+                    "categories": "neglect;emotional_abuse" if n % 5 == 0 else "neglect",
+                    "plan_start": today.replace(day=1).isoformat(),
+                    "lead_professional": "Bench Social Worker",
+                    "team_contact": "Northshire Children's Services, 020 7946 0150",
+                }
+            )
+
+
+async def time_import(report: BackendReport, config: BenchConfig, tmp: Path) -> None:
+    probe = cli(dict(os.environ), "register", "import", "--help")
+    if probe.returncode != 0:
+        report.import_timing = "import: not available yet (`cpr register import` does not exist)"
+        return
+    (tmp / "import").mkdir(exist_ok=True)
+    async with throwaway_database(report.backend, config, tmp / "import") as url:
+        env = service_env(url, tmp / "import")
+        prepare_database(env, tmp / "import")
+        path = tmp / "import.csv"
+        write_import_csv(path, config.entries)
+        args = ["register", "import", str(path)]
+        if "--authority" in probe.stdout:
+            args += ["--authority", AUTHORITY]
+        started = time.perf_counter()
+        done = cli(env, *args)
+        took = time.perf_counter() - started
+    if done.returncode == 0:
+        report.import_timing = f"import: {config.entries} rows in {took:.1f} s"
+    else:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        report.import_timing = (
+            f"import: failed after {took:.1f} s (exit {done.returncode}): {last[0]}"
+        )
+
+
+# --- one backend -------------------------------------------------------------------------
+
+
+async def bench_backend(backend: str, config: BenchConfig) -> BackendReport:
+    report = BackendReport(backend)
+    print(f"\n== {backend} ==", flush=True)
+    with tempfile.TemporaryDirectory(prefix="cpr-bench-") as directory:
+        tmp = Path(directory)
+        async with throwaway_database(backend, config, tmp) as database_url:
+            env = service_env(database_url, tmp)
+            prepare_database(env, tmp)
+            engine = create_engine(Settings(database_url=database_url))
+            try:
+                report.seeded = await seed_register(
+                    engine, entries=config.entries, never_registered=NEVER_REGISTERED
+                )
+                print(f"  {seeded_line(report.seeded)}", flush=True)
+                async with engine.begin() as connection:
+                    await connection.execute(text(CEILING_TABLE_SQL))
+                bodies = tmp / "bodies.jsonl"
+                write_bodies(bodies, report.seeded)
+                await service_instance(
+                    report,
+                    config,
+                    scenario=SEALING_ON,
+                    env=env,
+                    bodies=bodies,
+                    engine=engine,
+                )
+                await service_instance(
+                    report,
+                    config,
+                    scenario=SEALING_OFF,
+                    env=env | {"CPR_SEALING_ENABLED": "false"},
+                    bodies=bodies,
+                    engine=engine,
+                )
+                ceiling_url = database_url.replace("+aiosqlite", "").replace("+asyncpg", "")
+                await ceiling_runs(report, config, ceiling_url, bodies, engine)
+            finally:
+                await engine.dispose()
+        await time_import(report, config, tmp)
+    print(f"  {report.import_timing}", flush=True)
+    return report
+
+
+async def main() -> int:
+    config = BenchConfig.from_environment()
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    reports = []
+    for backend in config.backends:
+        if backend == "postgresql" and (problem := await postgres_unreachable(config)):
+            print(f"PostgreSQL at {config.postgres_url} is unreachable ({problem}); skipped")
+            continue
+        reports.append(await bench_backend(backend, config))
+    path = OUTPUT_DIR / "results.md"
+    conditions = (
+        f"{config.workers} uvicorn workers; wrk {config.duration:g} s per run "
+        f"(threads = min(connections, 2)) on the same machine; register of "
+        f"{config.entries} entries; {ON_PLAN_SHARE:.0%} of lookups on a plan."
+    )
+    write_results(reports, config.connections, conditions, path)
+    print(f"\nwritten to {path.relative_to(ROOT)}")
+    failed = any(check.verdict == "MISMATCH" for report in reports for check in report.audit)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,197 @@
+"""A realistic register of many entries, written fast, and the NHS numbers to look up.
+
+Rows are built the way ``app.register.service.create_entry`` / ``end_entry`` build
+them (same ``subject_*`` normalisation, 18th birthday, first review, version
+snapshots) but inserted with SQLAlchemy Core executemany in batches: the ORM
+path with one audit event per entry would take minutes for 50,000 entries.
+The seed writes no audit events: the log starts with the demo bootstrap's.
+"""
+
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.admin.models import Organisation
+from app.db import utcnow
+from app.demo import AUTHORITY
+from app.register.identifiers import eighteenth_birthday, match_key
+from app.register.models import Category, EndReason, RegisterEntry, RegisterEntryVersion
+from app.register.service import FIRST_REVIEW_MONTHS, add_months, snapshot
+
+ACTOR = "bench:seed"
+BATCH_SIZE = 5_000
+# NHS numbers in the 999 test range, clear of the demo bootstrap's 999 000 xxxx.
+FIRST_PREFIX = 999_100_000
+
+# Shares of the register (the rest are live plans for a born child with an NHS number).
+UNBORN_SHARE = 0.04  # held against the mother
+ENDED_SHARE = 0.15  # de-registered: never disclosed
+ADULT_SHARE = 0.01  # turned 18 and never ended: never disclosed
+NO_NHS_NUMBER_SHARE = 0.03  # found by names and date of birth only
+CATEGORY_COUNT_WEIGHTS = (70, 22, 6, 2)  # one, two, three or all four categories
+
+_GIVEN_NAMES = """
+    Amelia Oliver Isla Noah Zoë Leo Ava Harry Mia Jack Ella Sam Maya Freddie Poppy Arthur
+    Lily George Grace Olivia Muhammad Aisha Chloé Jayden Amir Fatima Kacper Zofia Seán Niamh
+    Priya Ravi Ibrahim Hannah Mateo Sofia Luca Ana-Maria Jean-Luc Eilidh"""
+_FAMILY_NAMES = """
+    Hughes Patel Nowak O'Connor Müller-Smith Kowalski Begum Robinson Wilson Thompson Taylor
+    Rossi Ahmed Evans Davies Jones Smith Okafor Khan Singh Brown Williams Murphy Kelly Walsh
+    Nguyen Chen Ali Hussain Mensah Adeyemi Novak Horváth Fernández García Lewis Clarke"""
+GIVEN_NAMES = tuple(_GIVEN_NAMES.split())
+FAMILY_NAMES = tuple(_FAMILY_NAMES.split())
+
+
+@dataclass(frozen=True)
+class SeededRegister:
+    entries: int
+    seconds: float
+    # NHS numbers of live plans: a lookup answers on_plan.
+    on_plan: list[str]
+    # Valid NHS numbers with no live plan (never registered, ended, or turned 18):
+    # a lookup answers not_on_plan.
+    not_on_plan: list[str]
+
+
+def nhs_check_digit(prefix: str) -> int | None:
+    """Modulus 11 over nine digits; None when no check digit exists (remainder 10)."""
+    total = sum(int(d) * w for d, w in zip(prefix, range(10, 1, -1), strict=True))
+    check = (11 - total % 11) % 11
+    return None if check == 10 else check
+
+
+def nhs_numbers(first_prefix: int = FIRST_PREFIX) -> Iterator[str]:
+    """Valid, distinct NHS numbers in increasing order."""
+    prefix = first_prefix
+    while True:
+        digits = str(prefix)
+        check = nhs_check_digit(digits)
+        if check is not None:
+            yield f"{digits}{check}"
+        prefix += 1
+
+
+def _years_ago(today: date, rng: random.Random, low: float, high: float) -> date:
+    return today - timedelta(days=int(rng.uniform(low, high) * 365.25))
+
+
+def _name(rng: random.Random, names: tuple[str, ...]) -> str:
+    return rng.choice(names)
+
+
+def _entry_rows(
+    rng: random.Random, authority_id: uuid.UUID, number: str, today: date
+) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+    """One entry's register_entries row and its version rows; and whether it is live."""
+    roll = rng.random()
+    unborn = roll < UNBORN_SHARE
+    adult = not unborn and roll < UNBORN_SHARE + ADULT_SHARE
+    ended = rng.random() < ENDED_SHARE
+    dob = _years_ago(today, rng, 18.05, 18.9) if adult else _years_ago(today, rng, 0, 17.8)
+    # Plans up to about two years old; a born child's plan starts after birth.
+    plan_days = 700 if unborn else min(700, (today - dob).days)
+    plan_start = today - timedelta(days=rng.randint(0, plan_days))
+    categories = rng.sample(list(Category), k=rng.choices((1, 2, 3, 4), CATEGORY_COUNT_WEIGHTS)[0])
+    values: dict[str, Any] = dict(
+        id=uuid.uuid4(),
+        authority_id=authority_id,
+        version=1,
+        unborn=unborn,
+        # create_entry stores the categories in the enum's order.
+        categories=[c.value for c in Category if c in categories],
+        plan_start=plan_start,
+        next_review=add_months(plan_start, FIRST_REVIEW_MONTHS),
+        lead_professional="Bench Social Worker",
+        team_contact="Northshire Children's Services, 020 7946 0150",
+        notes="Seeded by the benchmark. Custodian-only notes are never disclosed.",
+        updated_at=utcnow(),
+        updated_by=ACTOR,
+    )
+    if unborn:
+        mother_dob = _years_ago(today, rng, 18, 40)
+        given, family = _name(rng, GIVEN_NAMES), _name(rng, FAMILY_NAMES)
+        values |= dict(
+            subject_nhs_number=number,
+            subject_match_key=match_key(given, family, mother_dob),
+            expected_delivery_date=today + timedelta(days=rng.randint(10, 200)),
+            mother_nhs_number=number,
+            mother_given_name=given,
+            mother_family_name=family,
+            mother_date_of_birth=mother_dob,
+        )
+    else:
+        given, family = _name(rng, GIVEN_NAMES), _name(rng, FAMILY_NAMES)
+        child_number = None if rng.random() < NO_NHS_NUMBER_SHARE else number
+        values |= dict(
+            subject_nhs_number=child_number,
+            subject_match_key=match_key(given, family, dob),
+            child_nhs_number=child_number,
+            child_given_name=given,
+            child_family_name=family,
+            child_date_of_birth=dob,
+            adult_on=eighteenth_birthday(dob),
+        )
+    entry = RegisterEntry(**values)
+    versions = [_version(entry, "initial child protection conference")]
+    if ended:
+        # as end_entry does: a second version recording the end.
+        entry.ended_on = today - timedelta(days=rng.randint(1, 300))
+        entry.end_reason = rng.choice(list(EndReason)).value
+        entry.version = 2
+        versions.append(_version(entry, entry.end_reason))
+    row = {column.key: getattr(entry, column.key) for column in RegisterEntry.__table__.columns}
+    live = not ended and not adult and values["subject_nhs_number"] is not None
+    return row, versions, live
+
+
+def _version(entry: RegisterEntry, reason: str) -> dict[str, Any]:
+    return dict(
+        entry_id=entry.id,
+        version=entry.version,
+        snapshot=snapshot(entry),
+        changed_at=utcnow(),
+        changed_by=ACTOR,
+        change_reason=reason,
+    )
+
+
+async def seed_register(
+    engine: AsyncEngine, *, entries: int, never_registered: int, seed: int = 6
+) -> SeededRegister:
+    """Insert ``entries`` register entries for the demo authority, in batches."""
+    started = time.perf_counter()
+    rng = random.Random(seed)
+    today = date.today()
+    numbers = nhs_numbers()
+    on_plan: list[str] = []
+    not_on_plan: list[str] = []
+    async with engine.begin() as connection:
+        authority_id = await connection.scalar(
+            select(Organisation.id).where(Organisation.name == AUTHORITY)
+        )
+        if authority_id is None:
+            raise RuntimeError(f"{AUTHORITY!r} is missing: run `cpr demo bootstrap` first")
+    for start in range(0, entries, BATCH_SIZE):
+        rows: list[dict[str, Any]] = []
+        versions: list[dict[str, Any]] = []
+        for _ in range(min(BATCH_SIZE, entries - start)):
+            number = next(numbers)
+            row, entry_versions, live = _entry_rows(rng, authority_id, number, today)
+            rows.append(row)
+            versions.extend(entry_versions)
+            if row["subject_nhs_number"] is not None:
+                (on_plan if live else not_on_plan).append(number)
+        async with engine.begin() as connection:
+            await connection.execute(insert(RegisterEntry), rows)
+            await connection.execute(insert(RegisterEntryVersion), versions)
+    not_on_plan.extend(next(numbers) for _ in range(never_registered))
+    rng.shuffle(on_plan)
+    rng.shuffle(not_on_plan)
+    return SeededRegister(entries, time.perf_counter() - started, on_plan, not_on_plan)
