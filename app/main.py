@@ -10,6 +10,8 @@ from pydantic.json_schema import models_json_schema
 
 from app import health
 from app.admin import routes as admin_routes
+from app.audit import alerts as audit_alerts
+from app.audit import review as audit_review
 from app.audit import routes as audit_routes
 from app.audit.chain import CheckpointSigner
 from app.audit.sealing import Sequencer
@@ -22,6 +24,8 @@ from app.logging import configure_logging
 from app.lookup import routes as lookup_routes
 from app.lookup.schemas import LookupRequest
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.notifications import routes as notification_routes
+from app.notifications.notifier import Notifier
 
 API_VERSION = "1.0.0"
 
@@ -45,9 +49,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             app.state.sequencer = Sequencer(app.state.sessionmaker, signer, settings)
             sealing = asyncio.create_task(app.state.sequencer.run_forever())
+        app.state.notifier = Notifier.with_own_engine(settings)
+        notifying: asyncio.Task[None] | None = None
+        if settings.notifications_enabled:
+            notifying = asyncio.create_task(app.state.notifier.run_forever())
         try:
             yield
         finally:
+            if notifying is not None:
+                notifying.cancel()
+                with suppress(asyncio.CancelledError):
+                    await notifying
+            await app.state.notifier.close()
             if sealing is not None:
                 sealing.cancel()
                 with suppress(asyncio.CancelledError):
@@ -69,6 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_routes.router)
     app.include_router(lookup_routes.router)
     app.include_router(audit_routes.router)
+    app.include_router(audit_review.router)
+    app.include_router(audit_alerts.router)
+    app.include_router(notification_routes.router)
     app.include_router(admin_routes.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

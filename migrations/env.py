@@ -10,6 +10,7 @@ from app.audit import models as _audit_models  # noqa: F401
 from app.auth import models as _auth_models  # noqa: F401
 from app.config import get_settings
 from app.db import Base, create_engine
+from app.notifications import models as _notification_models  # noqa: F401
 from app.register import models as _register_models  # noqa: F401
 
 target_metadata = Base.metadata

@@ -1,0 +1,369 @@
+"""GET /v1/audit/alerts: patterns in the log a custodian should look into.
+
+Computed from the log on request, over a period (by default the last
+``alert_lookback_hours``), so there is nothing to keep in step and every
+replica gives the same answer. Thresholds and windows are settings.
+
+Who sees which alert:
+
+- ``repeat_presentation`` (one child looked up by several organisations within
+  days) concerns a child, so only the child's own authority sees it.
+- ``not_found_spike``, ``volume_limit_client``, ``volume_limit_enquirer`` and
+  ``purpose_not_allowed`` concern an enquirer's behaviour: they signal
+  enumeration or misuse of the whole register, whichever authority's children
+  were aimed at, and the lookups they count belong to no authority (a
+  not-found answer or a refusal names none). Every custodian sees them. They
+  name the enquirer and organisation, never an identifier asked for or an
+  entry, so they disclose nothing about another authority's children.
+"""
+
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.admin.models import Organisation
+from app.audit.models import AuditEvent
+from app.audit.review import LOOKUP, EnquirerRead, begin_read_only
+from app.audit.routes import Reviewer
+from app.auth.principals import Principal, SettingsDep
+from app.config import Settings
+from app.db import SessionDep, utcnow
+from app.errors import ProblemError, responses
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+MAX_PERIOD = timedelta(days=31)
+
+
+class AlertKind(StrEnum):
+    not_found_spike = "not_found_spike"
+    repeat_presentation = "repeat_presentation"
+    volume_limit_client = "volume_limit_client"
+    volume_limit_enquirer = "volume_limit_enquirer"
+    purpose_not_allowed = "purpose_not_allowed"
+
+
+class AlertQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    period_from: AwareDatetime | None = Field(
+        default=None, alias="from", description="Default: alert_lookback_hours ago."
+    )
+    period_to: AwareDatetime | None = Field(default=None, alias="to", description="Default: now.")
+
+    @model_validator(mode="after")
+    def _period_in_order(self) -> Self:
+        if self.period_from and self.period_to and self.period_from >= self.period_to:
+            raise ValueError("'from' must be before 'to'")
+        return self
+
+
+class OrganisationRef(BaseModel):
+    id: uuid.UUID
+    name: str | None
+
+
+class AlertRead(BaseModel):
+    kind: AlertKind
+    detail: str
+    window_start: datetime
+    window_end: datetime
+    count: int = Field(
+        description="Not-found answers, distinct organisations, or refusals in the window."
+    )
+    threshold: int
+    organisations: list[OrganisationRef] = Field(description="The enquiring organisations.")
+    principal: str | None = Field(description="The system client or user that made the lookups.")
+    enquirer: EnquirerRead | None
+    entry_id: uuid.UUID | None = Field(description="Your entry (repeat_presentation only).")
+
+
+class AlertReport(BaseModel):
+    period_from: datetime
+    period_to: datetime
+    alerts: list[AlertRead]
+
+
+def _lookups_between(start: datetime, end: datetime) -> list[Any]:
+    return [
+        AuditEvent.event_type == LOOKUP,
+        AuditEvent.occurred_at > start,
+        AuditEvent.occurred_at <= end,
+    ]
+
+
+def peak_count(
+    times: Sequence[datetime], window: timedelta, since: datetime
+) -> tuple[int, datetime, datetime] | None:
+    """The most events in any window ``(t - window, t]`` that ends at an event at or
+    after ``since``: (count, first event, last event). ``times`` ascending."""
+    best: tuple[int, datetime, datetime] | None = None
+    start = 0
+    for end, at in enumerate(times):
+        while times[start] <= at - window:
+            start += 1
+        if at >= since and (best is None or end - start + 1 > best[0]):
+            best = (end - start + 1, times[start], at)
+    return best
+
+
+def peak_distinct(
+    events: Sequence[tuple[datetime, uuid.UUID]], window: timedelta, since: datetime
+) -> tuple[set[uuid.UUID], datetime, datetime] | None:
+    """Like ``peak_count``, counting distinct organisations instead of events."""
+    best: tuple[set[uuid.UUID], datetime, datetime] | None = None
+    inside: Counter[uuid.UUID] = Counter()
+    start = 0
+    for at, organisation in events:
+        inside[organisation] += 1
+        while events[start][0] <= at - window:
+            gone = events[start][1]
+            inside[gone] -= 1
+            if not inside[gone]:
+                del inside[gone]
+            start += 1
+        if at >= since and (best is None or len(inside) > len(best[0])):
+            best = (set(inside), events[start][0], at)
+    return best
+
+
+async def _not_found_spikes(
+    session: AsyncSession, settings: Settings, since: datetime, until: datetime
+) -> list[AlertRead]:
+    window = timedelta(minutes=settings.alert_not_found_window_minutes)
+    threshold = settings.alert_not_found_threshold
+    scope = [*_lookups_between(since - window, until), AuditEvent.outcome == "not_on_plan"]
+    # Only an enquirer with enough not-found answers in the whole span can reach the
+    # threshold in one window: the timestamps of the others are never read.
+    suspects = (
+        select(AuditEvent.organisation_id, AuditEvent.enquirer_id)
+        .where(*scope, AuditEvent.enquirer_id.is_not(None))
+        .group_by(AuditEvent.organisation_id, AuditEvent.enquirer_id)
+        .having(func.count() >= threshold)
+        .subquery()
+    )
+    rows = (
+        await session.execute(
+            select(
+                AuditEvent.organisation_id,
+                AuditEvent.enquirer_id,
+                AuditEvent.principal,
+                AuditEvent.enquirer,
+                AuditEvent.occurred_at,
+            )
+            .join(
+                suspects,
+                (suspects.c.organisation_id == AuditEvent.organisation_id)
+                & (suspects.c.enquirer_id == AuditEvent.enquirer_id),
+            )
+            .where(*scope)
+            .order_by(AuditEvent.organisation_id, AuditEvent.enquirer_id, AuditEvent.occurred_at)
+        )
+    ).all()
+    groups: dict[tuple[Any, Any], list[Any]] = {}
+    for row in rows:
+        groups.setdefault((row.organisation_id, row.enquirer_id), []).append(row)
+    alerts = []
+    for (organisation_id, _), events in groups.items():
+        peak = peak_count([e.occurred_at for e in events], window, since)
+        if peak is None or peak[0] < threshold:
+            continue
+        count, first, last = peak
+        latest = events[-1]
+        alerts.append(
+            AlertRead(
+                kind=AlertKind.not_found_spike,
+                detail=(
+                    f"{count} lookups by one enquirer found no plan within "
+                    f"{settings.alert_not_found_window_minutes} minutes "
+                    f"(threshold {threshold}): possible enumeration."
+                ),
+                window_start=first,
+                window_end=last,
+                count=count,
+                threshold=threshold,
+                organisations=[OrganisationRef(id=organisation_id, name=None)],
+                principal=latest.principal,
+                enquirer=EnquirerRead.model_validate(latest.enquirer) if latest.enquirer else None,
+                entry_id=None,
+            )
+        )
+    return alerts
+
+
+async def _repeat_presentations(
+    session: AsyncSession,
+    settings: Settings,
+    reviewer: Principal,
+    since: datetime,
+    until: datetime,
+) -> list[AlertRead]:
+    window = timedelta(days=settings.alert_repeat_days)
+    threshold = settings.alert_repeat_sites_threshold
+    scope = [
+        *_lookups_between(since - window, until),
+        AuditEvent.authority_id == reviewer.organisation_id,
+        AuditEvent.entry_id.is_not(None),
+    ]
+    suspects = (
+        select(AuditEvent.entry_id)
+        .where(*scope)
+        .group_by(AuditEvent.entry_id)
+        .having(func.count(AuditEvent.organisation_id.distinct()) >= threshold)
+        .subquery()
+    )
+    rows = (
+        await session.execute(
+            select(AuditEvent.entry_id, AuditEvent.occurred_at, AuditEvent.organisation_id)
+            .join(suspects, suspects.c.entry_id == AuditEvent.entry_id)
+            .where(*scope, AuditEvent.organisation_id.is_not(None))
+            .order_by(AuditEvent.entry_id, AuditEvent.occurred_at)
+        )
+    ).all()
+    groups: dict[uuid.UUID, list[tuple[datetime, uuid.UUID]]] = {}
+    for row in rows:
+        groups.setdefault(row.entry_id, []).append((row.occurred_at, row.organisation_id))
+    alerts = []
+    for entry_id, events in groups.items():
+        peak = peak_distinct(events, window, since)
+        if peak is None or len(peak[0]) < threshold:
+            continue
+        organisations, first, last = peak
+        alerts.append(
+            AlertRead(
+                kind=AlertKind.repeat_presentation,
+                detail=(
+                    f"One of your children was looked up by {len(organisations)} organisations "
+                    f"within {settings.alert_repeat_days} days (threshold {threshold})."
+                ),
+                window_start=first,
+                window_end=last,
+                count=len(organisations),
+                threshold=threshold,
+                organisations=[OrganisationRef(id=o, name=None) for o in sorted(organisations)],
+                principal=None,
+                enquirer=None,
+                entry_id=entry_id,
+            )
+        )
+    return alerts
+
+
+_REFUSAL_GROUPS = {
+    # A client's limit concerns the system, whoever it named; the others one enquirer.
+    AlertKind.volume_limit_client: ("organisation_id", "principal"),
+    AlertKind.volume_limit_enquirer: ("organisation_id", "principal", "enquirer_id"),
+    AlertKind.purpose_not_allowed: ("organisation_id", "principal", "enquirer_id", "purpose"),
+}
+
+
+def _refusal_detail(kind: AlertKind, group: Any) -> str:
+    if kind is AlertKind.volume_limit_client:
+        return f"{group.refused} lookups by one system were refused at its volume limit."
+    if kind is AlertKind.volume_limit_enquirer:
+        return f"{group.refused} lookups by one enquirer were refused at their volume limit."
+    return (
+        f"{group.refused} lookups were refused for giving purpose {group.purpose!r}, "
+        "which the organisation may not give."
+    )
+
+
+async def _refusals(session: AsyncSession, since: datetime, until: datetime) -> list[AlertRead]:
+    """Any lookup refused at a volume limit or for a purpose the organisation may
+    not give is an alert: the threshold is one."""
+    alerts = []
+    for kind, names in _REFUSAL_GROUPS.items():
+        keys = [getattr(AuditEvent, name) for name in names]
+        scope = [*_lookups_between(since, until), AuditEvent.refusal == kind.value]
+        groups = (
+            await session.execute(
+                select(
+                    *keys,
+                    func.count().label("refused"),
+                    func.min(AuditEvent.occurred_at).label("first"),
+                    func.max(AuditEvent.occurred_at).label("last"),
+                )
+                .where(*scope)
+                .group_by(*keys)
+            )
+        ).all()
+        for group in groups:
+            enquirer = None
+            if group.principal is not None and "enquirer_id" in names:
+                named = await session.scalar(
+                    select(AuditEvent.enquirer)
+                    .where(
+                        *scope,
+                        *(key == getattr(group, n) for key, n in zip(keys, names, strict=True)),
+                    )
+                    .order_by(AuditEvent.occurred_at.desc())
+                    .limit(1)
+                )
+                enquirer = EnquirerRead.model_validate(named) if named else None
+            alerts.append(
+                AlertRead(
+                    kind=kind,
+                    detail=_refusal_detail(kind, group),
+                    window_start=group.first,
+                    window_end=group.last,
+                    count=group.refused,
+                    threshold=1,
+                    organisations=(
+                        [OrganisationRef(id=group.organisation_id, name=None)]
+                        if group.organisation_id
+                        else []
+                    ),
+                    principal=group.principal,
+                    enquirer=enquirer,
+                    entry_id=None,
+                )
+            )
+    return alerts
+
+
+async def _name_organisations(session: AsyncSession, alerts: list[AlertRead]) -> None:
+    ids = {ref.id for alert in alerts for ref in alert.organisations}
+    if not ids:
+        return
+    rows = await session.execute(
+        select(Organisation.id, Organisation.name).where(Organisation.id.in_(ids))
+    )
+    names = dict(rows.all())
+    for alert in alerts:
+        for ref in alert.organisations:
+            ref.name = names.get(ref.id)
+
+
+@router.get(
+    "/alerts",
+    response_model=AlertReport,
+    responses=responses(401, 403, 422),
+    summary="Alerts from the log: enumeration, volume and purpose refusals, repeat presentation",
+)
+async def alerts(
+    reviewer: Reviewer,
+    session: SessionDep,
+    settings: SettingsDep,
+    query: Annotated[AlertQuery, Query()],
+) -> AlertReport:
+    until = query.period_to or utcnow()
+    since = query.period_from or until - timedelta(hours=settings.alert_lookback_hours)
+    if until - since > MAX_PERIOD:
+        raise ProblemError(422, "Invalid request", "The period may be at most 31 days.")
+    await begin_read_only(session)
+    found = [
+        *await _repeat_presentations(session, settings, reviewer, since, until),
+        *await _not_found_spikes(session, settings, since, until),
+        *await _refusals(session, since, until),
+    ]
+    await _name_organisations(session, found)
+    found.sort(key=lambda alert: alert.window_end, reverse=True)
+    return AlertReport(period_from=since, period_to=until, alerts=found)

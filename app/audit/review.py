@@ -1,0 +1,534 @@
+"""/v1/audit: custodians review the enquiries about their own authority's children.
+
+Every statement starts from ``readable_enquiries``, which already holds the
+authority filter: an event about another authority's child is never read, so it
+cannot be returned, counted or exported by mistake. A child's NHS number is a
+filter only in POST bodies (search, export): identifiers never travel in URLs.
+"""
+
+import base64
+import binascii
+import csv
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from sqlalchemy import ColumnElement, Select, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.admin.models import Organisation
+from app.audit.models import AuditEvent
+from app.audit.routes import Reviewer
+from app.audit.service import commit_or_fail_closed, request_context
+from app.auth.principals import Principal
+from app.db import READ_ONLY_OPTION, SessionDep, utcnow
+from app.errors import ProblemError, responses
+from app.lookup.schemas import Purpose
+from app.register.identifiers import normalise_nhs_number
+from app.register.models import RegisterEntry
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+LOOKUP = "lookup"
+DEFAULT_PAGE = 100
+MAX_PAGE = 500
+EXPORT_CHUNK = 500
+
+
+# --- schemas ---------------------------------------------------------------------------
+
+
+class Outcome(StrEnum):
+    on_plan = "on_plan"
+    not_on_plan = "not_on_plan"
+    refer_to_custodian = "refer_to_custodian"
+    refused = "refused"
+
+
+NhsNumber = Annotated[str, StringConstraints(max_length=14), AfterValidator(normalise_nhs_number)]
+EnquirerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Cursor = Annotated[str, StringConstraints(max_length=400, pattern=r"^[A-Za-z0-9_-]+$")]
+Limit = Annotated[int, Field(ge=1, le=MAX_PAGE)]
+
+
+class EnquiryFilters(BaseModel):
+    """Filters that name no child, so they may travel in a query string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entry_id: uuid.UUID | None = None
+    enquirer_id: EnquirerId | None = None
+    organisation_id: uuid.UUID | None = Field(
+        default=None, description="The enquiring organisation."
+    )
+    purpose: Purpose | None = None
+    outcome: Outcome | None = None
+    occurred_from: AwareDatetime | None = Field(
+        default=None, alias="from", description="Inclusive."
+    )
+    occurred_to: AwareDatetime | None = Field(default=None, alias="to", description="Exclusive.")
+
+    @model_validator(mode="after")
+    def _period_in_order(self) -> Self:
+        if self.occurred_from and self.occurred_to and self.occurred_from >= self.occurred_to:
+            raise ValueError("'from' must be before 'to'")
+        return self
+
+
+class EnquiryListQuery(EnquiryFilters):
+    """GET /v1/audit/events: an NHS number here is refused, not ignored."""
+
+    cursor: Cursor | None = None
+    limit: Limit = DEFAULT_PAGE
+
+
+class EnquiryExport(EnquiryFilters):
+    """The filters, plus the child's NHS number: only ever in a request body."""
+
+    nhs_number: NhsNumber | None = None
+
+
+class EnquirySearch(EnquiryExport):
+    cursor: Cursor | None = None
+    limit: Limit = DEFAULT_PAGE
+
+
+class PageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cursor: Cursor | None = None
+    limit: Limit = DEFAULT_PAGE
+
+
+class EnquirerRead(BaseModel):
+    """The member of staff who asked, as the enquiring system named them."""
+
+    id: str
+    name: str | None = None
+    role: str | None = None
+
+
+class IdentifiersRead(BaseModel):
+    """The normalised identifiers the enquirer sent (names case- and accent-folded)."""
+
+    nhs_number: str | None = None
+    given_name: str | None = None
+    family_name: str | None = None
+    date_of_birth: str | None = None
+
+
+class ContactRead(BaseModel):
+    name: str
+    phone: str
+
+
+class DisclosedRead(BaseModel):
+    """Exactly what the answer told the enquirer."""
+
+    status: str
+    categories: list[str] | None = None
+    unborn: bool | None = None
+    contact: ContactRead | None = None
+
+
+class AuditEventRead(BaseModel):
+    """One enquiry about one of the custodian's children.
+
+    Built field by field: request ids, source addresses, principals and the
+    matching detail stay in the log, for the operator.
+    """
+
+    id: uuid.UUID
+    occurred_at: datetime
+    organisation_id: uuid.UUID | None
+    organisation_name: str | None
+    enquirer: EnquirerRead | None
+    purpose: str | None
+    reason: str | None
+    identifiers: IdentifiersRead | None
+    outcome: str
+    disclosed: DisclosedRead | None
+    entry_id: uuid.UUID | None = Field(description="The entry disclosed (on_plan only).")
+    entry_version: int | None
+    matched_entry_ids: list[uuid.UUID] = Field(
+        description="Your entries the identifiers matched: for refer_to_custodian, "
+        "the ones to resolve between."
+    )
+
+
+class AuditEventPage(BaseModel):
+    items: list[AuditEventRead]
+    next_cursor: str | None = Field(
+        description="Pass back as `cursor` for the next (older) page; null on the last page."
+    )
+
+
+# --- cursors ---------------------------------------------------------------------------
+
+
+def bad_cursor() -> ProblemError:
+    return ProblemError(422, "Invalid request", "The cursor is not one this service issued.")
+
+
+def encode_cursor(*parts: str) -> str:
+    """Opaque to the caller; it only ever pages within what the caller may read."""
+    raw = json.dumps(list(parts), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, size: int) -> list[str]:
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error) as exc:
+        raise bad_cursor() from exc
+    if not (
+        isinstance(parts, list) and len(parts) == size and all(isinstance(p, str) for p in parts)
+    ):
+        raise bad_cursor()
+    return parts
+
+
+def cursor_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise bad_cursor() from exc
+    if value.tzinfo is None:
+        raise bad_cursor()
+    return value
+
+
+def cursor_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError as exc:
+        raise bad_cursor() from exc
+
+
+def _older_than(cursor: str) -> ColumnElement[bool]:
+    """Keyset condition for newest-first order on (occurred_at, id)."""
+    at_text, id_text = decode_cursor(cursor, 2)
+    at, event_id = cursor_time(at_text), cursor_id(id_text)
+    return or_(
+        AuditEvent.occurred_at < at,
+        and_(AuditEvent.occurred_at == at, AuditEvent.id < event_id),
+    )
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def readable_enquiries(reviewer: Principal) -> Select[tuple[AuditEvent, str | None]]:
+    """Enquiries about the reviewer's own authority's children, with the enquiring
+    organisation's name. Every read in this module starts here."""
+    return (
+        select(AuditEvent, Organisation.name)
+        .outerjoin(Organisation, Organisation.id == AuditEvent.organisation_id)
+        .where(
+            AuditEvent.event_type == LOOKUP,
+            AuditEvent.authority_id == reviewer.organisation_id,
+        )
+    )
+
+
+def asked_with_nhs_number(nhs_number: str) -> ColumnElement[bool]:
+    """The enquirer sent this NHS number (JSON access that both dialects render)."""
+    return AuditEvent.query["nhs_number"].as_string() == nhs_number
+
+
+def _filtered(
+    statement: Select[tuple[AuditEvent, str | None]],
+    filters: EnquiryFilters,
+    reviewer: Principal,
+    nhs_number: str | None = None,
+) -> Select[tuple[AuditEvent, str | None]]:
+    if filters.entry_id is not None:
+        statement = statement.where(AuditEvent.entry_id == filters.entry_id)
+    if nhs_number is not None:
+        # Asked with that number, or answered with one of our entries for that child
+        # (an enquiry by names and date of birth carries no NHS number).
+        entries = select(RegisterEntry.id).where(
+            RegisterEntry.authority_id == reviewer.organisation_id,
+            RegisterEntry.subject_nhs_number == nhs_number,
+        )
+        statement = statement.where(
+            or_(asked_with_nhs_number(nhs_number), AuditEvent.entry_id.in_(entries))
+        )
+    if filters.enquirer_id is not None:
+        statement = statement.where(AuditEvent.enquirer_id == filters.enquirer_id)
+    if filters.organisation_id is not None:
+        statement = statement.where(AuditEvent.organisation_id == filters.organisation_id)
+    if filters.purpose is not None:
+        statement = statement.where(AuditEvent.purpose == filters.purpose.value)
+    if filters.outcome is not None:
+        statement = statement.where(AuditEvent.outcome == filters.outcome.value)
+    if filters.occurred_from is not None:
+        statement = statement.where(AuditEvent.occurred_at >= filters.occurred_from)
+    if filters.occurred_to is not None:
+        statement = statement.where(AuditEvent.occurred_at < filters.occurred_to)
+    return statement
+
+
+def _newest_first(
+    statement: Select[tuple[AuditEvent, str | None]],
+) -> Select[tuple[AuditEvent, str | None]]:
+    return statement.order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
+
+
+def matched_entry_ids(event: AuditEvent) -> list[uuid.UUID]:
+    """The entries of the event's authority that the identifiers matched."""
+    matched = (event.detail or {}).get("matched", []) if event.authority_id else []
+    return sorted(
+        uuid.UUID(m["entry_id"])
+        for m in matched
+        if m.get("authority_id") == str(event.authority_id)
+    )
+
+
+def event_read(event: AuditEvent, organisation_name: str | None) -> AuditEventRead:
+    return AuditEventRead(
+        id=event.id,
+        occurred_at=event.occurred_at,
+        organisation_id=event.organisation_id,
+        organisation_name=organisation_name,
+        enquirer=EnquirerRead.model_validate(event.enquirer) if event.enquirer else None,
+        purpose=event.purpose,
+        reason=event.reason,
+        identifiers=IdentifiersRead.model_validate(event.query) if event.query else None,
+        outcome=event.outcome,
+        disclosed=DisclosedRead.model_validate(event.disclosed) if event.disclosed else None,
+        entry_id=event.entry_id,
+        entry_version=event.entry_version,
+        matched_entry_ids=matched_entry_ids(event),
+    )
+
+
+async def begin_read_only(session: AsyncSession) -> None:
+    """End the request's transaction (on SQLite it holds the write lock that every
+    lookup needs) and read in one that blocks no writer."""
+    await session.commit()
+    await session.connection(execution_options={READ_ONLY_OPTION: True})
+
+
+async def _page(
+    session: AsyncSession,
+    statement: Select[tuple[AuditEvent, str | None]],
+    cursor: str | None,
+    limit: int,
+) -> AuditEventPage:
+    if cursor is not None:
+        statement = statement.where(_older_than(cursor))
+    await begin_read_only(session)
+    rows = (await session.execute(_newest_first(statement).limit(limit + 1))).all()
+    items = [event_read(event, name) for event, name in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1][0]
+        next_cursor = encode_cursor(last.occurred_at.isoformat(), str(last.id))
+    return AuditEventPage(items=items, next_cursor=next_cursor)
+
+
+# --- routes ----------------------------------------------------------------------------
+
+
+@router.get(
+    "/events",
+    response_model=AuditEventPage,
+    responses=responses(401, 403, 422),
+    summary="Enquiries about your authority's children, newest first",
+)
+async def list_enquiries(
+    reviewer: Reviewer,
+    session: SessionDep,
+    query: Annotated[EnquiryListQuery, Query()],
+) -> AuditEventPage:
+    statement = _filtered(readable_enquiries(reviewer), query, reviewer)
+    return await _page(session, statement, query.cursor, query.limit)
+
+
+@router.post(
+    "/events/search",
+    response_model=AuditEventPage,
+    responses=responses(401, 403, 422),
+    summary="Enquiries about your authority's children, filtered by the child's NHS number too",
+)
+async def search_enquiries(
+    reviewer: Reviewer, session: SessionDep, search: EnquirySearch
+) -> AuditEventPage:
+    statement = _filtered(readable_enquiries(reviewer), search, reviewer, search.nhs_number)
+    return await _page(session, statement, search.cursor, search.limit)
+
+
+@router.get(
+    "/entries/{entry_id}/enquiries",
+    response_model=AuditEventPage,
+    responses=responses(401, 403, 404, 422),
+    summary="Who has asked about this child",
+)
+async def enquiries_about_entry(
+    entry_id: uuid.UUID,
+    reviewer: Reviewer,
+    session: SessionDep,
+    page: Annotated[PageQuery, Query()],
+) -> AuditEventPage:
+    found = (
+        await session.execute(
+            select(RegisterEntry.subject_nhs_number).where(
+                RegisterEntry.id == entry_id,
+                RegisterEntry.authority_id == reviewer.organisation_id,
+            )
+        )
+    ).first()
+    if found is None:
+        raise ProblemError(404, "Not found", "No entry with that id in your authority's register.")
+    about_child = AuditEvent.entry_id == entry_id
+    if found.subject_nhs_number is not None:
+        # Also the enquiries with the child's number that a custodian had to resolve.
+        about_child = or_(about_child, asked_with_nhs_number(found.subject_nhs_number))
+    statement = readable_enquiries(reviewer).where(about_child)
+    return await _page(session, statement, page.cursor, page.limit)
+
+
+CSV_COLUMNS = (
+    "event_id",
+    "occurred_at",
+    "organisation_id",
+    "organisation_name",
+    "enquirer_id",
+    "enquirer_name",
+    "enquirer_role",
+    "purpose",
+    "reason",
+    "nhs_number",
+    "given_name",
+    "family_name",
+    "date_of_birth",
+    "outcome",
+    "disclosed_status",
+    "disclosed_categories",
+    "disclosed_unborn",
+    "entry_id",
+    "entry_version",
+    "matched_entry_ids",
+)
+# A cell a spreadsheet would run as a formula (OWASP "CSV injection"): enquirers
+# write the reason and their own names, so these are not trusted.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_row(row: AuditEventRead) -> list[str]:
+    enquirer = row.enquirer or EnquirerRead(id="")
+    identifiers = row.identifiers or IdentifiersRead()
+    disclosed = row.disclosed
+    values: Sequence[object] = (
+        row.id,
+        row.occurred_at.isoformat(),
+        row.organisation_id,
+        row.organisation_name,
+        enquirer.id,
+        enquirer.name,
+        enquirer.role,
+        row.purpose,
+        row.reason,
+        identifiers.nhs_number,
+        identifiers.given_name,
+        identifiers.family_name,
+        identifiers.date_of_birth,
+        row.outcome,
+        disclosed.status if disclosed else None,
+        ";".join(disclosed.categories or ()) if disclosed else None,
+        disclosed.unborn if disclosed else None,
+        row.entry_id,
+        row.entry_version,
+        ";".join(str(entry_id) for entry_id in row.matched_entry_ids),
+    )
+    return [_cell(value) for value in values]
+
+
+async def _csv(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    statement: Select[tuple[AuditEvent, str | None]],
+) -> AsyncIterator[str]:
+    """Rows fetched and sent a chunk at a time: an export of years of enquiries
+    never sits in memory whole."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+
+    def drain() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(CSV_COLUMNS)
+    yield drain()
+    async with sessionmaker() as session:
+        await session.connection(execution_options={READ_ONLY_OPTION: True})
+        result = await session.stream(
+            _newest_first(statement).execution_options(yield_per=EXPORT_CHUNK)
+        )
+        async for rows in result.partitions():
+            for event, name in rows:
+                writer.writerow(csv_row(event_read(event, name)))
+            yield drain()
+
+
+@router.post(
+    "/events/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "One header line, then one line per enquiry, newest first.",
+        },
+        **responses(401, 403, 422, 503),
+    },
+    summary="Export enquiries about your authority's children as CSV (itself audited)",
+)
+async def export_enquiries(
+    request: Request, reviewer: Reviewer, session: SessionDep, export: EnquiryExport
+) -> StreamingResponse:
+    filters = export.model_dump(mode="json", by_alias=True, exclude_none=True)
+    nhs_number = filters.pop("nhs_number", None)
+    # The export is on record before its first byte leaves (fail closed).
+    session.add(
+        AuditEvent(
+            event_type="audit.exported",
+            principal=reviewer.subject,
+            organisation_id=reviewer.organisation_id,
+            authority_id=reviewer.organisation_id,
+            outcome="exported",
+            query={"nhs_number": nhs_number} if nhs_number else None,
+            detail={"filters": filters},
+            **request_context(request),
+        )
+    )
+    await commit_or_fail_closed(session)
+    statement = _filtered(readable_enquiries(reviewer), export, reviewer, export.nhs_number)
+    filename = f"enquiries-{utcnow():%Y%m%dT%H%M%SZ}.csv"
+    headers: dict[str, Any] = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    return StreamingResponse(
+        _csv(request.app.state.sessionmaker, statement),
+        media_type="text/csv; charset=utf-8",
+        headers=headers,
+    )

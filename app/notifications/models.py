@@ -1,0 +1,95 @@
+"""Notifications to a child's responsible authority, derived from the sealed audit log.
+
+The log stays the one record of what happened; these tables only say whom it
+has been told to, so they may be updated (acknowledged, retried).
+"""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, utcnow
+
+
+class Notification(Base):
+    """An authority is told that someone asked about one of its children.
+
+    One per enquirer and child within the de-duplication period (CP-IS): later
+    enquiries in that period only count in ``repeats``.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        # The de-duplication look-up, and the feed (newest first per authority).
+        Index("ix_notifications_dedupe", "authority_id", "dedupe_key", "first_occurred_at"),
+        Index("ix_notifications_feed", "authority_id", "first_occurred_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    authority_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organisations.id"))
+    # The enquiry that raised it (the first of the period).
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_events.id"), unique=True)
+    # A hash of (enquiring organisation, enquirer, child): no identifiers in it.
+    dedupe_key: Mapped[str] = mapped_column(String(64))
+    first_occurred_at: Mapped[datetime]
+    last_occurred_at: Mapped[datetime]
+    repeats: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class NotifierCursor(Base):
+    """How far through the sealed log the notifier has read: a seal position.
+
+    Positions are gap-free and assigned in the order events are sealed, so an
+    event whose transaction committed late is still read (an ``occurred_at``
+    cursor would step past it). Updated in the transaction that writes the
+    notifications, so a notifier that stops resumes exactly where it was.
+    """
+
+    __tablename__ = "notifier_cursor"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger)
+
+
+class NotificationWebhook(Base):
+    """Where an authority wants its notifications sent, besides the feed."""
+
+    __tablename__ = "notification_webhooks"
+
+    organisation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organisations.id"), primary_key=True
+    )
+    url: Mapped[str] = mapped_column(String(2000))
+    # Signs each body (HMAC-SHA256) so the receiver can tell it came from us.
+    signing_secret: Mapped[str | None] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotificationDelivery(Base):
+    """The outbox: one row per notification for an authority with a webhook.
+
+    Written with the notification, so a delivery cannot be forgotten; retried
+    with exponential back-off until the receiver accepts it.
+    ``next_attempt_at`` is null once delivered.
+    """
+
+    __tablename__ = "notification_outbox"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    notification_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("notifications.id"), unique=True)
+    organisation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organisations.id"))
+    payload: Mapped[dict[str, Any]]
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    last_attempt_at: Mapped[datetime | None]
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    delivered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,386 @@
+"""The notifier: tells each responsible authority about enquiries into its children.
+
+It reads the sealed log after its cursor, never the lookup's transaction: a
+lookup neither waits for it nor depends on it, and a notifier that stops loses
+nothing, because it resumes from the cursor it commits with its work. Every
+replica may run one; a lock (a PostgreSQL advisory lock, on SQLite the write
+lock) lets one at a time read and advance the cursor.
+
+Webhook deliveries leave from an outbox written with the notification. Each
+attempt first claims its row for a while (so two replicas do not both send
+it), then posts, then records the result; a failed attempt is retried with
+exponential back-off, for as long as it takes. Delivery is at least once: a
+notifier that stops between sending and recording sends again, with the same
+``X-CPR-Delivery`` id for the receiver to drop.
+"""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.admin.models import Organisation
+from app.audit.models import AuditEvent, AuditSeal
+from app.audit.review import matched_entry_ids
+from app.config import Environment, Settings
+from app.db import create_engine, create_sessionmaker, utcnow
+from app.notifications.models import (
+    Notification,
+    NotificationDelivery,
+    NotificationWebhook,
+    NotifierCursor,
+)
+
+log = structlog.get_logger()
+
+NOTIFY_LOCK_KEY = 0x6370726E  # "cprn"
+CURSOR_NAME = "notifications"
+
+
+@dataclass(frozen=True)
+class Derived:
+    scanned: int
+    created: int
+    repeats: int
+    position: int
+
+
+def child_key(event: AuditEvent) -> str:
+    """The child an enquiry is about: the entry disclosed, or the entries of the
+    authority that a custodian must choose between."""
+    if event.entry_id is not None:
+        return str(event.entry_id)
+    return ",".join(str(m) for m in matched_entry_ids(event)) or f"event:{event.id}"
+
+
+def dedupe_key(event: AuditEvent) -> str:
+    """Enquirer ids are the enquiring organisation's own, so the organisation is part
+    of who asked. Hashed: the key carries no identifiers."""
+    enquirer = f"{event.organisation_id}/{event.enquirer_id or event.principal}"
+    return hashlib.sha256(f"{enquirer}|{child_key(event)}".encode()).hexdigest()
+
+
+def webhook_payload(
+    notification: Notification, event: AuditEvent, organisation_name: str | None
+) -> dict[str, Any]:
+    """What the authority's own system is told: enough to act on, no identifiers or
+    reason (its custodians read those through the API)."""
+    key = child_key(event)
+    return {
+        "notification_id": str(notification.id),
+        "authority_id": str(notification.authority_id),
+        "event_id": str(event.id),
+        "occurred_at": event.occurred_at.isoformat(),
+        "entry_ids": [] if key.startswith("event:") else key.split(","),
+        "outcome": event.outcome,
+        "purpose": event.purpose,
+        "organisation": {"id": str(event.organisation_id), "name": organisation_name},
+        "enquirer": event.enquirer,
+    }
+
+
+async def derive_notifications(session: AsyncSession, settings: Settings) -> Derived:
+    """Notify for up to ``notifier_batch_size`` sealed events after the cursor, and
+    advance it; the caller commits, which makes both durable together."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": NOTIFY_LOCK_KEY})
+    cursor = await session.get(NotifierCursor, CURSOR_NAME)
+    if cursor is None:
+        cursor = NotifierCursor(name=CURSOR_NAME, position=0)
+        session.add(cursor)
+    sealed_to = await session.scalar(select(func.max(AuditSeal.position))) or 0
+    upto = min(cursor.position + settings.notifier_batch_size, sealed_to)
+    if upto <= cursor.position:
+        return Derived(0, 0, 0, cursor.position)
+
+    rows = (
+        await session.execute(
+            select(AuditEvent, Organisation.name)
+            .join(AuditSeal, AuditSeal.event_id == AuditEvent.id)
+            .outerjoin(Organisation, Organisation.id == AuditEvent.organisation_id)
+            .where(
+                AuditSeal.position > cursor.position,
+                AuditSeal.position <= upto,
+                AuditEvent.event_type == "lookup",
+                AuditEvent.authority_id.is_not(None),
+            )
+            .order_by(AuditSeal.position)
+        )
+    ).all()
+    created = repeats = 0
+    if rows:
+        created, repeats = await _notify(session, settings, [(e, n) for e, n in rows])
+    scanned = upto - cursor.position
+    cursor.position = upto
+    return Derived(scanned, created, repeats, upto)
+
+
+async def _notify(
+    session: AsyncSession, settings: Settings, rows: list[tuple[AuditEvent, str | None]]
+) -> tuple[int, int]:
+    period = timedelta(hours=settings.notification_dedupe_hours)
+    keyed = [(event, name, dedupe_key(event)) for event, name in rows]
+    authorities = {event.authority_id for event, _, _ in keyed}
+    earliest = min(event.occurred_at for event, _, _ in keyed) - period
+    latest: dict[tuple[uuid.UUID, str], Notification] = {}
+    for existing in await session.scalars(
+        select(Notification).where(
+            Notification.authority_id.in_(authorities),
+            Notification.dedupe_key.in_({key for _, _, key in keyed}),
+            Notification.first_occurred_at > earliest,
+        )
+    ):
+        _keep_latest(latest, existing)
+    webhooks = set(
+        await session.scalars(
+            select(NotificationWebhook.organisation_id).where(
+                NotificationWebhook.organisation_id.in_(authorities),
+                NotificationWebhook.active,
+            )
+        )
+    )
+    created = repeats = 0
+    now = utcnow()
+    for event, organisation_name, key in keyed:
+        assert event.authority_id is not None
+        current = latest.get((event.authority_id, key))
+        if current is not None and abs(event.occurred_at - current.first_occurred_at) < period:
+            current.repeats += 1
+            current.last_occurred_at = max(current.last_occurred_at, event.occurred_at)
+            repeats += 1
+            continue
+        notification = Notification(
+            id=uuid.uuid4(),
+            authority_id=event.authority_id,
+            event_id=event.id,
+            dedupe_key=key,
+            first_occurred_at=event.occurred_at,
+            last_occurred_at=event.occurred_at,
+            repeats=0,
+        )
+        session.add(notification)
+        _keep_latest(latest, notification)
+        created += 1
+        if event.authority_id in webhooks:
+            session.add(
+                NotificationDelivery(
+                    notification_id=notification.id,
+                    organisation_id=event.authority_id,
+                    payload=webhook_payload(notification, event, organisation_name),
+                    next_attempt_at=now,
+                )
+            )
+    return created, repeats
+
+
+def _keep_latest(
+    latest: dict[tuple[uuid.UUID, str], Notification], notification: Notification
+) -> None:
+    slot = (notification.authority_id, notification.dedupe_key)
+    current = latest.get(slot)
+    if current is None or notification.first_occurred_at > current.first_occurred_at:
+        latest[slot] = notification
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: uuid.UUID
+    attempts: int
+    payload: dict[str, Any]
+    url: str
+    signing_secret: str | None
+
+
+def backoff(attempts: int, settings: Settings) -> timedelta:
+    """Exponential, capped, with jitter so that deliveries held up by one outage do
+    not all arrive at the receiver again in the same instant."""
+    delay = min(
+        settings.webhook_retry_base_seconds * 2 ** (attempts - 1),
+        settings.webhook_retry_max_seconds,
+    )
+    return timedelta(seconds=delay / 2 + random.uniform(0, delay / 2))  # noqa: S311
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """HMAC-SHA256 over ``<timestamp>.<body>``: the timestamp lets a receiver refuse replays."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class Notifier:
+    """Derives notifications every ``notifier_interval_seconds`` and delivers the
+    webhooks that are due."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+        self._sessionmaker = sessionmaker
+        self._settings = settings
+        self._engine: AsyncEngine | None = None
+
+    @classmethod
+    def with_own_engine(cls, settings: Settings) -> "Notifier":
+        """A notifier with a small pool of its own: catching up on a backlog, or
+        waiting on a slow database, never holds a connection a lookup needs."""
+        engine = create_engine(settings.model_copy(update={"database_pool_size": 2}))
+        notifier = cls(create_sessionmaker(engine), settings)
+        notifier._engine = engine
+        return notifier
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    async def run_once(self) -> Derived:
+        """Catch up with the sealed log, one committed batch at a time."""
+        total = Derived(0, 0, 0, 0)
+        while True:
+            async with self._sessionmaker() as session:
+                derived = await derive_notifications(session, self._settings)
+                await session.commit()
+            total = Derived(
+                total.scanned + derived.scanned,
+                total.created + derived.created,
+                total.repeats + derived.repeats,
+                derived.position,
+            )
+            if derived.scanned < self._settings.notifier_batch_size:
+                break
+        if total.created or total.repeats:
+            log.info(
+                "notifications_derived",
+                created=total.created,
+                repeats=total.repeats,
+                position=total.position,
+            )
+        return total
+
+    async def deliver_due(self) -> int:
+        """Send the webhooks whose time has come; the number delivered."""
+        claimed = await self._claim(utcnow())
+        if not claimed:
+            return 0
+        async with httpx.AsyncClient(follow_redirects=False) as http:
+            results = await asyncio.gather(*(self._send(http, row) for row in claimed))
+        done = utcnow()
+        delivered = 0
+        async with self._sessionmaker() as session:
+            for row, (status, error) in zip(claimed, results, strict=True):
+                attempts = row.attempts + 1
+                values: dict[str, Any] = {
+                    "attempts": attempts,
+                    "last_attempt_at": done,
+                    "last_status": status,
+                    "last_error": error,
+                }
+                if error is None:
+                    values |= {"delivered_at": done, "next_attempt_at": None}
+                    delivered += 1
+                else:
+                    values["next_attempt_at"] = done + backoff(attempts, self._settings)
+                    log.warning(
+                        "webhook_delivery_failed",
+                        delivery_id=str(row.id),
+                        attempts=attempts,
+                        status=status,
+                        error=error,
+                    )
+                await session.execute(
+                    update(NotificationDelivery)
+                    .where(NotificationDelivery.id == row.id)
+                    .values(**values)
+                )
+            await session.commit()
+        if delivered:
+            log.info("webhooks_delivered", count=delivered)
+        return delivered
+
+    async def _claim(self, now: datetime) -> list[Claimed]:
+        """Take due rows for ``webhook_claim_seconds``: a row another replica claimed
+        first no longer has the ``next_attempt_at`` we read, so our update misses it."""
+        settings = self._settings
+        async with self._sessionmaker() as session:
+            due = (
+                await session.execute(
+                    select(
+                        NotificationDelivery.id,
+                        NotificationDelivery.next_attempt_at,
+                        NotificationDelivery.attempts,
+                        NotificationDelivery.payload,
+                        NotificationWebhook.url,
+                        NotificationWebhook.signing_secret,
+                    )
+                    .join(
+                        NotificationWebhook,
+                        NotificationWebhook.organisation_id == NotificationDelivery.organisation_id,
+                    )
+                    .where(NotificationDelivery.next_attempt_at <= now, NotificationWebhook.active)
+                    .order_by(NotificationDelivery.next_attempt_at)
+                    .limit(settings.webhook_batch_size)
+                )
+            ).all()
+            claimed = []
+            until = now + timedelta(seconds=settings.webhook_claim_seconds)
+            for row in due:
+                result = await session.execute(
+                    update(NotificationDelivery)
+                    .where(
+                        NotificationDelivery.id == row.id,
+                        NotificationDelivery.next_attempt_at == row.next_attempt_at,
+                    )
+                    .values(next_attempt_at=until)
+                )
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    claimed.append(
+                        Claimed(row.id, row.attempts, row.payload, row.url, row.signing_secret)
+                    )
+            await session.commit()
+        return claimed
+
+    async def _send(self, http: httpx.AsyncClient, row: Claimed) -> tuple[int | None, str | None]:
+        """One attempt: (HTTP status, error); error is None when the receiver took it."""
+        settings = self._settings
+        if settings.environment is Environment.production and not row.url.startswith("https://"):
+            return None, "webhook URL is not https"
+        body = json.dumps(row.payload, separators=(",", ":"), sort_keys=True).encode()
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "cp-register-notifier",
+            "X-CPR-Delivery": str(row.id),
+            "X-CPR-Timestamp": timestamp,
+        }
+        if row.signing_secret:
+            headers["X-CPR-Signature"] = signature(row.signing_secret, timestamp, body)
+        try:
+            # The whole attempt, not each read, is bounded: a receiver that trickles
+            # its answer must not outlast the claim.
+            async with asyncio.timeout(settings.webhook_timeout_seconds):
+                response = await http.post(row.url, content=body, headers=headers)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            return None, type(exc).__name__
+        if 200 <= response.status_code < 300:
+            return response.status_code, None
+        return response.status_code, f"HTTP {response.status_code}"
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception as exc:  # keep notifying after a passing database fault
+                log.error("notifier_failed", error_type=type(exc).__name__)
+            try:
+                await self.deliver_due()
+            except Exception as exc:
+                log.error("webhook_delivery_round_failed", error_type=type(exc).__name__)
+            await asyncio.sleep(self._settings.notifier_interval_seconds)

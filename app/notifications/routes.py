@@ -1,0 +1,201 @@
+"""/v1/notifications: the feed of enquiries about the custodian's children.
+
+Custodians (audit:read, local authorities) see their own authority's
+notifications only; the filter is in every statement, so another authority's
+notification is simply not found (404), never forbidden (which would confirm it).
+"""
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import ColumnElement, Select, and_, case, or_, select
+
+from app.admin.models import Organisation
+from app.audit.models import AuditEvent
+from app.audit.review import (
+    DEFAULT_PAGE,
+    Cursor,
+    EnquirerRead,
+    Limit,
+    bad_cursor,
+    begin_read_only,
+    cursor_id,
+    cursor_time,
+    decode_cursor,
+    encode_cursor,
+    matched_entry_ids,
+)
+from app.audit.routes import Reviewer
+from app.audit.service import commit_or_fail_closed, request_context
+from app.auth.principals import Principal
+from app.db import SessionDep, utcnow
+from app.errors import ProblemError, responses
+from app.notifications.models import Notification
+
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+
+
+class NotificationStatus(StrEnum):
+    unacknowledged = "unacknowledged"
+    acknowledged = "acknowledged"
+    all = "all"
+
+
+class NotificationQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: NotificationStatus = NotificationStatus.all
+    cursor: Cursor | None = None
+    limit: Limit = DEFAULT_PAGE
+
+
+class NotificationRead(BaseModel):
+    """An enquiry about one of the authority's children, and how many more the same
+    enquirer made about the same child within the de-duplication period."""
+
+    id: uuid.UUID
+    event_id: uuid.UUID = Field(description="The enquiry; see /v1/audit/events.")
+    first_occurred_at: datetime
+    last_occurred_at: datetime
+    repeats: int
+    entry_id: uuid.UUID | None = Field(description="The entry disclosed (on_plan only).")
+    matched_entry_ids: list[uuid.UUID] = Field(
+        description="Your entries the enquiry matched (for refer_to_custodian, to resolve)."
+    )
+    outcome: str
+    purpose: str | None
+    reason: str | None
+    organisation_id: uuid.UUID | None
+    organisation_name: str | None
+    enquirer: EnquirerRead | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationRead]
+    next_cursor: str | None
+
+
+Row = tuple[Notification, AuditEvent, str | None]
+_unread_first = case((Notification.acknowledged_at.is_(None), 0), else_=1)
+
+
+def readable_notifications(reviewer: Principal) -> Select[Row]:
+    """The reviewer's own authority's notifications, with the enquiry behind each."""
+    return (
+        select(Notification, AuditEvent, Organisation.name)
+        .join(AuditEvent, AuditEvent.id == Notification.event_id)
+        .outerjoin(Organisation, Organisation.id == AuditEvent.organisation_id)
+        .where(Notification.authority_id == reviewer.organisation_id)
+    )
+
+
+def _read(notification: Notification, event: AuditEvent, name: str | None) -> NotificationRead:
+    return NotificationRead(
+        id=notification.id,
+        event_id=event.id,
+        first_occurred_at=notification.first_occurred_at,
+        last_occurred_at=notification.last_occurred_at,
+        repeats=notification.repeats,
+        entry_id=event.entry_id,
+        matched_entry_ids=matched_entry_ids(event),
+        outcome=event.outcome,
+        purpose=event.purpose,
+        reason=event.reason,
+        organisation_id=event.organisation_id,
+        organisation_name=name,
+        enquirer=EnquirerRead.model_validate(event.enquirer) if event.enquirer else None,
+        acknowledged_at=notification.acknowledged_at,
+        acknowledged_by=notification.acknowledged_by,
+    )
+
+
+def _after(cursor: str) -> ColumnElement[bool]:
+    """Keyset condition for (unacknowledged first, newest first, id)."""
+    rank_text, at_text, id_text = decode_cursor(cursor, 3)
+    if rank_text not in ("0", "1"):
+        raise bad_cursor()
+    rank, at, notification_id = int(rank_text), cursor_time(at_text), cursor_id(id_text)
+    return or_(
+        _unread_first > rank,
+        and_(
+            _unread_first == rank,
+            or_(
+                Notification.first_occurred_at < at,
+                and_(Notification.first_occurred_at == at, Notification.id < notification_id),
+            ),
+        ),
+    )
+
+
+@router.get(
+    "",
+    response_model=NotificationPage,
+    responses=responses(401, 403, 422),
+    summary="Enquiries about your authority's children: unacknowledged first, then newest",
+)
+async def list_notifications(
+    reviewer: Reviewer,
+    session: SessionDep,
+    query: Annotated[NotificationQuery, Query()],
+) -> NotificationPage:
+    statement = readable_notifications(reviewer)
+    if query.status is NotificationStatus.unacknowledged:
+        statement = statement.where(Notification.acknowledged_at.is_(None))
+    elif query.status is NotificationStatus.acknowledged:
+        statement = statement.where(Notification.acknowledged_at.is_not(None))
+    if query.cursor is not None:
+        statement = statement.where(_after(query.cursor))
+    statement = statement.order_by(
+        _unread_first, Notification.first_occurred_at.desc(), Notification.id.desc()
+    ).limit(query.limit + 1)
+    await begin_read_only(session)
+    rows = (await session.execute(statement)).all()
+    items = [_read(*row) for row in rows[: query.limit]]
+    next_cursor = None
+    if len(rows) > query.limit:
+        last = rows[query.limit - 1][0]
+        rank = "0" if last.acknowledged_at is None else "1"
+        next_cursor = encode_cursor(rank, last.first_occurred_at.isoformat(), str(last.id))
+    return NotificationPage(items=items, next_cursor=next_cursor)
+
+
+@router.post(
+    "/{notification_id}/acknowledge",
+    response_model=NotificationRead,
+    responses=responses(401, 403, 404, 422, 503),
+    summary="Mark a notification as seen (idempotent)",
+)
+async def acknowledge(
+    notification_id: uuid.UUID, request: Request, reviewer: Reviewer, session: SessionDep
+) -> NotificationRead:
+    row = (
+        await session.execute(
+            readable_notifications(reviewer).where(Notification.id == notification_id)
+        )
+    ).first()
+    if row is None:
+        raise ProblemError(404, "Not found", "No notification with that id for your authority.")
+    notification, event, name = row
+    if notification.acknowledged_at is None:
+        notification.acknowledged_at = utcnow()
+        notification.acknowledged_by = reviewer.subject
+        session.add(
+            AuditEvent(
+                event_type="notification.acknowledged",
+                principal=reviewer.subject,
+                organisation_id=reviewer.organisation_id,
+                authority_id=reviewer.organisation_id,
+                outcome="acknowledged",
+                entry_id=event.entry_id,
+                detail={"notification_id": str(notification.id), "event_id": str(event.id)},
+                **request_context(request),
+            )
+        )
+        await commit_or_fail_closed(session)
+    return _read(notification, event, name)
