@@ -6,6 +6,7 @@ guard be missing, the test fails and the shared database is left untouched.
 The insert-refusing trigger used for the fail-closed tests is always dropped.
 """
 
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -194,22 +195,25 @@ async def audit_log_unwritable(
     Committed before the caller goes on (on SQLite the app's writes BEGIN
     IMMEDIATE and would wait for an open DDL transaction); always dropped.
     """
+    # A fresh name each time: a pooled SQLite connection may still hold the schema
+    # from before the last drop, and would refuse to create the same name again.
+    name = f"{REFUSE_INSERT}_{secrets.token_hex(4)}"
     if settings.is_sqlite:
         create = [
-            f"CREATE TRIGGER {REFUSE_INSERT} BEFORE INSERT ON audit_events "
+            f"CREATE TRIGGER {name} BEFORE INSERT ON audit_events "
             "BEGIN SELECT RAISE(ABORT, 'audit log unwritable (test)'); END"
         ]
-        drop = [f"DROP TRIGGER IF EXISTS {REFUSE_INSERT}"]
+        drop = [f"DROP TRIGGER IF EXISTS {name}"]
     else:
         create = [
-            f"CREATE FUNCTION {REFUSE_INSERT}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ "
             "BEGIN RAISE EXCEPTION 'audit log unwritable (test)'; END $$",
-            f"CREATE TRIGGER {REFUSE_INSERT} BEFORE INSERT ON audit_events "
-            f"FOR EACH ROW EXECUTE FUNCTION {REFUSE_INSERT}()",
+            f"CREATE TRIGGER {name} BEFORE INSERT ON audit_events "
+            f"FOR EACH ROW EXECUTE FUNCTION {name}()",
         ]
         drop = [
-            f"DROP TRIGGER IF EXISTS {REFUSE_INSERT} ON audit_events",
-            f"DROP FUNCTION IF EXISTS {REFUSE_INSERT}()",
+            f"DROP TRIGGER IF EXISTS {name} ON audit_events",
+            f"DROP FUNCTION IF EXISTS {name}()",
         ]
     try:
         async with sessionmaker() as session:
