@@ -35,8 +35,10 @@ def normalise_nhs_number(raw: str) -> str:
 
 def check_name(raw: str) -> str:
     """Refuse what is not a whole name: wildcards, digits, initials, stray symbols."""
-    name = " ".join(raw.translate(_APOSTROPHES).split())
-    if not _NAME_CHARS.match(name) or len(normalise_name(name)) < 2:
+    # NFC first: a name typed on some devices arrives decomposed (e + combining mark).
+    name = " ".join(unicodedata.normalize("NFC", raw).translate(_APOSTROPHES).split())
+    letters = sum(c.isalpha() for c in normalise_name(name))
+    if not _NAME_CHARS.match(name) or letters < 2:
         raise ValueError("must be a whole name: letters, spaces, hyphens and apostrophes only")
     return name
 
