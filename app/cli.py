@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.admin import service as admin
 from app.admin.models import Client, Organisation, OrganisationKind, Scope, User, UserRole
 from app.admin.schemas import Name, OrganisationCreate, Username
+from app.apiclient import problem_text, sign_in
 from app.audit.chain import CheckpointSigner, CheckpointVerifier
 from app.audit.sealing import Sequencer
 from app.audit.verify import verify_log
@@ -28,6 +29,7 @@ from app.auth.models import AccessToken
 from app.config import Settings, get_settings
 from app.db import create_engine, create_sessionmaker, utcnow
 from app.logging import configure_logging
+from app.register.cli import register_group
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -63,6 +65,9 @@ def main() -> None:
     """cp-register: the child protection plan lookup service."""
     # Logs go to stderr as JSON; stdout carries what the command prints for people.
     configure_logging(get_settings().log_level, sys.stderr)
+
+
+main.add_command(register_group)
 
 
 @main.group()
@@ -663,23 +668,14 @@ def lookup(
         if value
     }
     with httpx.Client(base_url=url, timeout=10) as http:
-        signed_in = http.post(
-            "/oauth/token",
-            data={"grant_type": "password", "username": username, "password": password},
-        )
-        if signed_in.status_code != 200:
-            raise click.ClickException(
-                f"sign-in refused: {signed_in.json().get('error_description', signed_in.text)}"
-            )
         answer = http.post(
             "/v1/lookups",
-            headers={"Authorization": f"Bearer {signed_in.json()['access_token']}"},
+            headers=sign_in(http, username, password),
             json={"subject": subject, "purpose": purpose, "reason": reason},
         )
     body = answer.json()
     if answer.status_code != 200:
-        problems = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in body.get("errors", []))
-        raise click.ClickException(f"{body.get('title')}: {body.get('detail') or problems}")
+        raise click.ClickException(problem_text(body))
     status = body["status"].replace("_", " ").upper()
     click.echo(status + (" (unborn child)" if body.get("unborn") else ""))
     if body.get("categories"):

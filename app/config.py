@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     key_dir: Path = Path("var/keys")
 
     max_body_bytes: int = 64 * 1024
+    # A register import file (`POST /v1/register/imports`): 50,000 rows is about 10 MiB.
+    import_max_bytes: int = 32 * 1024 * 1024
 
     # Volume limits on lookups (DESIGN.md check 7), counted over sliding windows in
     # the audit log, which every replica shares.

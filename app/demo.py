@@ -21,7 +21,7 @@ from app.admin.service import (
 )
 from app.register.models import Category, EndReason, RegisterEntry
 from app.register.schemas import EntryCreate, Person
-from app.register.service import create_entry, end_entry
+from app.register.service import Actor, create_entry, end_entry
 
 ACTOR = "bootstrap:demo"
 
@@ -224,13 +224,13 @@ async def bootstrap(
     if not existing:
         today = date.today()
         for data, end_reason in demo_entries(today):
-            entry = create_entry(session, actor=ACTOR, authority_id=authority.id, data=data)
+            entry = create_entry(session, actor=Actor(ACTOR), authority_id=authority.id, data=data)
             if end_reason is not None:
                 await session.flush()
                 end_entry(
                     session,
                     entry,
-                    actor=ACTOR,
+                    actor=Actor(ACTOR),
                     ended_on=today - timedelta(days=10),
                     reason=end_reason.value,
                 )

@@ -26,6 +26,7 @@ from app.lookup.schemas import LookupRequest
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.notifications import routes as notification_routes
 from app.notifications.notifier import Notifier
+from app.register import routes as register_routes
 
 API_VERSION = "1.0.0"
 
@@ -76,11 +77,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        by_path={"/v1/register/imports": settings.import_max_bytes},
+    )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
     app.include_router(auth_routes.router)
     app.include_router(lookup_routes.router)
+    app.include_router(register_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(audit_review.router)
     app.include_router(audit_alerts.router)

@@ -66,17 +66,20 @@ class RequestContextMiddleware:
 class BodyLimitMiddleware:
     """Refuses request bodies over the limit with 413, declared or streamed."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, by_path: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Larger limits for the few paths that take files (register import).
+        self.by_path = by_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.by_path.get(scope["path"], self.max_bytes)
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
-                await self._refuse(scope, receive, send)
+            if name == b"content-length" and (not value.isdigit() or int(value) > max_bytes):
+                await self._refuse(scope, receive, send, max_bytes)
                 return
         received = 0
 
@@ -85,15 +88,15 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     # Rendered as a problem by the HTTP exception handler.
                     raise StarletteHTTPException(413, "Request body too large")
             return message
 
         await self.app(scope, limited_receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         response = problem_response(
-            413, "Request body too large", f"The limit is {self.max_bytes} bytes."
+            413, "Request body too large", f"The limit is {max_bytes} bytes."
         )
         await response(scope, receive, send)

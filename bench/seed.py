@@ -23,7 +23,8 @@ from app.db import utcnow
 from app.demo import AUTHORITY
 from app.register.identifiers import eighteenth_birthday, match_key
 from app.register.models import Category, EndReason, RegisterEntry, RegisterEntryVersion
-from app.register.service import FIRST_REVIEW_MONTHS, add_months, snapshot
+from app.register.rules import FIRST_REVIEW_MONTHS, add_months
+from app.register.service import snapshot
 
 ACTOR = "bench:seed"
 BATCH_SIZE = 5_000

@@ -32,7 +32,7 @@ from app.config import Environment, Settings
 from app.main import create_app
 from app.register.models import Category, RegisterEntry
 from app.register.schemas import EntryCreate, Person
-from app.register.service import create_entry, end_entry
+from app.register.service import Actor, create_entry, end_entry
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "CPR_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -256,6 +256,7 @@ async def world(
         for key, org, role in (
             ("duty_officer", "edt", UserRole.duty_officer),
             ("custodian_a", "authority_a", UserRole.custodian),
+            ("custodian_b", "authority_b", UserRole.custodian),
             ("operator", "operator", UserRole.operator),
         ):
             password = secrets.token_urlsafe(12)
@@ -346,14 +347,14 @@ async def world(
         }
         for key, (authority_id, data) in specs_entries.items():
             world.entries[key] = create_entry(
-                session, actor=ACTOR, authority_id=authority_id, data=data
+                session, actor=Actor(ACTOR), authority_id=authority_id, data=data
             )
         await session.flush()
         for key in ("ended_own", "ended_other"):
             end_entry(
                 session,
                 world.entries[key],
-                actor=ACTOR,
+                actor=Actor(ACTOR),
                 ended_on=today - timedelta(days=3),
                 reason="no_longer_at_risk",
             )

@@ -18,7 +18,7 @@ from app.admin.service import create_user
 from app.register.identifiers import nhs_number_check_digit_ok
 from app.register.models import Category, RegisterEntry
 from app.register.schemas import EntryCreate, Person
-from app.register.service import create_entry
+from app.register.service import Actor, create_entry
 from tests.conftest import NHS, World
 
 PURPOSE = {
@@ -58,7 +58,7 @@ async def new_child(
         plan_start=date.today() - timedelta(days=10),
     )
     async with sessionmaker() as session:
-        entry = create_entry(session, actor="test", authority_id=authority.id, data=data)
+        entry = create_entry(session, actor=Actor("test"), authority_id=authority.id, data=data)
         await session.commit()
     return entry, nhs
 

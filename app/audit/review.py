@@ -6,11 +6,8 @@ cannot be returned, counted or exported by mistake. A child's NHS number is a
 filter only in POST bodies (search, export): identifiers never travel in URLs.
 """
 
-import base64
-import binascii
 import csv
 import io
-import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -36,11 +33,13 @@ from app.audit.models import AuditEvent
 from app.audit.routes import Reviewer
 from app.audit.service import commit_or_fail_closed, request_context
 from app.auth.principals import Principal
+from app.cursors import cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.db import READ_ONLY_OPTION, SessionDep, utcnow
 from app.errors import ProblemError, responses
 from app.lookup.schemas import Purpose
 from app.register.identifiers import normalise_nhs_number
 from app.register.models import RegisterEntry
+from app.spreadsheet import safe_cell
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -176,48 +175,6 @@ class AuditEventPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass back as `cursor` for the next (older) page; null on the last page."
     )
-
-
-# --- cursors ---------------------------------------------------------------------------
-
-
-def bad_cursor() -> ProblemError:
-    return ProblemError(422, "Invalid request", "The cursor is not one this service issued.")
-
-
-def encode_cursor(*parts: str) -> str:
-    """Opaque to the caller; it only ever pages within what the caller may read."""
-    raw = json.dumps(list(parts), separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, size: int) -> list[str]:
-    try:
-        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error) as exc:
-        raise bad_cursor() from exc
-    if not (
-        isinstance(parts, list) and len(parts) == size and all(isinstance(p, str) for p in parts)
-    ):
-        raise bad_cursor()
-    return parts
-
-
-def cursor_time(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise bad_cursor() from exc
-    if value.tzinfo is None:
-        raise bad_cursor()
-    return value
-
-
-def cursor_id(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError as exc:
-        raise bad_cursor() from exc
 
 
 def _older_than(cursor: str) -> ColumnElement[bool]:
@@ -426,14 +383,6 @@ CSV_COLUMNS = (
     "entry_version",
     "matched_entry_ids",
 )
-# A cell a spreadsheet would run as a formula (OWASP "CSV injection"): enquirers
-# write the reason and their own names, so these are not trusted.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: object) -> str:
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def csv_row(row: AuditEventRead) -> list[str]:
@@ -462,7 +411,7 @@ def csv_row(row: AuditEventRead) -> list[str]:
         row.entry_version,
         ";".join(str(entry_id) for entry_id in row.matched_entry_ids),
     )
-    return [_cell(value) for value in values]
+    return [safe_cell(value) for value in values]
 
 
 async def _csv(

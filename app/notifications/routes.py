@@ -21,17 +21,13 @@ from app.audit.review import (
     Cursor,
     EnquirerRead,
     Limit,
-    bad_cursor,
     begin_read_only,
-    cursor_id,
-    cursor_time,
-    decode_cursor,
-    encode_cursor,
     matched_entry_ids,
 )
 from app.audit.routes import Reviewer
 from app.audit.service import commit_or_fail_closed, request_context
 from app.auth.principals import Principal
+from app.cursors import bad_cursor, cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.db import SessionDep, utcnow
 from app.errors import ProblemError, responses
 from app.notifications.models import Notification

@@ -5,7 +5,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -41,6 +41,20 @@ class RegisterEntry(Base):
     __table_args__ = (
         Index("ix_register_entries_subject_nhs_number", "subject_nhs_number"),
         Index("ix_register_entries_subject_match_key", "subject_match_key"),
+        # One live plan per person presenting (child, or mother of an unborn child) per
+        # authority, whatever the service's own check misses (it also compares names and
+        # dates of birth: service.same_child).
+        Index(
+            "uq_register_entries_live_nhs_number",
+            "authority_id",
+            "subject_nhs_number",
+            "unborn",
+            unique=True,
+            sqlite_where=text("ended_on IS NULL AND subject_nhs_number IS NOT NULL"),
+            postgresql_where=text("ended_on IS NULL AND subject_nhs_number IS NOT NULL"),
+        ),
+        # The custodian's list: live entries by review date.
+        Index("ix_register_entries_authority_next_review", "authority_id", "next_review"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -66,6 +80,7 @@ class RegisterEntry(Base):
     categories: Mapped[list[str]]
     plan_start: Mapped[date]
     next_review: Mapped[date]
+    last_review: Mapped[date | None]
     lead_professional: Mapped[str | None] = mapped_column(String(200))
     team_contact: Mapped[str | None] = mapped_column(String(200))
     notes: Mapped[str | None] = mapped_column(Text)
