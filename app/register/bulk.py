@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import utcnow
 from app.register.csvformat import ParsedRow, RowProblem
 from app.register.models import RegisterEntry, RegisterEntryVersion
-from app.register.service import Actor, entry_values, live, snapshot
+from app.register.service import Actor, live, snapshot_of
 
 CHUNK = 2_000
 
@@ -60,13 +60,15 @@ async def live_index(session: AsyncSession, authority_id: uuid.UUID, today: date
     return index
 
 
-def duplicate_problems(rows: list[ParsedRow], existing: LiveIndex) -> list[RowProblem]:
-    """Rows for a child already on the register, or twice in the file."""
+def duplicate_problems(
+    rows: list[ParsedRow], values: list[dict[str, Any]], existing: LiveIndex
+) -> list[RowProblem]:
+    """Rows for a child already on the register, or twice in the file.
+    ``values`` are the rows' :func:`entry_values`, in the same order."""
     in_file = LiveIndex()
     problems = []
-    for row in rows:
-        values = entry_values(row.data)
-        person = (values["unborn"], values["subject_nhs_number"], values["subject_match_key"])
+    for row, entry in zip(rows, values, strict=True):
+        person = (entry["unborn"], entry["subject_nhs_number"], entry["subject_match_key"])
         found = existing.find(*person) or in_file.find(*person)
         if found is not None:
             column = "mother" if row.data.unborn else "child"
@@ -82,40 +84,45 @@ def _chunks(items: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
 
 async def insert_rows(
     session: AsyncSession,
-    rows: list[ParsedRow],
+    values: list[dict[str, Any]],
     *,
     authority_id: uuid.UUID,
     actor: Actor,
     import_id: uuid.UUID,
 ) -> None:
+    """Insert the entries whose :func:`entry_values` are ``values``, each at version 1."""
     now = utcnow()
     reason = f"register import {import_id}"
     entries: list[dict[str, Any]] = []
     versions: list[dict[str, Any]] = []
-    for row in rows:
-        entry = RegisterEntry(
-            id=uuid.uuid4(),
-            authority_id=authority_id,
-            version=1,
-            ended_on=None,
-            end_reason=None,
-            updated_at=now,
-            updated_by=actor.subject,
-            **entry_values(row.data),
-        )
-        values = {column.key: getattr(entry, column.key) for column in RegisterEntry.__table__.c}
-        entries.append(values)
+    for fields in values:
+        entry = {
+            "id": uuid.uuid4(),
+            "authority_id": authority_id,
+            "version": 1,
+            "ended_on": None,
+            "end_reason": None,
+            "updated_at": now,
+            "updated_by": actor.subject,
+            **fields,
+        }
+        entries.append(entry)
         versions.append(
             {
-                "entry_id": entry.id,
+                "entry_id": entry["id"],
                 "version": 1,
-                "snapshot": snapshot(entry),
+                "snapshot": snapshot_of(entry),
                 "changed_at": now,
                 "changed_by": actor.subject,
                 "change_reason": reason,
             }
         )
-    for chunk in _chunks(entries):
-        await session.execute(insert(RegisterEntry), chunk)
-    for chunk in _chunks(versions):
-        await session.execute(insert(RegisterEntryVersion), chunk)
+    # Core inserts on the tables: one executemany per chunk (the ORM's bulk insert would
+    # split a chunk wherever the set of null columns changes).
+    connection = await session.connection()
+    for table, rows in (
+        (RegisterEntry.__table__, entries),
+        (RegisterEntryVersion.__table__, versions),
+    ):
+        for chunk in _chunks(rows):
+            await connection.execute(insert(table), chunk)

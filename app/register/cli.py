@@ -12,6 +12,7 @@ import httpx
 from app.apiclient import problem_text, sign_in
 from app.register.bulk import LiveIndex, duplicate_problems
 from app.register.csvformat import RowProblem, parse_csv
+from app.register.service import entry_values
 
 UPLOAD_CHUNK = 256 * 1024
 SHOWN_PROBLEMS = 50
@@ -48,7 +49,9 @@ def import_file(file: Path, url: str, username: str, password: str, timeout: int
     lines = max(text.count("\n"), 1)
     with click.progressbar(length=lines, label="Checking rows", file=sys.stderr) as bar:
         rows, problems = parse_csv(text, date.today(), progress=bar.update)
-    problems = problems or duplicate_problems(rows, LiveIndex())
+    problems = problems or duplicate_problems(
+        rows, [entry_values(row.data) for row in rows], LiveIndex()
+    )
     if problems:
         _report(problems)
         raise click.ClickException(f"{len(problems)} problems: nothing was sent or imported")

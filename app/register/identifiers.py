@@ -37,7 +37,7 @@ def check_name(raw: str) -> str:
     """Refuse what is not a whole name: wildcards, digits, initials, stray symbols."""
     # NFC first: a name typed on some devices arrives decomposed (e + combining mark).
     name = " ".join(unicodedata.normalize("NFC", raw).translate(_APOSTROPHES).split())
-    letters = sum(c.isalpha() for c in normalise_name(name))
+    letters = sum(c.isalpha() for c in name)
     if not _NAME_CHARS.match(name) or letters < 2:
         raise ValueError("must be a whole name: letters, spaces, hyphens and apostrophes only")
     return name

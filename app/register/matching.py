@@ -8,9 +8,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Select, bindparam, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.admin.models import Organisation
 from app.register.models import Category, RegisterEntry
@@ -85,17 +86,13 @@ class Decision:
         return None
 
 
-async def find_candidates(
-    session: AsyncSession, query: SubjectQuery, today: date
-) -> list[Candidate]:
+def _candidates_statement(*, by_nhs_number: bool, by_match_key: bool) -> Select[Any]:
     conditions = []
-    if query.nhs_number:
-        conditions.append(RegisterEntry.subject_nhs_number == query.nhs_number)
-    if query.match_key:
-        conditions.append(RegisterEntry.subject_match_key == query.match_key)
-    if not conditions:
-        return []
-    rows = await session.execute(
+    if by_nhs_number:
+        conditions.append(RegisterEntry.subject_nhs_number == bindparam("nhs_number"))
+    if by_match_key:
+        conditions.append(RegisterEntry.subject_match_key == bindparam("match_key"))
+    return (
         select(
             RegisterEntry.id,
             RegisterEntry.version,
@@ -111,8 +108,32 @@ async def find_candidates(
         .where(
             or_(*conditions),
             RegisterEntry.ended_on.is_(None),
-            or_(RegisterEntry.adult_on.is_(None), RegisterEntry.adult_on > today),
+            or_(
+                RegisterEntry.adult_on.is_(None),
+                RegisterEntry.adult_on > bindparam("today", type_=RegisterEntry.adult_on.type),
+            ),
         )
+    )
+
+
+# Built once, by which identifiers were sent (each its own plan on PostgreSQL).
+_CANDIDATES = {
+    (nhs, key): _candidates_statement(by_nhs_number=nhs, by_match_key=key)
+    for nhs in (True, False)
+    for key in (True, False)
+    if nhs or key
+}
+
+
+async def find_candidates(
+    connection: AsyncConnection | AsyncSession, query: SubjectQuery, today: date
+) -> list[Candidate]:
+    match_key = query.match_key
+    if not query.nhs_number and not match_key:
+        return []
+    statement = _CANDIDATES[(bool(query.nhs_number), bool(match_key))]
+    rows = await connection.execute(
+        statement, {"nhs_number": query.nhs_number, "match_key": match_key, "today": today}
     )
     return [
         Candidate(

@@ -51,6 +51,7 @@ from app.register.service import (
     create_entry,
     end_entry,
     entry_data,
+    entry_values,
     live,
     live_duplicate,
     lock_register,
@@ -668,10 +669,11 @@ async def import_entries(
         rows, problems = [], [RowProblem(1, "", "the file is not UTF-8 text")]
     else:
         rows, problems = parse_csv(text, today)
+    values = [entry_values(row.data) for row in rows]
     if not problems:
         await lock_register(session, custodian.organisation_id)
         problems = bulk.duplicate_problems(
-            rows, await bulk.live_index(session, custodian.organisation_id, today)
+            rows, values, await bulk.live_index(session, custodian.organisation_id, today)
         )
     detail = {"import_id": str(import_id), "sha256": digest, "rows": len(rows)}
     if problems:
@@ -698,7 +700,7 @@ async def import_entries(
         )
     await bulk.insert_rows(
         session,
-        rows,
+        values,
         authority_id=custodian.organisation_id,
         actor=_actor(request, custodian),
         import_id=import_id,

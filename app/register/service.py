@@ -20,6 +20,8 @@ from app.register.models import Category, EndReason, RegisterEntry, RegisterEntr
 from app.register.rules import default_next_review
 from app.register.schemas import EntryCreate, Person
 
+_COLUMNS = tuple(RegisterEntry.__table__.columns)
+_NOT_JSON = (date, uuid.UUID)  # date covers datetime
 # pg_advisory_xact_lock(class, key): the two-key form never meets the sequencer's one-key lock.
 _REGISTER_LOCK_CLASS = 7201
 
@@ -233,17 +235,17 @@ def _new_version(
 
 def snapshot(entry: RegisterEntry) -> dict[str, Any]:
     """Every field of the entry as JSON, for its immutable version row."""
-    values: dict[str, Any] = {}
-    for column in RegisterEntry.__table__.columns:
-        value = getattr(entry, column.key)
-        values[column.key] = (
-            value.isoformat()
-            if isinstance(value, date)
-            else str(value)
-            if isinstance(value, uuid.UUID)
-            else value
-        )
-    return values
+    return snapshot_of({column.key: getattr(entry, column.key) for column in _COLUMNS})
+
+
+def snapshot_of(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with dates and ids as the strings JSON holds."""
+    return {
+        key: (value.isoformat() if isinstance(value, date) else str(value))
+        if isinstance(value, _NOT_JSON)
+        else value
+        for key, value in values.items()
+    }
 
 
 def _record_version(
