@@ -127,6 +127,11 @@ async def test_search_by_the_childs_nhs_number_travels_in_the_body(
     assert response.status_code == 200
     ids = {e["id"] for e in response.json()["items"]}
     assert ids == {by_number.json()["lookup_id"], by_names.json()["lookup_id"]}
+    # Reading the log is itself on record: who looked, for which child.
+    read = await event_of(sessionmaker, response)
+    assert (read.event_type, read.principal) == ("audit.read", world["custodian_a"].subject)
+    assert read.query == {"nhs_number": nhs}
+    assert read.detail["path"] == "/v1/audit/events/search"
 
 
 async def test_searching_for_another_authoritys_child_finds_nothing(

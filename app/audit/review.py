@@ -284,13 +284,33 @@ async def begin_read_only(session: AsyncSession) -> None:
 
 async def _page(
     session: AsyncSession,
+    request: Request,
+    reviewer: Principal,
     statement: Select[tuple[AuditEvent, str | None]],
-    cursor: str | None,
-    limit: int,
+    page: EnquiryListQuery | EnquirySearch | PageQuery,
+    nhs_number: str | None = None,
 ) -> AuditEventPage:
+    """One page of enquiries, the read itself on record first: who looked at whom
+    is as much the log's business as who asked."""
+    cursor, limit = page.cursor, page.limit
     if cursor is not None:
         statement = statement.where(_older_than(cursor))
-    await begin_read_only(session)
+    filters = page.model_dump(mode="json", by_alias=True, exclude_none=True)
+    filters.pop("nhs_number", None)
+    session.add(
+        AuditEvent(
+            event_type="audit.read",
+            principal=reviewer.subject,
+            organisation_id=reviewer.organisation_id,
+            authority_id=reviewer.organisation_id,
+            outcome="ok",
+            query={"nhs_number": nhs_number} if nhs_number else None,
+            detail={"path": request.url.path, "filters": filters},
+            **request_context(request),
+        )
+    )
+    await commit_or_fail_closed(session)
+    await session.connection(execution_options={READ_ONLY_OPTION: True})
     rows = (await session.execute(_newest_first(statement).limit(limit + 1))).all()
     items = [event_read(event, name) for event, name in rows[:limit]]
     next_cursor = None
@@ -310,12 +330,13 @@ async def _page(
     summary="Enquiries about your authority's children, newest first",
 )
 async def list_enquiries(
+    request: Request,
     reviewer: Reviewer,
     session: SessionDep,
     query: Annotated[EnquiryListQuery, Query()],
 ) -> AuditEventPage:
     statement = _filtered(readable_enquiries(reviewer), query, reviewer)
-    return await _page(session, statement, query.cursor, query.limit)
+    return await _page(session, request, reviewer, statement, query)
 
 
 @router.post(
@@ -325,10 +346,10 @@ async def list_enquiries(
     summary="Enquiries about your authority's children, filtered by the child's NHS number too",
 )
 async def search_enquiries(
-    reviewer: Reviewer, session: SessionDep, search: EnquirySearch
+    request: Request, reviewer: Reviewer, session: SessionDep, search: EnquirySearch
 ) -> AuditEventPage:
     statement = _filtered(readable_enquiries(reviewer), search, reviewer, search.nhs_number)
-    return await _page(session, statement, search.cursor, search.limit)
+    return await _page(session, request, reviewer, statement, search, search.nhs_number)
 
 
 @router.get(
@@ -339,6 +360,7 @@ async def search_enquiries(
 )
 async def enquiries_about_entry(
     entry_id: uuid.UUID,
+    request: Request,
     reviewer: Reviewer,
     session: SessionDep,
     page: Annotated[PageQuery, Query()],
@@ -358,7 +380,7 @@ async def enquiries_about_entry(
         # Also the enquiries with the child's number that a custodian had to resolve.
         about_child = or_(about_child, asked_with_nhs_number(found.subject_nhs_number))
     statement = readable_enquiries(reviewer).where(about_child)
-    return await _page(session, statement, page.cursor, page.limit)
+    return await _page(session, request, reviewer, statement, page)
 
 
 CSV_COLUMNS = (
