@@ -25,6 +25,7 @@ from app.lookup import routes as lookup_routes
 from app.lookup.schemas import LookupRequest
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.notifications import routes as notification_routes
+from app.notifications import webhooks as notification_webhooks
 from app.notifications.notifier import Notifier
 from app.register import routes as register_routes
 
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_routes.router)
     app.include_router(audit_review.router)
     app.include_router(audit_alerts.router)
+    app.include_router(notification_webhooks.router)
     app.include_router(notification_routes.router)
     app.include_router(admin_routes.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -694,3 +694,72 @@ async def test_the_service_role_may_notify_and_deliver(
             assert await session.scalar(text("SELECT current_user")) == "cpr_app"
             [delivery] = (await session.scalars(select(NotificationDelivery))).all()
     assert (delivery.attempts, delivery.last_error) == (1, "ConnectError")
+
+
+async def test_a_custodian_sets_the_webhook_and_deliveries_are_signed_with_its_secret(
+    site: Site,
+) -> None:
+    custodian = await custodian_of(site.app, site.sessionmaker, site.authority)
+    receiver = Receiver()
+    notifier = site.notifier()
+    async with serving(receiver) as url:
+        for bad in ("ftp://example.org/hook", "https://user:pw@example.org/hook", "not a url"):
+            refused = await site.http.put(
+                "/v1/notifications/webhook", json={"url": bad}, headers=custodian
+            )
+            assert refused.status_code == 422, bad
+        created = await site.http.put(
+            "/v1/notifications/webhook", json={"url": url}, headers=custodian
+        )
+        assert created.status_code == 200, created.text
+        secret = created.json()["signing_secret"]
+        read = await site.http.get("/v1/notifications/webhook", headers=custodian)
+        assert read.json()["url"] == url
+        assert "signing_secret" not in read.json()
+        assert secret not in read.text
+
+        await _notify(site, notifier)
+        assert await notifier.deliver_due() == 1
+        [(headers, body, _)] = receiver.received
+        expected = hmac.new(
+            secret.encode(), headers["x-cpr-timestamp"].encode() + b"." + body, hashlib.sha256
+        ).hexdigest()
+        assert headers["x-cpr-signature"] == f"sha256={expected}"
+
+        removed = await site.http.delete("/v1/notifications/webhook", headers=custodian)
+        assert removed.status_code == 204
+        assert (
+            await site.http.get("/v1/notifications/webhook", headers=custodian)
+        ).status_code == 404
+        await _notify(site, notifier)
+        assert await notifier.deliver_due() == 0
+    async with site.sessionmaker() as session:
+        kinds = list(
+            await session.scalars(
+                select(AuditEvent.event_type).where(
+                    AuditEvent.event_type.like("notification.webhook%")
+                )
+            )
+        )
+    assert sorted(kinds) == ["notification.webhook_removed", "notification.webhook_set"]
+
+
+async def test_only_custodians_set_webhooks_and_only_their_own(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    hook = {"url": "https://receiver.example.org/cpr"}
+    assert (
+        await client.put(
+            "/v1/notifications/webhook", json=hook, headers=world["hospital_client"].headers
+        )
+    ).status_code == 403
+    assert (
+        await client.put(
+            "/v1/notifications/webhook", json=hook, headers=world["custodian_a"].headers
+        )
+    ).status_code == 200
+    theirs = await client.get("/v1/notifications/webhook", headers=world["custodian_b"].headers)
+    assert theirs.status_code == 404
+    assert "receiver.example.org" not in theirs.text
+    # Leave authority A without a webhook for the other tests.
+    await client.delete("/v1/notifications/webhook", headers=world["custodian_a"].headers)
