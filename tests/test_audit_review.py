@@ -412,7 +412,9 @@ async def test_export_reads_and_sends_in_chunks(
         scopes=frozenset(),
     )
     statement = review.readable_enquiries(custodian).where(AuditEvent.enquirer_id == who)
-    chunks = [chunk async for chunk in review._csv(sessionmaker, statement)]
+    chunks = [
+        chunk async for chunk in review._csv(sessionmaker, statement, custodian.organisation_id)
+    ]
     assert [chunk.count("\n") for chunk in chunks] == [1, 2, 2, 1]
 
 

@@ -763,3 +763,39 @@ async def test_only_custodians_set_webhooks_and_only_their_own(
     assert "receiver.example.org" not in theirs.text
     # Leave authority A without a webhook for the other tests.
     await client.delete("/v1/notifications/webhook", headers=world["custodian_a"].headers)
+
+
+async def test_a_referral_matching_two_authorities_children_reaches_both_custodians(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    # Ruby Shah, same birthday, on a plan in authority A and in authority B.
+    a, b = world.entries["dup_a"], world.entries["dup_b"]
+    subject = {
+        "given_name": "Ruby",
+        "family_name": "Shah",
+        "date_of_birth": a.child_date_of_birth.isoformat(),  # type: ignore[union-attr]
+    }
+    answer = await ask(client, world, "police_client", subject, enquirer_id())
+    assert answer.json()["status"] == "refer_to_custodian"
+    lookup_id = answer.json()["lookup_id"]
+
+    # Each custodian sees the enquiry, naming only its own entry.
+    for who, own, other in (("custodian_a", a, b), ("custodian_b", b, a)):
+        listed = await client.get(
+            "/v1/audit/events", params={"limit": 200}, headers=world[who].headers
+        )
+        [event] = [e for e in listed.json()["items"] if e["id"] == lookup_id]
+        assert event["matched_entry_ids"] == [str(own.id)], who
+        assert str(other.id) not in listed.text
+
+    await seal_and_notify(app)
+    notified = await notifications_for(sessionmaker, lookup_id)
+    assert sorted(str(n.authority_id) for n in notified) == sorted(
+        str(world.orgs[k].id) for k in ("authority_a", "authority_b")
+    )
+    feed_b = await client.get("/v1/notifications", headers=world["custodian_b"].headers)
+    [item] = [i for i in feed_b.json()["items"] if i["event_id"] == lookup_id]
+    assert item["matched_entry_ids"] == [str(b.id)]

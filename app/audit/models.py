@@ -78,3 +78,16 @@ class AuditCheckpoint(Base):
     head_hash: Mapped[str] = mapped_column(String(64))
     signed_at: Mapped[datetime] = mapped_column(default=utcnow)
     note: Mapped[str] = mapped_column(Text)
+
+
+class AuditEventAuthority(Base):
+    """The authorities an enquiry concerns when it is not one: a ``refer_to_custodian``
+    answer whose matched entries belong to several authorities (``authority_id`` is
+    then null). Filled by a database trigger from the event's ``detail.matched`` (which
+    the seal covers), so every such authority's custodians see and are told of it.
+    Append-only."""
+
+    __tablename__ = "audit_event_authorities"
+
+    authority_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_events.id"), primary_key=True)

@@ -29,7 +29,7 @@ from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.admin.models import Organisation
-from app.audit.models import AuditEvent
+from app.audit.models import AuditEvent, AuditEventAuthority
 from app.audit.routes import Reviewer
 from app.audit.service import commit_or_fail_closed, request_context
 from app.auth.principals import Principal
@@ -196,10 +196,20 @@ def readable_enquiries(reviewer: Principal) -> Select[tuple[AuditEvent, str | No
     return (
         select(AuditEvent, Organisation.name)
         .outerjoin(Organisation, Organisation.id == AuditEvent.organisation_id)
-        .where(
-            AuditEvent.event_type == LOOKUP,
-            AuditEvent.authority_id == reviewer.organisation_id,
-        )
+        .where(AuditEvent.event_type == LOOKUP, concerns(reviewer.organisation_id))
+    )
+
+
+def concerns(authority_id: uuid.UUID) -> ColumnElement[bool]:
+    """Events about one of the authority's children, including answers that matched
+    entries of several authorities (``AuditEventAuthority``)."""
+    return or_(
+        AuditEvent.authority_id == authority_id,
+        AuditEvent.id.in_(
+            select(AuditEventAuthority.event_id).where(
+                AuditEventAuthority.authority_id == authority_id
+            )
+        ),
     )
 
 
@@ -247,17 +257,17 @@ def _newest_first(
     return statement.order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
 
 
-def matched_entry_ids(event: AuditEvent) -> list[uuid.UUID]:
-    """The entries of the event's authority that the identifiers matched."""
-    matched = (event.detail or {}).get("matched", []) if event.authority_id else []
+def matched_entry_ids(event: AuditEvent, authority_id: uuid.UUID) -> list[uuid.UUID]:
+    """The entries of one authority that the identifiers matched (never another's)."""
+    matched = (event.detail or {}).get("matched", [])
     return sorted(
-        uuid.UUID(m["entry_id"])
-        for m in matched
-        if m.get("authority_id") == str(event.authority_id)
+        uuid.UUID(m["entry_id"]) for m in matched if m.get("authority_id") == str(authority_id)
     )
 
 
-def event_read(event: AuditEvent, organisation_name: str | None) -> AuditEventRead:
+def event_read(
+    event: AuditEvent, organisation_name: str | None, authority_id: uuid.UUID
+) -> AuditEventRead:
     return AuditEventRead(
         id=event.id,
         occurred_at=event.occurred_at,
@@ -271,7 +281,7 @@ def event_read(event: AuditEvent, organisation_name: str | None) -> AuditEventRe
         disclosed=DisclosedRead.model_validate(event.disclosed) if event.disclosed else None,
         entry_id=event.entry_id,
         entry_version=event.entry_version,
-        matched_entry_ids=matched_entry_ids(event),
+        matched_entry_ids=matched_entry_ids(event, authority_id),
     )
 
 
@@ -312,7 +322,7 @@ async def _page(
     await commit_or_fail_closed(session)
     await session.connection(execution_options={READ_ONLY_OPTION: True})
     rows = (await session.execute(_newest_first(statement).limit(limit + 1))).all()
-    items = [event_read(event, name) for event, name in rows[:limit]]
+    items = [event_read(event, name, reviewer.organisation_id) for event, name in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1][0]
@@ -439,6 +449,7 @@ def csv_row(row: AuditEventRead) -> list[str]:
 async def _csv(
     sessionmaker: async_sessionmaker[AsyncSession],
     statement: Select[tuple[AuditEvent, str | None]],
+    authority_id: uuid.UUID,
 ) -> AsyncIterator[str]:
     """Rows fetched and sent a chunk at a time: an export of years of enquiries
     never sits in memory whole."""
@@ -460,7 +471,7 @@ async def _csv(
         )
         async for rows in result.partitions():
             for event, name in rows:
-                writer.writerow(csv_row(event_read(event, name)))
+                writer.writerow(csv_row(event_read(event, name, authority_id)))
             yield drain()
 
 
@@ -499,7 +510,7 @@ async def export_enquiries(
     filename = f"enquiries-{utcnow():%Y%m%dT%H%M%SZ}.csv"
     headers: dict[str, Any] = {"Content-Disposition": f'attachment; filename="{filename}"'}
     return StreamingResponse(
-        _csv(request.app.state.sessionmaker, statement),
+        _csv(request.app.state.sessionmaker, statement, reviewer.organisation_id),
         media_type="text/csv; charset=utf-8",
         headers=headers,
     )

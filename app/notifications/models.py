@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String
+from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -26,12 +26,14 @@ class Notification(Base):
         # The de-duplication look-up, and the feed (newest first per authority).
         Index("ix_notifications_dedupe", "authority_id", "dedupe_key", "first_occurred_at"),
         Index("ix_notifications_feed", "authority_id", "first_occurred_at"),
+        UniqueConstraint("event_id", "authority_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     authority_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organisations.id"))
     # The enquiry that raised it (the first of the period).
-    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_events.id"), unique=True)
+    # One per authority concerned: a referral may concern several.
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_events.id"))
     # A hash of (enquiring organisation, enquirer, child): no identifiers in it.
     dedupe_key: Mapped[str] = mapped_column(String(64))
     first_occurred_at: Mapped[datetime]

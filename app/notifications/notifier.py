@@ -27,11 +27,11 @@ from typing import Any
 
 import httpx
 import structlog
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.admin.models import Organisation
-from app.audit.models import AuditEvent, AuditSeal
+from app.audit.models import AuditEvent, AuditEventAuthority, AuditSeal
 from app.audit.review import matched_entry_ids
 from app.config import Environment, Settings
 from app.db import create_engine, create_sessionmaker, utcnow
@@ -56,19 +56,20 @@ class Derived:
     position: int
 
 
-def child_key(event: AuditEvent) -> str:
+def child_key(event: AuditEvent, authority_id: uuid.UUID) -> str:
     """The child an enquiry is about: the entry disclosed, or the entries of the
     authority that a custodian must choose between."""
     if event.entry_id is not None:
         return str(event.entry_id)
-    return ",".join(str(m) for m in matched_entry_ids(event)) or f"event:{event.id}"
+    matched = matched_entry_ids(event, authority_id)
+    return ",".join(str(m) for m in matched) or f"event:{event.id}"
 
 
-def dedupe_key(event: AuditEvent) -> str:
+def dedupe_key(event: AuditEvent, authority_id: uuid.UUID) -> str:
     """Enquirer ids are the enquiring organisation's own, so the organisation is part
     of who asked. Hashed: the key carries no identifiers."""
     enquirer = f"{event.organisation_id}/{event.enquirer_id or event.principal}"
-    return hashlib.sha256(f"{enquirer}|{child_key(event)}".encode()).hexdigest()
+    return hashlib.sha256(f"{enquirer}|{child_key(event, authority_id)}".encode()).hexdigest()
 
 
 def webhook_payload(
@@ -76,7 +77,7 @@ def webhook_payload(
 ) -> dict[str, Any]:
     """What the authority's own system is told: enough to act on, no identifiers or
     reason (its custodians read those through the API)."""
-    key = child_key(event)
+    key = child_key(event, notification.authority_id)
     return {
         "notification_id": str(notification.id),
         "authority_id": str(notification.authority_id),
@@ -105,40 +106,50 @@ async def derive_notifications(session: AsyncSession, settings: Settings) -> Der
     if upto <= cursor.position:
         return Derived(0, 0, 0, cursor.position)
 
+    # One row per authority concerned: the event's own, or each of several.
     rows = (
         await session.execute(
-            select(AuditEvent, Organisation.name)
+            select(AuditEvent, Organisation.name, AuditEventAuthority.authority_id)
             .join(AuditSeal, AuditSeal.event_id == AuditEvent.id)
             .outerjoin(Organisation, Organisation.id == AuditEvent.organisation_id)
+            .outerjoin(AuditEventAuthority, AuditEventAuthority.event_id == AuditEvent.id)
             .where(
                 AuditSeal.position > cursor.position,
                 AuditSeal.position <= upto,
                 AuditEvent.event_type == "lookup",
-                AuditEvent.authority_id.is_not(None),
+                or_(
+                    AuditEvent.authority_id.is_not(None),
+                    AuditEventAuthority.authority_id.is_not(None),
+                ),
             )
-            .order_by(AuditSeal.position)
+            .order_by(AuditSeal.position, AuditEventAuthority.authority_id)
         )
     ).all()
     created = repeats = 0
     if rows:
-        created, repeats = await _notify(session, settings, [(e, n) for e, n in rows])
+        concerned = [(e, n, e.authority_id or linked) for e, n, linked in rows]
+        created, repeats = await _notify(session, settings, concerned)
     scanned = upto - cursor.position
     cursor.position = upto
     return Derived(scanned, created, repeats, upto)
 
 
 async def _notify(
-    session: AsyncSession, settings: Settings, rows: list[tuple[AuditEvent, str | None]]
+    session: AsyncSession,
+    settings: Settings,
+    rows: list[tuple[AuditEvent, str | None, uuid.UUID]],
 ) -> tuple[int, int]:
     period = timedelta(hours=settings.notification_dedupe_hours)
-    keyed = [(event, name, dedupe_key(event)) for event, name in rows]
-    authorities = {event.authority_id for event, _, _ in keyed}
-    earliest = min(event.occurred_at for event, _, _ in keyed) - period
+    keyed = [
+        (event, name, authority, dedupe_key(event, authority)) for event, name, authority in rows
+    ]
+    authorities = {authority for _, _, authority, _ in keyed}
+    earliest = min(event.occurred_at for event, _, _, _ in keyed) - period
     latest: dict[tuple[uuid.UUID, str], Notification] = {}
     for existing in await session.scalars(
         select(Notification).where(
             Notification.authority_id.in_(authorities),
-            Notification.dedupe_key.in_({key for _, _, key in keyed}),
+            Notification.dedupe_key.in_({key for _, _, _, key in keyed}),
             Notification.first_occurred_at > earliest,
         )
     ):
@@ -153,9 +164,8 @@ async def _notify(
     )
     created = repeats = 0
     now = utcnow()
-    for event, organisation_name, key in keyed:
-        assert event.authority_id is not None
-        current = latest.get((event.authority_id, key))
+    for event, organisation_name, authority, key in keyed:
+        current = latest.get((authority, key))
         if current is not None and abs(event.occurred_at - current.first_occurred_at) < period:
             current.repeats += 1
             current.last_occurred_at = max(current.last_occurred_at, event.occurred_at)
@@ -163,7 +173,7 @@ async def _notify(
             continue
         notification = Notification(
             id=uuid.uuid4(),
-            authority_id=event.authority_id,
+            authority_id=authority,
             event_id=event.id,
             dedupe_key=key,
             first_occurred_at=event.occurred_at,
@@ -173,11 +183,11 @@ async def _notify(
         session.add(notification)
         _keep_latest(latest, notification)
         created += 1
-        if event.authority_id in webhooks:
+        if authority in webhooks:
             session.add(
                 NotificationDelivery(
                     notification_id=notification.id,
-                    organisation_id=event.authority_id,
+                    organisation_id=authority,
                     payload=webhook_payload(notification, event, organisation_name),
                     next_attempt_at=now,
                 )

@@ -99,7 +99,7 @@ def _read(notification: Notification, event: AuditEvent, name: str | None) -> No
         last_occurred_at=notification.last_occurred_at,
         repeats=notification.repeats,
         entry_id=event.entry_id,
-        matched_entry_ids=matched_entry_ids(event),
+        matched_entry_ids=matched_entry_ids(event, notification.authority_id),
         outcome=event.outcome,
         purpose=event.purpose,
         reason=event.reason,
