@@ -51,11 +51,14 @@ async def run_wrk(
     connections: int,
     duration_seconds: float,
     bodies: Path | None = None,
-    token: str | None = None,
+    tokens: Path | None = None,
 ) -> WrkResult:
-    """One wrk run: POST the bodies (cycled) to ``url``, or GET it when there are none."""
+    """One wrk run: POST the bodies (cycled) to ``url`` with the bearer tokens in the
+    file ``tokens`` (cycled), or GET it when there are no bodies."""
     threads = min(connections, 2)
-    script_args = ["post", str(bodies), token or "-"] if bodies is not None else ["get"]
+    script_args = (
+        ["post", str(bodies), str(tokens) if tokens else "-"] if bodies is not None else ["get"]
+    )
     process = await asyncio.create_subprocess_exec(
         "wrk",
         f"--threads={threads}",

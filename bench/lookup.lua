@@ -1,11 +1,12 @@
 -- wrk script for `make bench` (bench/run.py runs it; see docs/performance.md).
 --
---   wrk -t T -c C -d 10s --latency -s bench/lookup.lua URL -- post BODIES TOKEN
+--   wrk -t T -c C -d 10s --latency -s bench/lookup.lua URL -- post BODIES TOKENS
 --   wrk -t T -c C -d 10s --latency -s bench/lookup.lua URL -- get
 --
 -- post: POST to the URL's path with the JSON bodies in the file BODIES (one a line),
---       cycled; each thread starts at its own offset. TOKEN, if given and not "-",
---       is sent as a bearer token.
+--       cycled; each thread starts at its own offset. TOKENS, if given and not "-",
+--       is a file of bearer tokens (one a line, one per system client), cycled
+--       independently of the bodies, so every client asks every kind of question.
 -- get:  GET the URL's path.
 --
 -- done() prints one line, `BENCH_RESULT {json}`, for bench/run.py to parse:
@@ -33,9 +34,13 @@ function init(args)
    -- Threads start far apart in the list, so they do not ask the same questions in step.
    position = math.floor((thread_number - 1) * 0.618 * #bodies) % #bodies
    headers = { ["Content-Type"] = "application/json" }
+   tokens = {}
    if args[3] and args[3] ~= "-" then
-      headers["Authorization"] = "Bearer " .. args[3]
+      for line in io.lines(args[3]) do
+         tokens[#tokens + 1] = "Bearer " .. line
+      end
    end
+   token_position = (thread_number - 1) % math.max(#tokens, 1)
 end
 
 function request()
@@ -44,6 +49,10 @@ function request()
       return wrk.format("GET")
    end
    position = position % #bodies + 1
+   if #tokens > 0 then
+      token_position = token_position % #tokens + 1
+      headers["Authorization"] = tokens[token_position]
+   end
    return wrk.format("POST", nil, headers, bodies[position])
 end
 

@@ -10,6 +10,10 @@ from pathlib import Path
 from bench.load import WrkResult
 from bench.seed import SeededRegister
 
+# Transactions other databases of the PostgreSQL server may run during a run before
+# the run is flagged: their CPU is counted as PostgreSQL's (another project's tests,
+# say, sharing the server).
+DISTURBED_XACTS = 200
 SEALING_ON, SEALING_OFF = "lookup, sealing on", "lookup, sealing off"
 HEALTHZ, CEILING = "GET /healthz (floor)", "ceiling (raw driver)"
 
@@ -24,6 +28,9 @@ class Run:
     sessions_opened: int | None  # PostgreSQL connections opened (pool growth and churn)
     sealing: str | None  # the sealing backlog when the load stopped (sealing on)
     other_cores: float  # cores kept busy by other processes during the run
+    # transactions in other databases of the same PostgreSQL server during the run (their
+    # work is counted as PostgreSQL's CPU above); None on SQLite
+    other_database_xacts: int | None = None
 
     def cpu_ms_per_request(self, seconds: float | None) -> str:
         if seconds is None or not self.result.requests:
@@ -153,11 +160,20 @@ def backend_markdown(report: BackendReport, connections: tuple[int, ...]) -> lis
             ]
             if counts:
                 lines.append(f"- {scenario}: " + ", ".join(counts))
-    disturbed = [run for run in report.runs if run.other_cores >= DISTURBED_CORES]
+    disturbed = [
+        run
+        for run in report.runs
+        if run.other_cores >= DISTURBED_CORES or (run.other_database_xacts or 0) >= DISTURBED_XACTS
+    ]
     lines += ["", "Other load on the machine during the runs:", ""]
     if disturbed:
         lines += [
             f"- {run.scenario} at {run.connections}: {run.other_cores:.1f} cores busy elsewhere"
+            + (
+                f"; {run.other_database_xacts} transactions in other PostgreSQL databases"
+                if run.other_database_xacts
+                else ""
+            )
             for run in disturbed
         ]
     else:

@@ -10,8 +10,9 @@ then drive wrk (bench/lookup.lua) at each of BENCH_CONNECTIONS against
 - the ceiling (bench/ceiling.py): one indexed SELECT and one INSERT + COMMIT
   through the raw driver, nothing else.
 
-Each lookup run uses a new client of the demo emergency department (see
-new_client_token). Each run also records the CPU the workers and PostgreSQL
+Each lookup run uses BENCH_CLIENTS new system clients of the demo emergency
+department, each with its own token, cycled request by request (see
+new_client_tokens). Each run also records the CPU the workers and PostgreSQL
 spent per request, the PostgreSQL connections opened, and how busy other
 processes kept the machine. It checks that every 200 wrk saw has its audit
 event, reads each worker's resident memory after the load, times
@@ -21,7 +22,10 @@ written to var/bench/results.md (docs/performance.md reads them).
 Settings (environment): BENCH_DURATION (seconds per run, 10), BENCH_WARMUP (2),
 BENCH_CONNECTIONS (1,8,32), BENCH_WORKERS (2), BENCH_ENTRIES (50000),
 BENCH_BACKENDS (postgresql,sqlite), BENCH_POSTGRES_URL (the trust-auth server
-on 127.0.0.1:5432), BENCH_PROFILE (1: also profile one loaded worker with py-spy).
+on 127.0.0.1:5432), BENCH_PROFILE (1: also profile one loaded worker with py-spy),
+BENCH_CLIENTS (200: system clients per lookup run; 1 gives the worst case, one
+client making every lookup), BENCH_HISTORY (20000: past lookup events seeded, and
+sealed, before the runs, so that the log is not empty as in service).
 """
 
 import asyncio
@@ -37,7 +41,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -46,12 +50,18 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.admin.models import Organisation, Scope
+from app.admin.models import Client, Organisation, Scope
 from app.admin.service import create_client
 from app.audit.models import AuditEvent, AuditUnsealed
+from app.auth.hashing import hash_secret
+from app.auth.keys import KeyRing
+from app.auth.models import AccessToken
+from app.auth.tokens import issue_token
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
-from app.demo import AUTHORITY, CLIENTS
+from app.demo import CLIENTS
+from app.register.csvformat import CATEGORY_SEPARATOR, IMPORT_COLUMNS
+from app.register.models import Category
 from bench.ceiling import CEILING_TABLE_SQL
 from bench.load import WrkResult, run_wrk
 from bench.probes import CpuSnapshot
@@ -67,7 +77,17 @@ from bench.report import (
     seeded_line,
     write_results,
 )
-from bench.seed import SeededRegister, nhs_numbers, seed_register
+from bench.seed import (
+    CATEGORY_COUNT_WEIGHTS,
+    FAMILY_NAMES,
+    GIVEN_NAMES,
+    NO_NHS_NUMBER_SHARE,
+    UNBORN_SHARE,
+    SeededRegister,
+    nhs_numbers,
+    seed_audit_history,
+    seed_register,
+)
 from bench.servers import BIN, Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +112,8 @@ class BenchConfig:
     backends: tuple[str, ...]
     postgres_url: str
     profile: bool
+    clients: int
+    history: int
 
     @classmethod
     def from_environment(cls) -> "BenchConfig":
@@ -107,6 +129,8 @@ class BenchConfig:
                 "BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
             ),
             profile=env("BENCH_PROFILE", "0") == "1",
+            clients=int(env("BENCH_CLIENTS", "200")),
+            history=int(env("BENCH_HISTORY", "20000")),
         )
 
 
@@ -169,6 +193,20 @@ async def postgres_sessions(engine: AsyncEngine) -> int | None:
             text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
         )
         return int(sessions or 0)
+
+
+async def other_database_xacts(engine: AsyncEngine) -> int | None:
+    """Transactions committed or rolled back so far in the server's other databases."""
+    if engine.dialect.name != "postgresql":
+        return None
+    async with engine.connect() as connection:
+        total = await connection.scalar(
+            text(
+                "SELECT sum(xact_commit + xact_rollback) FROM pg_stat_database "
+                "WHERE datname IS NOT NULL AND datname <> current_database()"
+            )
+        )
+        return int(total or 0)
 
 
 async def unsealed_count(engine: AsyncEngine) -> int:
@@ -254,6 +292,72 @@ async def new_client_token(
         return str(response.json()["access_token"])
 
 
+def service_settings(env: dict[str, str]) -> Settings:
+    """The settings the service started with ``env`` reads (those the bench needs)."""
+    return Settings(
+        database_url=env["DATABASE_URL"],
+        key_dir=Path(env["CPR_KEY_DIR"]),
+        checkpoint_key_path=Path(env["CPR_CHECKPOINT_KEY_PATH"]),
+        checkpoint_dir=Path(env["CPR_CHECKPOINT_DIR"]),
+    )
+
+
+async def new_client_tokens(
+    engine: AsyncEngine, key_dir: Path, name: str, count: int, path: Path
+) -> Path:
+    """``count`` new system clients of the demo emergency department and a token for
+    each, one a line in ``path`` (wrk cycles through them, bench/lookup.lua).
+
+    Many clients, as many hospitals and police forces would be: the volume limits
+    count each client's lookups over its own sliding window, so one client making
+    every lookup would have each lookup count the run's thousands of lookups before
+    it, where in service a client's count stops at its limit (300 a minute). The
+    clients are inserted with one shared secret hash and their tokens issued here the
+    way POST /oauth/token issues them (signed with the service's key, ``jti``
+    recorded as issued): a slow hash and a sign-in for each would take minutes.
+    """
+    settings = Settings(database_url=engine.url.render_as_string(False), key_dir=key_dir)
+    sessionmaker = create_sessionmaker(engine)
+    keyring = KeyRing(sessionmaker, key_dir)
+    secret_hash = hash_secret(secrets.token_urlsafe(32))
+    async with sessionmaker() as session:
+        organisation = await session.scalar(
+            select(Organisation).where(Organisation.name == ED_ORGANISATION)
+        )
+        if organisation is None:
+            raise RuntimeError(f"{ED_ORGANISATION!r} is missing: run `cpr demo bootstrap` first")
+        tokens = []
+        for n in range(count):
+            client = Client(
+                id=f"cpr-{secrets.token_hex(8)}",
+                organisation_id=organisation.id,
+                name=f"{name} #{n + 1}",
+                secret_hash=secret_hash,
+                scopes=[Scope.lookup.value],
+                active=True,
+            )
+            session.add(client)
+            subject = f"client:{client.id}"
+            issued = await issue_token(
+                keyring,
+                settings,
+                subject=subject,
+                organisation_id=str(organisation.id),
+                scopes=[Scope.lookup.value],
+            )
+            session.add(
+                AccessToken(
+                    jti=issued.token_id,
+                    subject=subject,
+                    expires_at=datetime.fromtimestamp(issued.expires_at, UTC),
+                )
+            )
+            tokens.append(issued.token)
+        await session.commit()
+    await asyncio.to_thread(path.write_text, "".join(f"{token}\n" for token in tokens))
+    return path
+
+
 def write_bodies(path: Path, seeded: SeededRegister) -> None:
     """Lookup bodies, one JSON document a line: ON_PLAN_SHARE on a plan, in random order."""
     rng = random.Random(7)
@@ -281,20 +385,22 @@ async def measured_run(
     *,
     duration: float,
     bodies: Path | None = None,
-    token: str | None = None,
+    tokens: Path | None = None,
     watch_sealing: bool = False,
 ) -> Run:
     """One wrk run, with the CPU the server's workers and PostgreSQL spent on it, the
     connections PostgreSQL opened for it, and (``watch_sealing``) how far sealing lagged."""
     sessions = await postgres_sessions(engine)
+    others = await other_database_xacts(engine)
     before = CpuSnapshot.take(server)
     result = await run_wrk(
-        url, connections=connections, duration_seconds=duration, bodies=bodies, token=token
+        url, connections=connections, duration_seconds=duration, bodies=bodies, tokens=tokens
     )
     after = CpuSnapshot.take(server)
     sealing = await _sealing_catch_up(engine) if watch_sealing else None
     await asyncio.sleep(1)  # a pause between runs, which also lets backends report stats
     sessions_after = await postgres_sessions(engine)
+    others_after = await other_database_xacts(engine)
     on_postgres = sessions is not None and sessions_after is not None
     return Run(
         scenario,
@@ -305,6 +411,9 @@ async def measured_run(
         sessions_opened=sessions_after - sessions if on_postgres else None,
         sealing=sealing,
         other_cores=max(0.0, after.others_user - before.others_user) / result.seconds,
+        other_database_xacts=(
+            others_after - others if others is not None and others_after is not None else None
+        ),
     )
 
 
@@ -315,6 +424,7 @@ async def lookup_runs(
     scenario: str,
     bodies: Path,
     engine: AsyncEngine,
+    key_dir: Path,
 ) -> tuple[int, int]:
     """Warm-up, then one run per connection count; 200s and unanswered, summed over all."""
     answered = unanswered = 0
@@ -324,7 +434,9 @@ async def lookup_runs(
     plan += [(connections, config.duration, True) for connections in config.connections]
     for connections, duration, reported in plan:
         name = f"bench {scenario}, {connections} connections{'' if reported else ' (warm-up)'}"
-        token = await new_client_token(engine, service.base_url, name)
+        tokens = await new_client_tokens(
+            engine, key_dir, name, config.clients, bodies.with_name("tokens.txt")
+        )
         run = await measured_run(
             scenario,
             connections,
@@ -333,7 +445,7 @@ async def lookup_runs(
             url,
             duration=duration,
             bodies=bodies,
-            token=token,
+            tokens=tokens,
             watch_sealing=scenario == SEALING_ON,
         )
         answered, unanswered = answered + run.result.ok, unanswered + run.result.unanswered
@@ -373,9 +485,12 @@ async def service_instance(
         ready_path="/readyz",
         log_path=log,
     ) as service:
-        answered, unanswered = await lookup_runs(report, config, service, scenario, bodies, engine)
+        key_dir = Path(env["CPR_KEY_DIR"])
+        answered, unanswered = await lookup_runs(
+            report, config, service, scenario, bodies, engine, key_dir
+        )
         if config.profile and scenario == SEALING_ON:
-            extra = await profile_workers(report, config, service, bodies, engine)
+            extra = await profile_workers(report, config, service, bodies, engine, key_dir)
             answered, unanswered = answered + extra.ok, unanswered + extra.unanswered
         report.memory[scenario] = service.worker_rss_mib()
         if scenario == SEALING_ON:
@@ -398,6 +513,7 @@ async def profile_workers(
     service: Server,
     bodies: Path,
     engine: AsyncEngine,
+    key_dir: Path,
 ) -> WrkResult:
     """An extra, unreported lookup run at the highest concurrency with py-spy sampling
     one worker (collapsed stacks, summarised) and another (flame graph SVG)."""
@@ -423,13 +539,15 @@ async def profile_workers(
         )
         for pid, form, path in outputs
     ]
-    token = await new_client_token(engine, service.base_url, "bench profile")
+    tokens = await new_client_tokens(
+        engine, key_dir, "bench profile", config.clients, bodies.with_name("tokens.txt")
+    )
     result = await run_wrk(
         f"{service.base_url}/v1/lookups",
         connections=connections,
         duration_seconds=config.duration,
         bodies=bodies,
-        token=token,
+        tokens=tokens,
     )
     for profiler in profilers:
         _, stderr = await asyncio.to_thread(profiler.communicate)
@@ -470,69 +588,104 @@ async def ceiling_runs(
 
 # --- the register import -----------------------------------------------------------------
 
-IMPORT_COLUMNS = [
-    "child_nhs_number",
-    "child_given_name",
-    "child_family_name",
-    "child_date_of_birth",
-    "expected_delivery_date",
-    "mother_nhs_number",
-    "mother_given_name",
-    "mother_family_name",
-    "mother_date_of_birth",
-    "categories",
-    "plan_start",
-    "next_review",
-    "lead_professional",
-    "team_contact",
-    "notes",
-]
+
+def _letters(n: int) -> str:
+    """``n`` spelt in lower-case letters (names may hold letters only, not digits)."""
+    spelt = ""
+    while True:
+        n, digit = divmod(n, 26)
+        spelt = chr(ord("a") + digit) + spelt
+        if n == 0:
+            return spelt
 
 
 def write_import_csv(path: Path, rows: int) -> None:
-    """A CSV of ``rows`` live plans. The columns are a guess at `cpr register import`'s
-    format (it is being built): match IMPORT_COLUMNS to it when it lands."""
+    """A CSV of ``rows`` new live plans for `cpr register import`, all distinct children
+    (an import with a duplicate is refused whole): mostly born children with an NHS
+    number, UNBORN_SHARE unborn (held against the mother), NO_NHS_NUMBER_SHARE known by
+    names and date of birth only (a family name of their own keeps them distinct),
+    several categories in the seeded register's proportions, review dates left to the
+    default."""
     rng = random.Random(11)
     numbers = nhs_numbers(first_prefix=999_300_000)
     today = date.today()
-    with path.open("w", newline="") as out:
+    with path.open("w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, IMPORT_COLUMNS)
         writer.writeheader()
         for n in range(rows):
-            born = today.replace(year=today.year - rng.randint(1, 16), day=rng.randint(1, 28))
-            writer.writerow(
-                {
-                    "child_nhs_number": next(numbers),
-                    "child_given_name": rng.choice(["Amelia", "Oliver", "Zoë", "Leo"]),
-                    "child_family_name": rng.choice(["Hughes", "Patel", "Müller-Smith"]),
-                    "child_date_of_birth": born.isoformat(),
-                    "categories": "neglect;emotional_abuse" if n % 5 == 0 else "neglect",
-                    "plan_start": today.replace(day=1).isoformat(),
-                    "lead_professional": "Bench Social Worker",
-                    "team_contact": "Northshire Children's Services, 020 7946 0150",
+            roll = rng.random()
+            count = rng.choices((1, 2, 3, 4), CATEGORY_COUNT_WEIGHTS)[0]
+            chosen = rng.sample(list(Category), k=count)
+            row = {
+                "categories": CATEGORY_SEPARATOR.join(c.value for c in chosen),
+                "lead_professional": "Bench Social Worker",
+                "team_contact": "Northshire Children's Services, 020 7946 0150",
+                "notes": "Imported by the benchmark.",
+            }
+            if roll < UNBORN_SHARE:
+                row |= {
+                    "expected_delivery_date": (
+                        today + timedelta(days=rng.randint(10, 200))
+                    ).isoformat(),
+                    "mother_nhs_number": next(numbers),
+                    "mother_given_name": rng.choice(GIVEN_NAMES),
+                    "mother_family_name": rng.choice(FAMILY_NAMES),
+                    "mother_date_of_birth": (
+                        today - timedelta(days=rng.randint(18 * 365, 40 * 365))
+                    ).isoformat(),
+                    "plan_start": (today - timedelta(days=rng.randint(0, 60))).isoformat(),
                 }
-            )
+            else:
+                born = today - timedelta(days=rng.randint(30, 17 * 365))
+                no_number = roll < UNBORN_SHARE + NO_NHS_NUMBER_SHARE
+                row |= {
+                    "child_nhs_number": "" if no_number else next(numbers),
+                    "child_given_name": rng.choice(GIVEN_NAMES),
+                    "child_family_name": f"Bench{_letters(n)}"
+                    if no_number
+                    else rng.choice(FAMILY_NAMES),
+                    "child_date_of_birth": born.isoformat(),
+                    "plan_start": (
+                        today - timedelta(days=rng.randint(0, min(700, (today - born).days)))
+                    ).isoformat(),
+                }
+            writer.writerow(row)
 
 
 async def time_import(report: BackendReport, config: BenchConfig, tmp: Path) -> None:
-    probe = cli(dict(os.environ), "register", "import", "--help")
-    if probe.returncode != 0:
-        report.import_timing = "import: not available yet (`cpr register import` does not exist)"
-        return
-    (tmp / "import").mkdir(exist_ok=True)
-    async with throwaway_database(report.backend, config, tmp / "import") as url:
-        env = service_env(url, tmp / "import")
-        prepare_database(env, tmp / "import")
-        path = tmp / "import.csv"
-        write_import_csv(path, config.entries)
-        args = ["register", "import", str(path)]
-        if "--authority" in probe.stdout:
-            args += ["--authority", AUTHORITY]
-        started = time.perf_counter()
-        done = cli(env, *args)
-        took = time.perf_counter() - started
+    """`cpr register import` of config.entries rows, end to end, as a custodian runs it:
+    the local check, the upload, the server's checks and the insert, against the
+    service as deployed (uvicorn, config.workers workers) on a database of its own."""
+    work = tmp / "import"
+    work.mkdir(exist_ok=True)
+    path = work / "import.csv"
+    write_import_csv(path, config.entries)
+    async with throwaway_database(report.backend, config, work) as url:
+        env = service_env(url, work)
+        prepare_database(env, work)
+        custodian = json.loads((work / "demo-credentials.json").read_text())["custodian"]
+        async with Server(
+            ["app.main:create_app", "--factory"],
+            workers=config.workers,
+            env=env,
+            ready_path="/readyz",
+            log_path=OUTPUT_DIR / f"{report.backend}-import.log",
+        ) as service:
+            started = time.perf_counter()
+            done = await asyncio.to_thread(
+                cli,
+                env
+                | {"CPR_USERNAME": custodian["username"], "CPR_PASSWORD": custodian["password"]},
+                "register",
+                "import",
+                str(path),
+                f"--url={service.base_url}",
+            )
+            took = time.perf_counter() - started
     if done.returncode == 0:
-        report.import_timing = f"import: {config.entries} rows in {took:.1f} s"
+        report.import_timing = (
+            f"import: {config.entries} rows in {took:.1f} s (`cpr register import`, end to end)"
+        )
     else:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         report.import_timing = (
@@ -557,6 +710,10 @@ async def bench_backend(backend: str, config: BenchConfig) -> BackendReport:
                     engine, entries=config.entries, never_registered=NEVER_REGISTERED
                 )
                 print(f"  {seeded_line(report.seeded)}", flush=True)
+                took = await seed_audit_history(
+                    engine, service_settings(env), events=config.history
+                )
+                print(f"  seeded {config.history} past lookup events, sealed, in {took:.1f} s")
                 async with engine.begin() as connection:
                     await connection.execute(text(CEILING_TABLE_SQL))
                 bodies = tmp / "bodies.jsonl"
@@ -599,7 +756,8 @@ async def main() -> int:
     conditions = (
         f"{config.workers} uvicorn workers; wrk {config.duration:g} s per run "
         f"(threads = min(connections, 2)) on the same machine; register of "
-        f"{config.entries} entries; {ON_PLAN_SHARE:.0%} of lookups on a plan."
+        f"{config.entries} entries; {ON_PLAN_SHARE:.0%} of lookups on a plan; "
+        f"{config.clients} system client(s) per lookup run."
     )
     write_results(reports, config.connections, conditions, path)
     print(f"\nwritten to {path.relative_to(ROOT)}")

@@ -15,18 +15,23 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.admin.models import Organisation
-from app.db import utcnow
-from app.demo import AUTHORITY
+from app.audit.chain import CheckpointSigner
+from app.audit.sealing import Sequencer
+from app.audit.service import INSERT_EVENT, new_event
+from app.config import Settings
+from app.db import create_sessionmaker, utcnow
+from app.demo import AUTHORITY, CLIENTS
 from app.register.identifiers import eighteenth_birthday, match_key
 from app.register.models import Category, EndReason, RegisterEntry, RegisterEntryVersion
 from app.register.rules import FIRST_REVIEW_MONTHS, add_months
 from app.register.service import snapshot
 
 ACTOR = "bench:seed"
+ED_ORGANISATION = CLIENTS["emergency_department_client"][0]
 BATCH_SIZE = 5_000
 # NHS numbers in the 999 test range, clear of the demo bootstrap's 999 000 xxxx.
 FIRST_PREFIX = 999_100_000
@@ -192,7 +197,77 @@ async def seed_register(
         async with engine.begin() as connection:
             await connection.execute(insert(RegisterEntry), rows)
             await connection.execute(insert(RegisterEntryVersion), versions)
+    await _analyse(engine)
     not_on_plan.extend(next(numbers) for _ in range(never_registered))
     rng.shuffle(on_plan)
     rng.shuffle(not_on_plan)
     return SeededRegister(entries, time.perf_counter() - started, on_plan, not_on_plan)
+
+
+HISTORY_CLIENTS = 400
+HISTORY_DAYS = 30
+
+
+async def seed_audit_history(engine: AsyncEngine, settings: Settings, *, events: int) -> float:
+    """``events`` past lookups by other clients over the last HISTORY_DAYS, sealed.
+
+    A service in use has an audit log of many events from many clients. Without one,
+    the lookup's prepared statements are planned against an almost empty
+    ``audit_events`` (a sequential scan is cheapest there) and keep that plan as the
+    table grows during the run, until autovacuum analyses it: the run would measure
+    that. The events are sealed here (by the service's own sequencer) so that no
+    sealing backlog is left for the runs. Returns the seconds it took.
+    """
+    started = time.perf_counter()
+    rng = random.Random(8)
+    now = utcnow()
+    async with engine.begin() as connection:
+        organisation_id = await connection.scalar(
+            select(Organisation.id).where(Organisation.name == ED_ORGANISATION)
+        )
+    rows = []
+    for _ in range(events):
+        client = rng.randrange(HISTORY_CLIENTS)
+        enquirer = f"H{client}-{rng.randrange(20)}"
+        rows.append(
+            new_event(
+                occurred_at=now - timedelta(seconds=rng.uniform(3600, HISTORY_DAYS * 86400)),
+                event_type="lookup",
+                principal=f"client:cpr-history-{client:04d}",
+                organisation_id=organisation_id,
+                enquirer={"id": enquirer, "name": "Dr History", "role": "ED registrar"},
+                enquirer_id=enquirer,
+                purpose="unscheduled_care",
+                reason="seeded history (benchmark)",
+                query={"nhs_number": None, "given_name": None, "family_name": None},
+                outcome="not_on_plan",
+                disclosed={"status": "not_on_plan"},
+                source_address="192.0.2.1",
+            )
+        )
+    rows.sort(key=lambda row: row["occurred_at"])
+    for start in range(0, len(rows), BATCH_SIZE):
+        async with engine.begin() as connection:
+            await connection.execute(INSERT_EVENT.statement, rows[start : start + BATCH_SIZE])
+    signer = CheckpointSigner.from_file(
+        settings.checkpoint_key_path, settings.audit_log_origin, create=False
+    )
+    sequencer = Sequencer(create_sessionmaker(engine), signer, settings)
+    await sequencer.run_once(checkpoint=True)
+    await _analyse(engine)
+    return time.perf_counter() - started
+
+
+async def _analyse(engine: AsyncEngine) -> None:
+    """Planner statistics and visibility map on PostgreSQL, as a database in service has
+    them from autovacuum (which would get there a minute or so into the first run):
+    without statistics PostgreSQL may match on a partial index that does not lead with
+    the NHS number, and a run would measure that instead of the service. SQLite gathers
+    no statistics unless told to, so it is left without, as in service: statistics from
+    before the runs (a handful of clients) would make it scan ``clients`` once there
+    are thousands."""
+    if engine.dialect.name != "postgresql":
+        return
+    async with engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await connection.execute(text("VACUUM ANALYZE"))

@@ -1,18 +1,37 @@
 """Writing audit events. An event is durable before the answer it records leaves."""
 
+import uuid
 from datetime import datetime
 from typing import Any, NoReturn
 
 import structlog
 from fastapi import Request
-from sqlalchemy import func, select
+from sqlalchemy import JSON, bindparam, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEvent
+from app.db import DatabaseUnavailable, HotConnection, HotStatement, utcnow
 from app.errors import ProblemError
 
 log = structlog.get_logger()
+
+EVENT_COLUMNS = tuple(column.key for column in AuditEvent.__table__.columns)
+# One INSERT naming every column, compiled once: the hot path (app/lookup) writes its
+# events through it without the ORM. JSON columns bind None as SQL NULL, as the ORM
+# does for an attribute never set; the database's trigger queues the row for sealing
+# whichever way it is written.
+INSERT_EVENT = HotStatement(
+    insert(AuditEvent.__table__).values(
+        {
+            column.key: bindparam(
+                column.key,
+                type_=JSON(none_as_null=True) if isinstance(column.type, JSON) else column.type,
+            )
+            for column in AuditEvent.__table__.columns
+        }
+    )
+)
 
 
 def request_context(request: Request) -> dict[str, Any]:
@@ -33,12 +52,41 @@ async def commit_or_fail_closed(session: AsyncSession) -> None:
     except SQLAlchemyError as exc:
         await session.rollback()
         log.error("audit_write_failed", error_type=type(exc).__name__)
-        raise ProblemError(
-            503,
-            "Service unavailable",
-            "The enquiry could not be recorded, so it was not answered. Try again shortly.",
-            headers={"Retry-After": "5"},
-        ) from exc
+        raise audit_unavailable() from exc
+
+
+def audit_unavailable() -> ProblemError:
+    """The answer when an enquiry cannot be recorded (or its database cannot be read)."""
+    return ProblemError(
+        503,
+        "Service unavailable",
+        "The enquiry could not be recorded, so it was not answered. Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def new_event(**values: Any) -> dict[str, Any]:
+    """An audit_events row for write_event: every column, unset ones None."""
+    row = dict.fromkeys(EVENT_COLUMNS)
+    row["id"] = uuid.uuid4()
+    row.update(values)
+    return row
+
+
+async def write_event(connection: HotConnection, event: dict[str, Any]) -> None:
+    """INSERT one event (a row from new_event) and COMMIT, or refuse to answer (503).
+
+    The Core twin of ``record`` for the lookup's hot path: same row, same columns,
+    ``occurred_at`` stamped at the write as the ORM's column default would.
+    """
+    if event["occurred_at"] is None:
+        event["occurred_at"] = utcnow()
+    try:
+        await connection.execute(INSERT_EVENT, event)
+        await connection.commit()
+    except DatabaseUnavailable as exc:
+        log.error("audit_write_failed", error_type=str(exc))
+        raise audit_unavailable() from exc
 
 
 async def record(session: AsyncSession, event: AuditEvent) -> AuditEvent:

@@ -58,6 +58,34 @@ def create_signing_key(session: AsyncSession, key_dir: Path) -> SigningKey:
 
 
 @dataclass(frozen=True)
+class TokenClaims:
+    subject: str
+    organisation_id: str
+    scopes: frozenset[str]
+    token_id: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    """A token whose signature (by ``kid``) and fixed claims were verified
+    (app/auth/tokens.py); its time claims are checked again on every use."""
+
+    claims: TokenClaims
+    kid: str
+    not_before: int
+    issued_at: int
+
+    @property
+    def expires_at(self) -> int:
+        return self.claims.expires_at
+
+
+# Verified tokens kept per process: a client reuses its token for up to 15 minutes.
+VERIFIED_TOKENS_MAX = 4096
+
+
+@dataclass(frozen=True)
 class _PublicKey:
     jwk: dict[str, Any]
     verifier: Key
@@ -79,6 +107,17 @@ class KeyRing:
         self._loaded_at = -REFRESH_SECONDS
         self._private: dict[str, Key] = {}
         self._lock = asyncio.Lock()
+        # (token, issuer, audience, lifetime) -> what verifying it established.
+        self.verified_tokens: dict[tuple[str, str, str, int], VerifiedToken] = {}
+
+    def remember_token(self, key: tuple[str, str, str, int], verified: VerifiedToken) -> None:
+        """Keep a verified token, within VERIFIED_TOKENS_MAX: when full, expired tokens
+        go first, and if none has expired, all of them."""
+        if len(self.verified_tokens) >= VERIFIED_TOKENS_MAX:
+            now = time.time()
+            live = {k: v for k, v in self.verified_tokens.items() if v.expires_at > now}
+            self.verified_tokens = live if len(live) < VERIFIED_TOKENS_MAX else {}
+        self.verified_tokens[key] = verified
 
     async def _refresh(self, *, force: bool = False) -> None:
         async with self._lock:

@@ -5,12 +5,13 @@ request, so disabling either takes effect at once, not at token expiry.
 """
 
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Annotated, Literal
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
-from sqlalchemy import exists, select
+from sqlalchemy import Select, bindparam, exists, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin.models import SCOPES_BY_KIND, Client, Organisation, OrganisationKind, Scope, User
 from app.audit.models import AuditEvent
@@ -19,7 +20,7 @@ from app.auth.keys import KeyRing
 from app.auth.models import AccessToken
 from app.auth.tokens import InvalidToken, TokenClaims, verify_token
 from app.config import Settings
-from app.db import SessionDep
+from app.db import READ_ONLY_OPTION, SessionDep
 from app.errors import ProblemError
 
 
@@ -59,10 +60,13 @@ _UNAUTHENTICATED = ProblemError(
 )
 
 
-async def get_principal(
-    request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
-) -> Principal:
-    event = AuditEvent(event_type="auth.refused", outcome="refused", **request_context(request))
+def unauthenticated() -> ProblemError:
+    """The 401 for a token that is invalid or names no active principal."""
+    return _UNAUTHENTICATED
+
+
+def bearer_token(request: Request) -> str:
+    """The bearer token of the request; 401 (not audited: no caller to name) without one."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ProblemError(
@@ -71,82 +75,126 @@ async def get_principal(
             "A bearer access token is required.",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return token.strip()
+
+
+def _principal_statement(kind: Literal["client", "user"]) -> Select[Any]:
+    """The active principal the token names, in one query that also proves we issued
+    the token (its ``jti``) and have not revoked it. Built once; values are bound."""
+    issued = exists().where(
+        AccessToken.jti == bindparam("jti"),
+        AccessToken.subject == bindparam("subject"),
+        AccessToken.revoked_at.is_(None),
+    )
+    organisation = (
+        Organisation.id.label("organisation_id"),
+        Organisation.kind.label("organisation_kind"),
+        Organisation.name.label("organisation_name"),
+    )
+    if kind == "client":
+        return (
+            select(Client.id, Client.name.label("display_name"), Client.scopes, *organisation)
+            .join(Organisation, Client.organisation_id == Organisation.id)
+            .where(Client.id == bindparam("principal_id"), Client.active, Organisation.active)
+            .where(issued)
+        )
+    return (
+        select(User.id, User.full_name.label("display_name"), User.role, User.scopes, *organisation)
+        .join(Organisation, User.organisation_id == Organisation.id)
+        .where(User.id == bindparam("principal_id"), User.active, Organisation.active)
+        .where(issued)
+    )
+
+
+PRINCIPAL_STATEMENTS: dict[str, Select[Any]] = {
+    "client": _principal_statement("client"),
+    "user": _principal_statement("user"),
+}
+
+
+@dataclass(frozen=True)
+class PrincipalQuery:
+    """Which statement of PRINCIPAL_STATEMENTS loads the token's principal, with what."""
+
+    kind: Literal["client", "user"]
+    subject: str  # as Principal.subject will spell it
+    parameters: dict[str, Any]
+
+
+def principal_query(claims: TokenClaims) -> PrincipalQuery | None:
+    """None when the token's subject names no kind of principal we have."""
+    kind, _, principal_id = claims.subject.partition(":")
+    key: str | uuid.UUID
+    if kind == "client":
+        key = principal_id
+    elif kind == "user":
+        try:
+            key = uuid.UUID(principal_id)
+        except ValueError:
+            return None
+    else:
+        return None
+    parameters = {"principal_id": key, "jti": claims.token_id, "subject": claims.subject}
+    return PrincipalQuery(kind, f"{kind}:{key}", parameters)
+
+
+def principal_from_row(
+    query: PrincipalQuery, row: Mapping[str, Any] | None, claims: TokenClaims
+) -> Principal | None:
+    """The principal of a PRINCIPAL_STATEMENTS row, its scopes narrowed to what the token
+    carries and what the principal and its organisation's kind hold now; None when there
+    is no row (disabled, revoked, or a token we never issued) or the principal has moved
+    to another organisation since the token was issued."""
+    if row is None or str(row["organisation_id"]) != claims.organisation_id:
+        return None
+    kind = OrganisationKind(row["organisation_kind"])
+    allowed = frozenset(row["scopes"]) & SCOPES_BY_KIND[kind]
+    return Principal(
+        kind=query.kind,
+        id=str(row["id"]),
+        display_name=row["display_name"],
+        role=row["role"] if query.kind == "user" else None,
+        organisation_id=row["organisation_id"],
+        organisation_kind=kind,
+        organisation_name=row["organisation_name"],
+        scopes=claims.scopes & allowed,
+    )
+
+
+async def get_principal(
+    request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
+) -> Principal:
+    event = AuditEvent(event_type="auth.refused", outcome="refused", **request_context(request))
+    token = bearer_token(request)
     try:
-        claims = await verify_token(keyring, settings, token.strip())
+        claims = await verify_token(keyring, settings, token)
     except InvalidToken as exc:
         event.refusal = "invalid_token"
         event.detail = {"problem": str(exc), "path": request.url.path}
         await refuse(session, event, _UNAUTHENTICATED)
 
+    # Read in a transaction that takes no write lock, and end it: on SQLite an endpoint
+    # then holds the database's one write lock for its own writes only, not while its
+    # caller uploads a body or it works on one (every lookup needs that lock).
+    await session.connection(execution_options={READ_ONLY_OPTION: True})
     principal = await _load(session, claims)
+    await session.commit()
     event.principal = claims.subject
     event.detail = {"path": request.url.path}
-    if principal is None or str(principal.organisation_id) != claims.organisation_id:
+    if principal is None:
         # Disabled, revoked, moved to another organisation, or a token we never issued.
         event.refusal = "principal_inactive"
         await refuse(session, event, _UNAUTHENTICATED)
     event.organisation_id = principal.organisation_id
-    # Scopes are what the token carries, narrowed to what the principal holds now.
-    allowed = principal.scopes & SCOPES_BY_KIND[principal.organisation_kind]
-    return replace(principal, scopes=claims.scopes & allowed)
+    return principal
 
 
-async def _load(session: SessionDep, claims: TokenClaims) -> Principal | None:
-    """The active principal the token names, in one query that also proves we issued
-    the token (its ``jti``) and have not revoked it."""
-    kind, _, principal_id = claims.subject.partition(":")
-    issued = exists().where(
-        AccessToken.jti == claims.token_id,
-        AccessToken.subject == claims.subject,
-        AccessToken.revoked_at.is_(None),
-    )
-    if kind == "client":
-        row = (
-            await session.execute(
-                select(Client, Organisation)
-                .join(Organisation, Client.organisation_id == Organisation.id)
-                .where(Client.id == principal_id, Client.active, Organisation.active, issued)
-            )
-        ).first()
-        if row is None:
-            return None
-        client, org = row
-        return Principal(
-            kind="client",
-            id=client.id,
-            display_name=client.name,
-            role=None,
-            organisation_id=org.id,
-            organisation_kind=OrganisationKind(org.kind),
-            organisation_name=org.name,
-            scopes=frozenset(client.scopes),
-        )
-    if kind == "user":
-        try:
-            user_id = uuid.UUID(principal_id)
-        except ValueError:
-            return None
-        row = (
-            await session.execute(
-                select(User, Organisation)
-                .join(Organisation, User.organisation_id == Organisation.id)
-                .where(User.id == user_id, User.active, Organisation.active, issued)
-            )
-        ).first()
-        if row is None:
-            return None
-        user, org = row
-        return Principal(
-            kind="user",
-            id=str(user.id),
-            display_name=user.full_name,
-            role=user.role,
-            organisation_id=org.id,
-            organisation_kind=OrganisationKind(org.kind),
-            organisation_name=org.name,
-            scopes=frozenset(user.scopes),
-        )
-    return None
+async def _load(session: AsyncSession, claims: TokenClaims) -> Principal | None:
+    query = principal_query(claims)
+    if query is None:
+        return None
+    result = await session.execute(PRINCIPAL_STATEMENTS[query.kind], query.parameters)
+    return principal_from_row(query, result.mappings().first(), claims)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

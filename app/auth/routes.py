@@ -194,7 +194,7 @@ async def token(
             {"Retry-After": str(locked_for)},
         )
     await session.commit()  # release SQLite's write lock before the slow hash check
-    if not (verify_secret(secret, account.secret_hash) and account.active):
+    if not (await verify_secret(secret, account.secret_hash) and account.active):
         event.event_type, event.refusal = "auth.login_failed", failure[1]
         await record(session, event)
         return _oauth_error(*failure)

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from jose import jwt
 from jose.exceptions import JOSEError
 
-from app.auth.keys import ALGORITHM, KeyRing
+from app.auth.keys import ALGORITHM, KeyRing, TokenClaims, VerifiedToken
 from app.config import Settings
+
+__all__ = ["InvalidToken", "IssuedToken", "TokenClaims", "issue_token", "verify_token"]
 
 
 class InvalidToken(Exception):
@@ -21,15 +23,6 @@ class InvalidToken(Exception):
 @dataclass(frozen=True)
 class IssuedToken:
     token: str
-    token_id: str
-    expires_at: int
-
-
-@dataclass(frozen=True)
-class TokenClaims:
-    subject: str
-    organisation_id: str
-    scopes: frozenset[str]
     token_id: str
     expires_at: int
 
@@ -55,6 +48,39 @@ async def issue_token(
 
 
 async def verify_token(keyring: KeyRing, settings: Settings, token: str) -> TokenClaims:
+    """The claims of a token this service issued, signed by a current key and valid now.
+
+    A token whose signature and fixed claims (issuer, audience, lifetime, types) this
+    process has verified before is not verified again while it stays in the keyring's
+    cache: its key must still be current and its time claims (``exp``, ``nbf``, ``iat``)
+    are checked afresh on every request, exactly as below. Whether it was issued and
+    not revoked, and whether its principal is active, is read from the database on
+    every request by the caller.
+    """
+    cache_key = (token, settings.token_issuer, settings.token_audience, settings.token_ttl_seconds)
+    cached = keyring.verified_tokens.get(cache_key)
+    if cached is not None:
+        if _times_valid(cached, settings) and await keyring.verifier(cached.kid) is not None:
+            return cached.claims
+        # Expired, not yet valid or its key retired: verify in full, which says why.
+        keyring.verified_tokens.pop(cache_key, None)
+    verified = await _verify(keyring, settings, token)
+    keyring.remember_token(cache_key, verified)
+    return verified.claims
+
+
+def _times_valid(verified: VerifiedToken, settings: Settings) -> bool:
+    """python-jose's exp and nbf checks (whole seconds, with leeway) and ours on iat."""
+    now = time.time()
+    leeway = settings.token_leeway_seconds
+    return (
+        verified.expires_at >= int(now) - leeway
+        and verified.not_before <= int(now) + leeway
+        and verified.issued_at <= now + leeway
+    )
+
+
+async def _verify(keyring: KeyRing, settings: Settings, token: str) -> VerifiedToken:
     try:
         header = jwt.get_unverified_header(token)
     except JOSEError as exc:
@@ -98,10 +124,15 @@ async def verify_token(keyring: KeyRing, settings: Settings, token: str) -> Toke
     org, scope = claims.get("org"), claims.get("scope")
     if not isinstance(org, str) or not isinstance(scope, str):
         raise InvalidToken("missing organisation or scope")
-    return TokenClaims(
-        subject=claims["sub"],
-        organisation_id=org,
-        scopes=frozenset(scope.split()),
-        token_id=claims["jti"],
-        expires_at=claims["exp"],
+    return VerifiedToken(
+        claims=TokenClaims(
+            subject=claims["sub"],
+            organisation_id=org,
+            scopes=frozenset(scope.split()),
+            token_id=claims["jti"],
+            expires_at=claims["exp"],
+        ),
+        kid=kid,
+        not_before=claims["nbf"],
+        issued_at=claims["iat"],
     )

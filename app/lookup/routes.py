@@ -6,23 +6,34 @@ event committed before the response leaves.
 
 import uuid
 from datetime import date
-from typing import Any
+from typing import Any, NoReturn
 
-from fastapi import APIRouter, Request
+import structlog
+from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from app.admin.models import REFERENCE_POINT_KINDS, Scope
-from app.audit.models import AuditEvent
-from app.audit.service import commit_or_fail_closed, refuse, request_context
-from app.auth.principals import CurrentPrincipal, Principal, SettingsDep
+from app.audit.service import audit_unavailable, new_event, request_context, write_event
+from app.auth.keys import KeyRing
+from app.auth.principals import (
+    PRINCIPAL_STATEMENTS,
+    Principal,
+    PrincipalQuery,
+    bearer_token,
+    principal_from_row,
+    principal_query,
+    unauthenticated,
+)
+from app.auth.tokens import InvalidToken, verify_token
 from app.config import Settings
-from app.db import SessionDep
+from app.db import DatabaseUnavailable, HotConnection, HotStatement, hot_connection, utcnow
 from app.errors import ProblemError, responses, safe_validation_errors
-from app.lookup.limits import check_volume
+from app.lookup.limits import limit_columns, limit_parameters, over_limit
 from app.lookup.schemas import Contact, LookupAnswer, LookupRequest
 from app.register.identifiers import normalise_name
 from app.register.matching import Decision, Status, SubjectQuery, decide, find_candidates
 
+log = structlog.get_logger()
 router = APIRouter(tags=["lookup"])
 
 
@@ -41,56 +52,118 @@ router = APIRouter(tags=["lookup"])
         }
     },
 )
-async def lookup(
-    request: Request, principal: CurrentPrincipal, session: SessionDep, settings: SettingsDep
+async def lookup(request: Request) -> Response:
+    # No FastAPI dependencies: the caller, its volume counts and the enquiry are read
+    # here, on one pooled connection, in as few statements as the checks allow. The
+    # body is parsed here too, so that a malformed enquiry from an identified caller
+    # is refused *and audited*.
+    state = request.app.state
+    token = bearer_token(request)
+    try:
+        async with hot_connection(state.sessionmaker) as connection:
+            answer = await _lookup(request, state.settings, state.keyring, connection, token)
+    except DatabaseUnavailable as exc:
+        # A read failed (a write failure is already a 503 from write_event): nothing
+        # could be decided, so nothing is answered.
+        log.error("lookup_database_error", error_type=str(exc))
+        raise audit_unavailable() from exc
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
+
+
+async def _lookup(
+    request: Request,
+    settings: Settings,
+    keyring: KeyRing,
+    connection: HotConnection,
+    token: str,
 ) -> LookupAnswer:
-    # The body is parsed here, not by FastAPI, so that a malformed enquiry from
-    # an identified caller is refused *and audited*.
-    event = AuditEvent(
-        id=uuid.uuid4(),
+    context = request_context(request)
+    # 1. The token (signature, claims) names a principal.
+    try:
+        claims = await verify_token(keyring, settings, token)
+    except InvalidToken as exc:
+        detail = {"problem": str(exc), "path": request.url.path}
+        refused = new_event(event_type="auth.refused", refusal="invalid_token", detail=detail)
+        await _refuse(connection, refused | context, unauthenticated())
+
+    body = await request.body()
+    try:
+        command: LookupRequest | None = LookupRequest.model_validate_json(body)
+        invalid: ValidationError | None = None
+    except ValidationError as exc:
+        command, invalid = None, exc
+
+    # 2. One statement: the principal and its organisation, active, holding the token's
+    # jti unrevoked; and with them both volume counts (check 7, evaluated in its turn).
+    query = principal_query(claims)
+    now = utcnow()
+    row = None
+    if query is not None:
+        enquirer_id = query.subject if query.kind == "user" else None
+        if query.kind == "client" and command is not None and command.enquirer is not None:
+            enquirer_id = command.enquirer.id
+        parameters = query.parameters | limit_parameters(
+            settings, principal=query.subject, enquirer_id=enquirer_id, now=now
+        )
+        row = await principal_and_limits(connection, query, parameters)
+    principal = principal_from_row(query, row, claims) if query is not None else None
+    if principal is None:
+        # Disabled, revoked, moved to another organisation, or a token we never issued.
+        refused = new_event(
+            event_type="auth.refused",
+            principal=claims.subject,
+            refusal="principal_inactive",
+            detail={"path": request.url.path},
+        )
+        await _refuse(connection, refused | context, unauthenticated())
+
+    event = new_event(
         event_type="lookup",
         principal=principal.subject,
         organisation_id=principal.organisation_id,
         outcome="refused",
-        **request_context(request),
+        **context,
     )
+    # 3. A reference point, with the lookup scope.
     if principal.organisation_kind not in REFERENCE_POINT_KINDS:
-        event.refusal = "not_a_reference_point"
-        await refuse(
-            session,
+        event["refusal"] = "not_a_reference_point"
+        await _refuse(
+            connection,
             event,
             ProblemError(
                 403, "Forbidden", "Only reference points (A&E, out-of-hours, police) may look up."
             ),
         )
     if Scope.lookup not in principal.scopes:
-        event.refusal = "missing_scope"
-        await refuse(
-            session,
+        event["refusal"] = "missing_scope"
+        await _refuse(
+            connection,
             event,
             ProblemError(403, "Forbidden", "The token does not carry the register:lookup scope."),
         )
 
-    try:
-        command = LookupRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        errors = safe_validation_errors(exc.errors())
-        event.refusal = "invalid_request"
-        event.detail = {"errors": errors}
-        await refuse(session, event, ProblemError(422, "Invalid request", errors=errors))
+    if command is None:
+        assert invalid is not None
+        errors = safe_validation_errors(invalid.errors())
+        event["refusal"] = "invalid_request"
+        event["detail"] = {"errors": errors}
+        await _refuse(connection, event, ProblemError(422, "Invalid request", errors=errors))
 
-    event.purpose = command.purpose.value
-    event.reason = command.reason
-    query = _subject_query(command)
-    event.query = query.for_audit()
-    event.enquirer = _enquirer(principal, command, event)
-    if event.enquirer is None:
-        await refuse(session, event, ProblemError(422, "Invalid request", _ENQUIRER_RULE))
-    event.enquirer_id = event.enquirer["id"]
+    event["purpose"] = command.purpose.value
+    event["reason"] = command.reason
+    subject = _subject_query(command)
+    event["query"] = subject.for_audit()
+    # 4. A named enquirer.
+    enquirer = _enquirer(principal, command, event)
+    if enquirer is None:
+        await _refuse(connection, event, ProblemError(422, "Invalid request", _ENQUIRER_RULE))
+    event["enquirer"] = enquirer
+    event["enquirer_id"] = enquirer["id"]
+    # 5. A purpose allowed for the organisation's kind.
     if command.purpose.value not in settings.purposes_by_kind.get(principal.organisation_kind, ()):
-        event.refusal = "purpose_not_allowed"
-        await refuse(
-            session,
+        event["refusal"] = "purpose_not_allowed"
+        await _refuse(
+            connection,
             event,
             ProblemError(
                 403,
@@ -100,13 +173,12 @@ async def lookup(
             ),
         )
 
-    over = await check_volume(
-        session, settings, principal=principal.subject, enquirer_id=event.enquirer_id
-    )
+    # 7. Within the volume limits (counted in step 2, for this very enquirer).
+    over = over_limit(settings, row, now)
     if over is not None:
-        event.refusal = over.refusal
-        await refuse(
-            session,
+        event["refusal"] = over.refusal
+        await _refuse(
+            connection,
             event,
             ProblemError(
                 429,
@@ -117,12 +189,40 @@ async def lookup(
             ),
         )
 
-    decision = decide(query, await find_candidates(session, query, date.today()))
-    answer = _answer(event.id, decision, settings)
+    # 6. A unique exact match, or nothing.
+    decision = decide(subject, await find_candidates(connection, subject, date.today()))
+    answer = _answer(event["id"], decision, settings)
     _record_answer(event, decision, answer)
-    session.add(event)
-    await commit_or_fail_closed(session)
+    await write_event(connection, event)
     return answer
+
+
+async def _refuse(
+    connection: HotConnection, event: dict[str, Any], problem: ProblemError
+) -> NoReturn:
+    """Record a refusal, then raise the problem that answers it (as audit.service.refuse)."""
+    event["outcome"] = "refused"
+    await write_event(connection, event)
+    log.info("request_refused", refusal=event["refusal"], event_id=str(event["id"]))
+    raise problem
+
+
+# The principal's statement with the two volume counts beside it, by kind of principal
+# and database.
+_PRINCIPAL_AND_LIMITS = {
+    (kind, dialect): HotStatement(statement.add_columns(*limit_columns(dialect)))
+    for kind, statement in PRINCIPAL_STATEMENTS.items()
+    for dialect in ("postgresql", "sqlite")
+}
+
+
+async def principal_and_limits(
+    connection: HotConnection, query: PrincipalQuery, parameters: dict[str, Any]
+) -> Any:
+    """The principal's row (None if not active, or the token not ours) with both counts."""
+    statement = _PRINCIPAL_AND_LIMITS[(query.kind, connection.dialect_name)]
+    rows = await connection.fetch(statement, parameters)
+    return rows[0] if rows else None
 
 
 _ENQUIRER_RULE = (
@@ -132,15 +232,15 @@ _ENQUIRER_RULE = (
 
 
 def _enquirer(
-    principal: Principal, command: LookupRequest, event: AuditEvent
+    principal: Principal, command: LookupRequest, event: dict[str, Any]
 ) -> dict[str, Any] | None:
     if principal.kind == "client":
         if command.enquirer is None:
-            event.refusal = "enquirer_required"
+            event["refusal"] = "enquirer_required"
             return None
         return command.enquirer.model_dump()
     if command.enquirer is not None:
-        event.refusal = "enquirer_not_allowed"
+        event["refusal"] = "enquirer_not_allowed"
         return None
     return {"id": principal.subject, "name": principal.display_name, "role": principal.role}
 
@@ -175,16 +275,16 @@ def _answer(lookup_id: uuid.UUID, decision: Decision, settings: Settings) -> Loo
     return LookupAnswer(lookup_id=lookup_id, status=decision.status.value, contact=contact)
 
 
-def _record_answer(event: AuditEvent, decision: Decision, answer: LookupAnswer) -> None:
-    event.outcome = decision.status.value
-    event.disclosed = answer.model_dump(mode="json", exclude={"lookup_id"}, exclude_none=True)
+def _record_answer(event: dict[str, Any], decision: Decision, answer: LookupAnswer) -> None:
+    event["outcome"] = decision.status.value
+    event["disclosed"] = answer.model_dump(mode="json", exclude={"lookup_id"}, exclude_none=True)
     if decision.authority is not None:
-        event.authority_id = decision.authority.authority_id
+        event["authority_id"] = decision.authority.authority_id
     if decision.status is Status.on_plan:
-        event.entry_id = decision.candidates[0].entry_id
-        event.entry_version = decision.candidates[0].version
+        event["entry_id"] = decision.candidates[0].entry_id
+        event["entry_version"] = decision.candidates[0].version
     if decision.candidates:
-        event.detail = {
+        event["detail"] = {
             "matched": [
                 {
                     "entry_id": str(c.entry_id),

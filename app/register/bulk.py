@@ -82,15 +82,12 @@ def _chunks(items: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         yield items[start : start + CHUNK]
 
 
-async def insert_rows(
-    session: AsyncSession,
-    values: list[dict[str, Any]],
-    *,
-    authority_id: uuid.UUID,
-    actor: Actor,
-    import_id: uuid.UUID,
-) -> None:
-    """Insert the entries whose :func:`entry_values` are ``values``, each at version 1."""
+def new_rows(
+    values: list[dict[str, Any]], *, authority_id: uuid.UUID, actor: Actor, import_id: uuid.UUID
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The register_entries and register_entry_versions rows of the entries whose
+    :func:`entry_values` are ``values``, each at version 1. Built before any lock is
+    taken: for a large file it is seconds of work."""
     now = utcnow()
     reason = f"register import {import_id}"
     entries: list[dict[str, Any]] = []
@@ -117,8 +114,16 @@ async def insert_rows(
                 "change_reason": reason,
             }
         )
-    # Core inserts on the tables: one executemany per chunk (the ORM's bulk insert would
-    # split a chunk wherever the set of null columns changes).
+    return entries, versions
+
+
+async def insert_rows(
+    session: AsyncSession, entries: list[dict[str, Any]], versions: list[dict[str, Any]]
+) -> None:
+    """Insert rows from :func:`new_rows`.
+
+    Core inserts on the tables: one executemany per chunk (the ORM's bulk insert would
+    split a chunk wherever the set of null columns changes)."""
     connection = await session.connection()
     for table, rows in (
         (RegisterEntry.__table__, entries),

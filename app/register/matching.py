@@ -11,9 +11,9 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Select, bindparam, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.admin.models import Organisation
+from app.db import HotConnection, HotStatement
 from app.register.models import Category, RegisterEntry
 
 
@@ -118,7 +118,7 @@ def _candidates_statement(*, by_nhs_number: bool, by_match_key: bool) -> Select[
 
 # Built once, by which identifiers were sent (each its own plan on PostgreSQL).
 _CANDIDATES = {
-    (nhs, key): _candidates_statement(by_nhs_number=nhs, by_match_key=key)
+    (nhs, key): HotStatement(_candidates_statement(by_nhs_number=nhs, by_match_key=key))
     for nhs in (True, False)
     for key in (True, False)
     if nhs or key
@@ -126,26 +126,26 @@ _CANDIDATES = {
 
 
 async def find_candidates(
-    connection: AsyncConnection | AsyncSession, query: SubjectQuery, today: date
+    connection: HotConnection, query: SubjectQuery, today: date
 ) -> list[Candidate]:
     match_key = query.match_key
     if not query.nhs_number and not match_key:
         return []
     statement = _CANDIDATES[(bool(query.nhs_number), bool(match_key))]
-    rows = await connection.execute(
+    rows = await connection.fetch(
         statement, {"nhs_number": query.nhs_number, "match_key": match_key, "today": today}
     )
     return [
         Candidate(
-            entry_id=row.id,
-            version=row.version,
-            authority_id=row.authority_id,
-            authority_contact_name=row.contact_name,
-            authority_contact_phone=row.contact_phone,
-            subject_nhs_number=row.subject_nhs_number,
-            subject_match_key=row.subject_match_key,
-            categories=tuple(c for c in Category if c.value in row.categories),
-            unborn=row.unborn,
+            entry_id=row["id"],
+            version=row["version"],
+            authority_id=row["authority_id"],
+            authority_contact_name=row["contact_name"],
+            authority_contact_phone=row["contact_phone"],
+            subject_nhs_number=row["subject_nhs_number"],
+            subject_match_key=row["subject_match_key"],
+            categories=tuple(c for c in Category if c.value in row["categories"]),
+            unborn=row["unborn"],
         )
         for row in rows
     ]

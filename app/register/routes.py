@@ -5,6 +5,7 @@ entry is "not found", never "forbidden", so its existence is not confirmed.
 Every read of a child's details and every change is an audit event.
 """
 
+import asyncio
 import csv
 import hashlib
 import io
@@ -28,7 +29,13 @@ from app.cursors import cursor_id, decode_cursor, encode_cursor
 from app.db import READ_ONLY_OPTION, SessionDep
 from app.errors import ProblemError, responses, safe_validation_errors
 from app.register import bulk
-from app.register.csvformat import CATEGORY_SEPARATOR, EXPORT_COLUMNS, RowProblem, parse_csv
+from app.register.csvformat import (
+    CATEGORY_SEPARATOR,
+    EXPORT_COLUMNS,
+    ParsedRow,
+    RowProblem,
+    parse_csv,
+)
 from app.register.identifiers import match_key
 from app.register.models import RegisterEntry, RegisterEntryVersion
 from app.register.rules import Problem, entry_problems, review_problems
@@ -663,18 +670,21 @@ async def import_entries(
     digest = hashlib.sha256(body).hexdigest()
     import_id = uuid.uuid4()
     today = date.today()
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        rows, problems = [], [RowProblem(1, "", "the file is not UTF-8 text")]
-    else:
-        rows, problems = parse_csv(text, today)
-    values = [entry_values(row.data) for row in rows]
+    # The file is read and its rows built in a thread, before any lock: for a large
+    # file that is seconds of work, which on the event loop would stall every lookup
+    # of this worker, and under the lock every writer (on SQLite, every lookup).
+    rows, problems, entries, versions = await asyncio.to_thread(
+        _read_import,
+        body,
+        today,
+        authority_id=custodian.organisation_id,
+        actor=_actor(request, custodian),
+        import_id=import_id,
+    )
     if not problems:
         await lock_register(session, custodian.organisation_id)
-        problems = bulk.duplicate_problems(
-            rows, values, await bulk.live_index(session, custodian.organisation_id, today)
-        )
+        existing = await bulk.live_index(session, custodian.organisation_id, today)
+        problems = bulk.duplicate_problems(rows, entries, existing)
     detail = {"import_id": str(import_id), "sha256": digest, "rows": len(rows)}
     if problems:
         event = _event(
@@ -698,16 +708,28 @@ async def import_entries(
                 errors=[problem.as_error() for problem in shown],
             ),
         )
-    await bulk.insert_rows(
-        session,
-        values,
-        authority_id=custodian.organisation_id,
-        actor=_actor(request, custodian),
-        import_id=import_id,
-    )
+    await bulk.insert_rows(session, entries, versions)
     session.add(_event(request, custodian, "register.imported", detail=detail))
     await _save(session)
     return ImportResult(import_id=import_id, imported=len(rows), sha256=digest)
+
+
+def _read_import(
+    body: bytes, today: date, *, authority_id: uuid.UUID, actor: Actor, import_id: uuid.UUID
+) -> tuple[list[ParsedRow], list[RowProblem], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The file's rows, its problems, and (without problems) the rows to insert."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return [], [RowProblem(1, "", "the file is not UTF-8 text")], [], []
+    rows, problems = parse_csv(text, today)
+    if problems:
+        return rows, problems, [], []
+    values = [entry_values(row.data) for row in rows]
+    entries, versions = bulk.new_rows(
+        values, authority_id=authority_id, actor=actor, import_id=import_id
+    )
+    return rows, problems, entries, versions
 
 
 @router.post(
