@@ -69,7 +69,9 @@ class Settings(BaseSettings):
     checkpoint_dir: Path = Path("var/checkpoints")
     sealing_enabled: bool = True
     sealing_interval_seconds: Annotated[float, Field(gt=0)] = 0.5
-    sealing_batch_size: Annotated[int, Field(gt=0)] = 2000
+    # Events read per statement: each read is decoded in one go on the worker's event
+    # loop, so a small batch keeps the lookups sharing that loop from waiting on it.
+    sealing_batch_size: Annotated[int, Field(gt=0)] = 250
     checkpoint_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
     # The verifier reports any event still unsealed this long after it was written.
     sealing_delay_seconds: Annotated[int, Field(gt=0)] = 30

@@ -239,7 +239,8 @@ class _AsyncpgConnection(HotConnection):
     def __init__(self, pooled: PoolProxiedConnection, dialect: Dialect) -> None:
         self._driver: Any = pooled.driver_connection
         self._dialect = dialect
-        self.broken = False
+        self.broken = False  # never to be handed out again
+        self.lost = False  # the database ended it, and most likely its siblings too
 
     async def _run(
         self, method: str, statement: HotStatement, parameters: Mapping[str, Any]
@@ -249,15 +250,15 @@ class _AsyncpgConnection(HotConnection):
             return await getattr(self._driver, method)(
                 compiled.sql, *compiled.arguments(parameters)
             )
-        except asyncpg.PostgresError as exc:
-            raise DatabaseUnavailable(type(exc).__name__) from exc
         except asyncio.CancelledError:
             # A statement cut off mid-flight leaves the connection busy.
             self.broken = True
             raise
         except Exception as exc:
-            # The connection itself failed (or was misused): never hand it out again.
-            self.broken = True
+            # A statement the server refused leaves the connection usable; a connection
+            # that failed, or that the server ended (a restart, a failover), is not.
+            self.lost = self._driver.is_closed() or not isinstance(exc, asyncpg.PostgresError)
+            self.broken = self.lost
             raise DatabaseUnavailable(type(exc).__name__) from exc
 
     async def fetch(
@@ -337,4 +338,10 @@ async def hot_connection(
         yield hot
     finally:
         # In a greenlet: returning (or discarding) a connection may have to await it.
-        await greenlet_spawn(pooled.invalidate if hot.broken else pooled.close)
+        if hot.lost:
+            # As SQLAlchemy does on a disconnect: every connection the pool holds that is
+            # older than this one is replaced at its next checkout, so that one lookup
+            # fails closed after a restart, not one per pooled connection.
+            await greenlet_spawn(engine.pool._invalidate, pooled)
+        else:
+            await greenlet_spawn(pooled.invalidate if hot.broken else pooled.close)

@@ -3,11 +3,12 @@
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = structlog.get_logger()
@@ -97,6 +98,13 @@ def install_handlers(app: FastAPI) -> None:
             413: "Request body too large",
         }.get(exc.status_code, "Error")
         return problem_response(exc.status_code, title, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_request: Request, _exc: ClientDisconnect) -> Response:
+        # The caller hung up before its request was read: nobody to answer, nothing
+        # asked, nothing for an operator to be paged about.
+        log.info("client_disconnected")
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -6,6 +6,7 @@ Each lookup names a fresh enquirer so that no test runs into the volume limits;
 the duty officer (whose own id is the enquirer) is used sparingly for the same reason.
 """
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import date, timedelta
@@ -538,6 +539,37 @@ async def test_a_body_that_is_not_json_is_refused_and_audited(
     assert NHS["neglect"] not in response.text
     event = await event_of(sessionmaker, response, world["hospital_client"].subject)
     assert (event.outcome, event.refusal) == ("refused", "invalid_request")
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", None, "application/jsonx"]
+)
+async def test_an_enquiry_not_sent_as_json_is_refused_and_audited(
+    client: httpx.AsyncClient,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    content_type: str | None,
+) -> None:
+    """A well-formed enquiry under another media type is not guessed at: 415, on record."""
+    headers = dict(world["hospital_client"].headers)
+    if content_type is not None:
+        headers["content-type"] = content_type
+    body = json.dumps(
+        {
+            "subject": {"nhs_number": NHS["neglect"]},
+            "purpose": "unscheduled_care",
+            "reason": REASON,
+            "enquirer": {"id": "HP-415", "name": "Dr A Jones", "role": "SHO"},
+        }
+    )
+    response = await client.post("/v1/lookups", content=body, headers=headers)
+    assert response.status_code == 415
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "on_plan" not in response.text
+    assert "neglect" not in response.text
+    event = await event_of(sessionmaker, response, world["hospital_client"].subject)
+    assert (event.outcome, event.refusal) == ("refused", "unsupported_media_type")
+    assert event.disclosed is None
 
 
 @pytest.mark.parametrize("who", ["custodian_a", "operator"])

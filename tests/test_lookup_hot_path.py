@@ -9,6 +9,7 @@ the audit row written through the Core INSERT is the row the ORM would write.
 import dataclasses
 import time
 import uuid
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,8 @@ from app.auth.tokens import InvalidToken, verify_token
 from app.config import Settings
 from app.db import DatabaseUnavailable, _AsyncpgConnection
 from app.lookup import routes as lookup_routes
-from tests.conftest import NHS, World
+from app.main import create_app
+from tests.conftest import NHS, World, _postgres_admin
 
 
 def _body() -> dict[str, Any]:
@@ -111,6 +113,9 @@ class _FailingDriver:
     async def fetch(self, *_: Any) -> list[Any]:
         raise self.error
 
+    def is_closed(self) -> bool:
+        return False
+
 
 @dataclasses.dataclass
 class _Pooled:
@@ -124,10 +129,12 @@ async def test_a_connection_that_fails_is_marked_broken_a_refusal_is_not() -> No
     with pytest.raises(DatabaseUnavailable):
         await lost.fetch(statement, {})
     assert lost.broken
+    assert lost.lost
     refused = _AsyncpgConnection(_Pooled(_FailingDriver(asyncpg.RaiseError("no"))), dialect)
     with pytest.raises(DatabaseUnavailable):
         await refused.fetch(statement, {})
     assert not refused.broken
+    assert not refused.lost
 
 
 async def test_the_lookup_event_is_the_row_the_orm_would_write(
@@ -177,3 +184,52 @@ async def test_the_lookup_event_is_the_row_the_orm_would_write(
     assert tuple(nulls) == (True, False)  # a match is in detail
     # The database's trigger queued it for sealing (unless the sequencer already has).
     assert queued in (0, 1)
+
+
+async def test_lookups_recover_when_the_database_ends_every_connection(
+    world: World,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """A restart or failover of PostgreSQL ends the sessions the pool holds. With no
+    pre-ping, the lookup that meets a dead connection fails closed (503) and takes
+    the pool's other connections with it, so the next lookup is answered. (On a
+    replica of its own, so that no other test's pool is touched.)"""
+    if settings.is_sqlite:
+        pytest.skip("PostgreSQL only: SQLite has no server to end a session")
+    headers = world["hospital_client"].headers
+    replica = create_app(settings)
+    async with (
+        replica.router.lifespan_context(replica),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=replica), base_url="http://r") as http,
+    ):
+        assert (await http.post("/v1/lookups", json=_body(), headers=headers)).status_code == 200
+        engine = replica.state.sessionmaker.kw["bind"]
+        pids = []
+        async with AsyncExitStack() as held:  # every connection the pool holds, and more
+            for _ in range(5):
+                connection = await held.enter_async_context(engine.connect())
+                pids.append(await connection.scalar(text("SELECT pg_backend_pid()")))
+        await _postgres_admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE pid IN ({', '.join(str(pid) for pid in pids)})"
+        )
+
+        statuses = []
+        answered = []
+        for _ in range(4):
+            response = await http.post("/v1/lookups", json=_body(), headers=headers)
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                answered.append(uuid.UUID(response.json()["lookup_id"]))
+            else:
+                assert response.status_code == 503
+                assert "on_plan" not in response.text
+    # At most the one that met a dead connection (none if the sequencer met one first).
+    assert statuses.count(503) <= 1, statuses
+    assert statuses[-1] == 200
+    async with sessionmaker() as session:
+        recorded = set(
+            await session.scalars(select(AuditEvent.id).where(AuditEvent.id.in_(answered)))
+        )
+    assert recorded == set(answered)

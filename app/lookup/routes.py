@@ -59,9 +59,12 @@ async def lookup(request: Request) -> Response:
     # is refused *and audited*.
     state = request.app.state
     token = bearer_token(request)
+    # The whole body before a database connection: a caller that sends it slowly, or
+    # never, must not hold one of the pool's connections while it does.
+    body = await request.body()
     try:
         async with hot_connection(state.sessionmaker) as connection:
-            answer = await _lookup(request, state.settings, state.keyring, connection, token)
+            answer = await _lookup(request, body, state.settings, state.keyring, connection, token)
     except DatabaseUnavailable as exc:
         # A read failed (a write failure is already a 503 from write_event): nothing
         # could be decided, so nothing is answered.
@@ -72,6 +75,7 @@ async def lookup(request: Request) -> Response:
 
 async def _lookup(
     request: Request,
+    body: bytes,
     settings: Settings,
     keyring: KeyRing,
     connection: HotConnection,
@@ -86,12 +90,17 @@ async def _lookup(
         refused = new_event(event_type="auth.refused", refusal="invalid_token", detail=detail)
         await _refuse(connection, refused | context, unauthenticated())
 
-    body = await request.body()
-    try:
-        command: LookupRequest | None = LookupRequest.model_validate_json(body)
-        invalid: ValidationError | None = None
-    except ValidationError as exc:
-        command, invalid = None, exc
+    # An enquiry is JSON, said so: a body sent as anything else is refused (415), not
+    # guessed at.
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    json_sent = media_type == "application/json"
+    command: LookupRequest | None = None
+    invalid: ValidationError | None = None
+    if json_sent:
+        try:
+            command = LookupRequest.model_validate_json(body)
+        except ValidationError as exc:
+            invalid = exc
 
     # 2. One statement: the principal and its organisation, active, holding the token's
     # jti unrevoked; and with them both volume counts (check 7, evaluated in its turn).
@@ -142,6 +151,13 @@ async def _lookup(
             ProblemError(403, "Forbidden", "The token does not carry the register:lookup scope."),
         )
 
+    if not json_sent:
+        event["refusal"] = "unsupported_media_type"
+        await _refuse(
+            connection,
+            event,
+            ProblemError(415, "Unsupported media type", "Send the enquiry as application/json."),
+        )
     if command is None:
         assert invalid is not None
         errors = safe_validation_errors(invalid.errors())
