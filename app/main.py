@@ -1,6 +1,7 @@
 """Builds the FastAPI app."""
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -55,6 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         notifying: asyncio.Task[None] | None = None
         if settings.notifications_enabled:
             notifying = asyncio.create_task(app.state.notifier.run_forever())
+        # What exists now (modules, the app, its routes and schemas) lives as long as the
+        # worker: keep it out of the cyclic collector's full passes, which otherwise stop
+        # the worker for 30-120 ms every few seconds under load, the lookups' p99.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
