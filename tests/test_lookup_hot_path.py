@@ -6,6 +6,7 @@ closed (503, nothing disclosed); a connection that fails is never handed out aga
 the audit row written through the Core INSERT is the row the ORM would write.
 """
 
+import asyncio
 import dataclasses
 import time
 import uuid
@@ -233,3 +234,35 @@ async def test_lookups_recover_when_the_database_ends_every_connection(
             await session.scalars(select(AuditEvent.id).where(AuditEvent.id.in_(answered)))
         )
     assert recorded == set(answered)
+
+
+async def test_lookups_beyond_the_pool_do_not_wait_on_each_other_for_the_key_set(
+    world: World, settings: Settings
+) -> None:
+    """A replica's first lookups all need the key set, which is read on a connection of
+    its own from the same pool. Lookups that held every connection while waiting for
+    it would wait until the pool timed out (a deadlock seen under load when the key
+    set's refresh fell due): the token is checked before a connection is taken."""
+    if settings.is_sqlite:
+        pytest.skip("PostgreSQL only: the pool size setting sizes PostgreSQL's pool")
+    replica = create_app(
+        settings.model_copy(
+            update={
+                "database_pool_size": 2,
+                "sealing_enabled": False,
+                "notifications_enabled": False,
+            }
+        )
+    )
+    headers = world["hospital_client"].headers
+    async with (
+        replica.router.lifespan_context(replica),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=replica), base_url="http://r") as http,
+    ):
+        responses = await asyncio.wait_for(
+            asyncio.gather(
+                *(http.post("/v1/lookups", json=_body(), headers=headers) for _ in range(6))
+            ),
+            timeout=20,
+        )
+    assert [r.status_code for r in responses] == [200] * 6

@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from app.admin.models import REFERENCE_POINT_KINDS, Scope
 from app.audit.service import audit_unavailable, new_event, request_context, write_event
-from app.auth.keys import KeyRing
 from app.auth.principals import (
     PRINCIPAL_STATEMENTS,
     Principal,
@@ -24,7 +23,7 @@ from app.auth.principals import (
     principal_query,
     unauthenticated,
 )
-from app.auth.tokens import InvalidToken, verify_token
+from app.auth.tokens import InvalidToken, TokenClaims, verify_token
 from app.config import Settings
 from app.db import DatabaseUnavailable, HotConnection, HotStatement, hot_connection, utcnow
 from app.errors import ProblemError, responses, safe_validation_errors
@@ -54,49 +53,60 @@ router = APIRouter(tags=["lookup"])
 )
 async def lookup(request: Request) -> Response:
     # No FastAPI dependencies: the caller, its volume counts and the enquiry are read
-    # here, on one pooled connection, in as few statements as the checks allow. The
-    # body is parsed here too, so that a malformed enquiry from an identified caller
-    # is refused *and audited*.
-    state = request.app.state
+    # in answer_enquiry, on one pooled connection, in as few statements as the checks
+    # allow. The body is parsed there too, so that a malformed enquiry from an
+    # identified caller is refused *and audited*.
     token = bearer_token(request)
-    # The whole body before a database connection: a caller that sends it slowly, or
-    # never, must not hold one of the pool's connections while it does.
-    body = await request.body()
+    # An enquiry is JSON, said so: a body sent as anything else is refused (415), not
+    # guessed at. The whole body is read before a database connection is taken: a
+    # caller that sends it slowly, or never, must not hold one of the pool's.
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    body = await request.body() if media_type == "application/json" else None
+    answer = await answer_enquiry(request, token, body)
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
+
+
+async def answer_enquiry(request: Request, token: str, body: bytes | None) -> LookupAnswer:
+    """Every legitimacy check of DESIGN.md on the enquiry ``body`` (JSON; None when it
+    was not sent as JSON) from the bearer of ``token``, the audit event committed, and
+    the answer. Raises the ProblemError of a refusal (itself audited), or 503 when the
+    database cannot be read or written."""
+    state = request.app.state
+    # 1. The token (signature, claims) names a principal. Checked before a connection
+    # is taken: refreshing the key set takes one of its own from the same pool, and
+    # requests holding every connection while they wait for it would wait for good.
+    try:
+        claims: TokenClaims | InvalidToken = await verify_token(
+            state.keyring, state.settings, token
+        )
+    except InvalidToken as exc:
+        claims = exc
     try:
         async with hot_connection(state.sessionmaker) as connection:
-            answer = await _lookup(request, body, state.settings, state.keyring, connection, token)
+            return await _lookup(request, body, state.settings, connection, claims)
     except DatabaseUnavailable as exc:
         # A read failed (a write failure is already a 503 from write_event): nothing
         # could be decided, so nothing is answered.
         log.error("lookup_database_error", error_type=str(exc))
         raise audit_unavailable() from exc
-    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
 
 
 async def _lookup(
     request: Request,
-    body: bytes,
+    body: bytes | None,
     settings: Settings,
-    keyring: KeyRing,
     connection: HotConnection,
-    token: str,
+    claims: TokenClaims | InvalidToken,
 ) -> LookupAnswer:
     context = request_context(request)
-    # 1. The token (signature, claims) names a principal.
-    try:
-        claims = await verify_token(keyring, settings, token)
-    except InvalidToken as exc:
-        detail = {"problem": str(exc), "path": request.url.path}
+    if isinstance(claims, InvalidToken):
+        detail = {"problem": str(claims), "path": request.url.path}
         refused = new_event(event_type="auth.refused", refusal="invalid_token", detail=detail)
         await _refuse(connection, refused | context, unauthenticated())
 
-    # An enquiry is JSON, said so: a body sent as anything else is refused (415), not
-    # guessed at.
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    json_sent = media_type == "application/json"
     command: LookupRequest | None = None
     invalid: ValidationError | None = None
-    if json_sent:
+    if body is not None:
         try:
             command = LookupRequest.model_validate_json(body)
         except ValidationError as exc:
@@ -151,7 +161,7 @@ async def _lookup(
             ProblemError(403, "Forbidden", "The token does not carry the register:lookup scope."),
         )
 
-    if not json_sent:
+    if body is None:
         event["refusal"] = "unsupported_media_type"
         await _refuse(
             connection,

@@ -229,6 +229,20 @@ def _require_live(entry: RegisterEntry, today: date) -> None:
         )
 
 
+async def _entry_to_change(
+    entry_id: uuid.UUID, request: Request, custodian: Custodian, session: SessionDep
+) -> RegisterEntry:
+    """The custodian's own entry, locked for the change, at the version the caller read
+    (If-Match), and still live: what every change to an entry starts from."""
+    entry = await _own_entry(session, request, custodian, entry_id, for_change=True)
+    _require_version(request, entry)
+    _require_live(entry, date.today())
+    return entry
+
+
+EntryToChange = Annotated[RegisterEntry, Depends(_entry_to_change)]
+
+
 def _refuse_problems(problems: list[Problem]) -> None:
     if problems:
         raise ProblemError(
@@ -498,7 +512,7 @@ _CHANGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Change an entry (If-Match required): categories, dates, identifiers, notes",
 )
 async def change(
-    entry_id: uuid.UUID,
+    entry: EntryToChange,
     request: Request,
     response: Response,
     custodian: Custodian,
@@ -506,9 +520,6 @@ async def change(
     change: EntryChange,
 ) -> EntryRead:
     today = date.today()
-    entry = await _own_entry(session, request, custodian, entry_id, for_change=True)
-    _require_version(request, entry)
-    _require_live(entry, today)
     changes = change.model_dump(exclude_unset=True, exclude={"reason"})
     if entry.unborn and "child" in changes:
         raise ProblemError(
@@ -535,7 +546,7 @@ async def change(
     summary="Record a review conference; the next is due within 6 months",
 )
 async def review(
-    entry_id: uuid.UUID,
+    entry: EntryToChange,
     request: Request,
     response: Response,
     custodian: Custodian,
@@ -543,9 +554,6 @@ async def review(
     held: ReviewRecord,
 ) -> EntryRead:
     today = date.today()
-    entry = await _own_entry(session, request, custodian, entry_id, for_change=True)
-    _require_version(request, entry)
-    _require_live(entry, today)
     problems = [
         Problem(("held_on",) if p.loc == ("last_review",) else p.loc, p.msg)
         for p in review_problems(entry.plan_start, held.held_on, held.next_review, today)
@@ -572,7 +580,7 @@ async def review(
     summary="End a plan (de-registration) on recorded grounds; it is never disclosed again",
 )
 async def end(
-    entry_id: uuid.UUID,
+    entry: EntryToChange,
     request: Request,
     response: Response,
     custodian: Custodian,
@@ -580,9 +588,6 @@ async def end(
     ending: EntryEnd,
 ) -> EntryRead:
     today = date.today()
-    entry = await _own_entry(session, request, custodian, entry_id, for_change=True)
-    _require_version(request, entry)
-    _require_live(entry, today)
     problems = []
     if ending.ended_on > today:
         problems.append(Problem(("ended_on",), "a plan cannot be ended in advance"))
@@ -608,7 +613,7 @@ async def end(
     summary="Record an unborn child's birth: the entry becomes the child's",
 )
 async def birth(
-    entry_id: uuid.UUID,
+    entry: EntryToChange,
     request: Request,
     response: Response,
     custodian: Custodian,
@@ -616,9 +621,6 @@ async def birth(
     record: BirthRecord,
 ) -> EntryRead:
     today = date.today()
-    entry = await _own_entry(session, request, custodian, entry_id, for_change=True)
-    _require_version(request, entry)
-    _require_live(entry, today)
     if not entry.unborn:
         raise ProblemError(409, "Already born", "This entry is already a born child's.")
     expected = entry.expected_delivery_date
