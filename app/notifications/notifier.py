@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 import structlog
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import bindparam, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.admin.models import Organisation
@@ -73,14 +73,17 @@ def dedupe_key(event: AuditEvent, authority_id: uuid.UUID) -> str:
 
 
 def webhook_payload(
-    notification: Notification, event: AuditEvent, organisation_name: str | None
+    notification_id: uuid.UUID,
+    authority_id: uuid.UUID,
+    event: AuditEvent,
+    organisation_name: str | None,
 ) -> dict[str, Any]:
     """What the authority's own system is told: enough to act on, no identifiers or
     reason (its custodians read those through the API)."""
-    key = child_key(event, notification.authority_id)
+    key = child_key(event, authority_id)
     return {
-        "notification_id": str(notification.id),
-        "authority_id": str(notification.authority_id),
+        "notification_id": str(notification_id),
+        "authority_id": str(authority_id),
         "event_id": str(event.id),
         "occurred_at": event.occurred_at.isoformat(),
         "entry_ids": [] if key.startswith("event:") else key.split(","),
@@ -139,21 +142,34 @@ async def _notify(
     settings: Settings,
     rows: list[tuple[AuditEvent, str | None, uuid.UUID]],
 ) -> tuple[int, int]:
+    """New notifications, repeats counted on open ones, and webhook deliveries, written
+    with Core executemany: this runs for every enquiry about a child on the register,
+    and the ORM's unit of work cost three times as much per row."""
     period = timedelta(hours=settings.notification_dedupe_hours)
     keyed = [
         (event, name, authority, dedupe_key(event, authority)) for event, name, authority in rows
     ]
     authorities = {authority for _, _, authority, _ in keyed}
     earliest = min(event.occurred_at for event, _, _, _ in keyed) - period
-    latest: dict[tuple[uuid.UUID, str], Notification] = {}
-    for existing in await session.scalars(
-        select(Notification).where(
-            Notification.authority_id.in_(authorities),
-            Notification.dedupe_key.in_({key for _, _, _, key in keyed}),
-            Notification.first_occurred_at > earliest,
+    table = Notification.__table__
+    # The newest notification per (authority, key): existing ones first, then this batch's.
+    latest: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
+    existing = await session.execute(
+        select(
+            table.c.id,
+            table.c.authority_id,
+            table.c.dedupe_key,
+            table.c.first_occurred_at,
+            table.c.last_occurred_at,
+            table.c.repeats,
+        ).where(
+            table.c.authority_id.in_(authorities),
+            table.c.dedupe_key.in_({key for _, _, _, key in keyed}),
+            table.c.first_occurred_at > earliest,
         )
-    ):
-        _keep_latest(latest, existing)
+    )
+    for row in existing.mappings():
+        _keep_latest(latest, dict(row))
     webhooks = set(
         await session.scalars(
             select(NotificationWebhook.organisation_id).where(
@@ -162,45 +178,71 @@ async def _notify(
             )
         )
     )
-    created = repeats = 0
+    created: list[dict[str, Any]] = []
+    repeated: dict[uuid.UUID, dict[str, Any]] = {}  # existing notifications with new repeats
+    deliveries: list[dict[str, Any]] = []
     now = utcnow()
     for event, organisation_name, authority, key in keyed:
         current = latest.get((authority, key))
-        if current is not None and abs(event.occurred_at - current.first_occurred_at) < period:
-            current.repeats += 1
-            current.last_occurred_at = max(current.last_occurred_at, event.occurred_at)
-            repeats += 1
+        if current is not None and abs(event.occurred_at - current["first_occurred_at"]) < period:
+            current["repeats"] += 1
+            current["last_occurred_at"] = max(current["last_occurred_at"], event.occurred_at)
+            if not current.get("new"):
+                repeated[current["id"]] = current
             continue
-        notification = Notification(
-            id=uuid.uuid4(),
-            authority_id=authority,
-            event_id=event.id,
-            dedupe_key=key,
-            first_occurred_at=event.occurred_at,
-            last_occurred_at=event.occurred_at,
-            repeats=0,
-        )
-        session.add(notification)
+        notification = {
+            "id": uuid.uuid4(),
+            "authority_id": authority,
+            "event_id": event.id,
+            "dedupe_key": key,
+            "first_occurred_at": event.occurred_at,
+            "last_occurred_at": event.occurred_at,
+            "repeats": 0,
+            "created_at": now,
+            "new": True,
+        }
+        created.append(notification)
         _keep_latest(latest, notification)
-        created += 1
         if authority in webhooks:
-            session.add(
-                NotificationDelivery(
-                    notification_id=notification.id,
-                    organisation_id=authority,
-                    payload=webhook_payload(notification, event, organisation_name),
-                    next_attempt_at=now,
-                )
+            deliveries.append(
+                {
+                    "notification_id": notification["id"],
+                    "organisation_id": authority,
+                    "payload": webhook_payload(
+                        notification["id"], authority, event, organisation_name
+                    ),
+                    "next_attempt_at": now,
+                }
             )
-    return created, repeats
+    if created:
+        await session.execute(
+            insert(table), [{k: v for k, v in n.items() if k != "new"} for n in created]
+        )
+    if repeated:
+        await session.execute(
+            update(table)
+            .where(table.c.id == bindparam("notification_id"))
+            .values(repeats=bindparam("new_repeats"), last_occurred_at=bindparam("new_last")),
+            [
+                {
+                    "notification_id": n["id"],
+                    "new_repeats": n["repeats"],
+                    "new_last": n["last_occurred_at"],
+                }
+                for n in repeated.values()
+            ],
+        )
+    if deliveries:
+        await session.execute(insert(NotificationDelivery.__table__), deliveries)
+    return len(created), sum(1 for _ in keyed) - len(created)
 
 
 def _keep_latest(
-    latest: dict[tuple[uuid.UUID, str], Notification], notification: Notification
+    latest: dict[tuple[uuid.UUID, str], dict[str, Any]], notification: dict[str, Any]
 ) -> None:
-    slot = (notification.authority_id, notification.dedupe_key)
+    slot = (notification["authority_id"], notification["dedupe_key"])
     current = latest.get(slot)
-    if current is None or notification.first_occurred_at > current.first_occurred_at:
+    if current is None or notification["first_occurred_at"] > current["first_occurred_at"]:
         latest[slot] = notification
 
 
