@@ -29,6 +29,7 @@ from app.notifications import routes as notification_routes
 from app.notifications import webhooks as notification_webhooks
 from app.notifications.notifier import Notifier
 from app.register import routes as register_routes
+from app.web import routes as web_routes
 
 API_VERSION = "1.0.0"
 
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(notification_webhooks.router)
     app.include_router(notification_routes.router)
     app.include_router(admin_routes.router)
+    app.include_router(web_routes.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

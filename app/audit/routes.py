@@ -19,13 +19,13 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 
 # Custodians verify the log over the API; the operator uses `cpr audit verify`.
-_reviewer = require_scope(
+admit_reviewer = require_scope(
     Scope.audit_read,
     kinds=frozenset({OrganisationKind.local_authority}),
     event_type="audit.refused",
     kind_refusal="not_custodian",
 )
-Reviewer = Annotated[Principal, Depends(_reviewer)]
+Reviewer = Annotated[Principal, Depends(admit_reviewer)]
 
 
 async def get_sequencer(request: Request) -> Sequencer:

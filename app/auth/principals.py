@@ -164,8 +164,15 @@ def principal_from_row(
 async def get_principal(
     request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
 ) -> Principal:
+    return await authenticate(request, session, settings, keyring, bearer_token(request))
+
+
+async def authenticate(
+    request: Request, session: AsyncSession, settings: Settings, keyring: KeyRing, token: str
+) -> Principal:
+    """The active principal ``token`` names, or 401 (audited). The API takes the token
+    from the Authorization header, the web client from its session cookie."""
     event = AuditEvent(event_type="auth.refused", outcome="refused", **request_context(request))
-    token = bearer_token(request)
     try:
         claims = await verify_token(keyring, settings, token)
     except InvalidToken as exc:

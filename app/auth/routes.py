@@ -22,6 +22,7 @@ from app.admin.models import SCOPES_BY_KIND, Client, Organisation, OrganisationK
 from app.audit.models import AuditEvent
 from app.audit.service import recent_events, record, request_context
 from app.auth.hashing import verify_secret
+from app.auth.keys import KeyRing
 from app.auth.models import AccessToken
 from app.auth.principals import KeyRingDep, SettingsDep
 from app.auth.tokens import issue_token
@@ -32,6 +33,7 @@ router = APIRouter(tags=["auth"])
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="cp-register"'}
+_WRONG_PASSWORD = (400, "invalid_grant", "Wrong username or password.", None)
 
 
 class TokenResponse(BaseModel):
@@ -168,26 +170,73 @@ async def token(
                 401, "invalid_client", "Client authentication failed.", _BASIC_CHALLENGE
             )
         account, secret, name = await _find_client(session, client_id), client_secret, client_id
-        failure = (401, "invalid_client", "Client authentication failed.", _BASIC_CHALLENGE)
+        failure: tuple[int, str, str, dict[str, str] | None] = (
+            401,
+            "invalid_client",
+            "Client authentication failed.",
+            _BASIC_CHALLENGE,
+        )
     elif grant_type == "password":
         if not username or not password:
             return _oauth_error(400, "invalid_request", "username and password are required.")
         account, secret, name = await _find_user(session, username), password, username
-        failure = (400, "invalid_grant", "Wrong username or password.", None)
+        failure = _WRONG_PASSWORD
     else:
         return _oauth_error(400, "unsupported_grant_type", "Use client_credentials or password.")
 
+    result = await sign_in(
+        request,
+        session,
+        settings,
+        keyring,
+        account=account,
+        secret=secret,
+        grant=Grant(grant_type, name, scope, failure),
+    )
+    if isinstance(result, SignInRefused):
+        return _oauth_error(result.status, result.error, result.description, result.headers)
+    return JSONResponse(result.model_dump(), headers=NO_STORE)
+
+
+@dataclass(frozen=True)
+class SignInRefused:
+    status: int
+    error: str  # RFC 6749 error code
+    description: str
+    headers: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Grant:
+    grant_type: str
+    name: str  # the client id or username tried, for the audit event
+    scope: str | None
+    failure: tuple[int, str, str, dict[str, str] | None]  # the answer to a wrong secret
+
+
+async def sign_in(
+    request: Request,
+    session: AsyncSession,
+    settings: Settings,
+    keyring: KeyRing,
+    *,
+    account: _Account,
+    secret: str,
+    grant: Grant,
+) -> TokenResponse | SignInRefused:
+    """Lock-out, the secret, the scopes, then a token recorded as issued. Failures and
+    lock-outs are audit events. The token endpoint and the web client's sign-in share it."""
     event = AuditEvent(
         principal=account.login_key,
         outcome="refused",
         **request_context(request),
-        detail={"grant_type": grant_type, "name": name[:100]},
+        detail={"grant_type": grant.grant_type, "name": grant.name[:100]},
     )
     locked_for = await _locked_for(session, settings, account)
     if locked_for:
         event.event_type, event.refusal = "auth.login_locked", "locked_out"
         await record(session, event)
-        return _oauth_error(
+        return SignInRefused(
             429,
             "slow_down",
             "Too many failed attempts; try again later.",
@@ -195,17 +244,17 @@ async def token(
         )
     await session.commit()  # release SQLite's write lock before the slow hash check
     if not (await verify_secret(secret, account.secret_hash) and account.active):
-        event.event_type, event.refusal = "auth.login_failed", failure[1]
+        event.event_type, event.refusal = "auth.login_failed", grant.failure[1]
         await record(session, event)
-        return _oauth_error(*failure)
+        return SignInRefused(*grant.failure)
     assert account.subject is not None
     assert account.organisation is not None
 
     organisation = account.organisation
     grantable = account.scopes & SCOPES_BY_KIND[OrganisationKind(organisation.kind)]
-    requested = set(scope.split()) if scope else None
+    requested = set(grant.scope.split()) if grant.scope else None
     if requested is not None and not requested <= grantable:
-        return _oauth_error(400, "invalid_scope", "A requested scope is not granted to you.")
+        return SignInRefused(400, "invalid_scope", "A requested scope is not granted to you.")
     scopes = sorted(requested if requested is not None else grantable)
     issued = await issue_token(
         keyring,
@@ -222,10 +271,29 @@ async def token(
         )
     )
     await session.commit()
-    body = TokenResponse(
+    return TokenResponse(
         access_token=issued.token, expires_in=settings.token_ttl_seconds, scope=" ".join(scopes)
     )
-    return JSONResponse(body.model_dump(), headers=NO_STORE)
+
+
+async def sign_in_user(
+    request: Request,
+    session: AsyncSession,
+    settings: Settings,
+    keyring: KeyRing,
+    username: str,
+    password: str,
+) -> TokenResponse | SignInRefused:
+    """The password grant, for the web client's sign-in form."""
+    return await sign_in(
+        request,
+        session,
+        settings,
+        keyring,
+        account=await _find_user(session, username),
+        secret=password,
+        grant=Grant("password", username, None, _WRONG_PASSWORD),
+    )
 
 
 @router.get("/.well-known/jwks.json", response_model=JWKS, summary="Public signing keys")

@@ -1,0 +1,246 @@
+"""The thin web client, through real HTTP on the app: sign-in, the lookup page, the
+review page, and the defences of a cookie session (CSRF, foreign origins, headers)."""
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.audit.models import AuditEvent
+from tests.conftest import NHS, World
+
+REASON = "attended out of hours with a head injury"
+
+
+@pytest.fixture
+async def browser(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client that keeps cookies, as a browser does (each test its own jar)."""
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 50001))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+def _csrf(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert found is not None
+    return found.group(1)
+
+
+async def _sign_in(browser: httpx.AsyncClient, world: World, who: str) -> httpx.Response:
+    page = await browser.get("/web/sign-in")
+    credentials = world[who].credentials
+    return await browser.post(
+        "/web/sign-in",
+        data={
+            "csrf_token": _csrf(page),
+            "username": credentials["username"],
+            "password": credentials["password"],
+        },
+    )
+
+
+async def _look_up(browser: httpx.AsyncClient, **fields: str) -> httpx.Response:
+    page = await browser.get("/web/lookup")
+    assert page.status_code == 200
+    data = {"purpose": "out_of_hours_referral", "reason": REASON, **fields}
+    return await browser.post("/web/lookup", data={"csrf_token": _csrf(page), **data})
+
+
+async def test_signing_in_sets_a_strict_httponly_session_cookie(
+    browser: httpx.AsyncClient, world: World
+) -> None:
+    response = await _sign_in(browser, world, "duty_officer")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/web/lookup"
+    cookie = next(c for c in response.headers.get_list("set-cookie") if "cpr_session=" in c)
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert "Path=/web" in cookie
+
+
+async def test_a_wrong_password_is_refused_and_audited_as_the_api_does(
+    browser: httpx.AsyncClient, world: World, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    page = await browser.get("/web/sign-in")
+    username = world["duty_officer"].credentials["username"]
+    response = await browser.post(
+        "/web/sign-in",
+        data={"csrf_token": _csrf(page), "username": username, "password": "wrong"},
+    )
+    assert response.status_code == 401
+    assert "Wrong username or password" in response.text
+    assert "cpr_session=" not in response.headers.get("set-cookie", "")
+    async with sessionmaker() as session:
+        failed = await session.scalar(
+            select(AuditEvent).where(
+                AuditEvent.event_type == "auth.login_failed",
+                AuditEvent.source_address == "203.0.113.9",
+            )
+        )
+    assert failed is not None
+
+
+async def test_the_lookup_page_answers_as_the_api_and_records_the_same_event(
+    browser: httpx.AsyncClient, world: World, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    await _sign_in(browser, world, "duty_officer")
+    response = await _look_up(browser, nhs_number=NHS["neglect"])
+    assert response.status_code == 200
+    assert "On a child protection plan" in response.text
+    assert "neglect" in response.text
+    assert 'role="status"' in response.text
+    # The identifiers are not echoed back beside the answer.
+    assert NHS["neglect"] not in response.text
+    lookup_id = re.search(r"Lookup reference ([0-9a-f-]{36})", response.text)
+    assert lookup_id is not None
+    async with sessionmaker() as session:
+        event = await session.get(AuditEvent, uuid.UUID(lookup_id.group(1)))
+    assert event is not None
+    assert (event.event_type, event.outcome) == ("lookup", "on_plan")
+    assert event.principal == world["duty_officer"].subject
+    assert (event.purpose, event.reason) == ("out_of_hours_referral", REASON)
+    assert event.query is not None
+    assert event.query["nhs_number"] == NHS["neglect"]
+    assert event.enquirer is not None
+    assert event.enquirer["id"] == world["duty_officer"].subject
+
+
+async def test_a_refusal_is_shown_with_the_form_kept(
+    browser: httpx.AsyncClient, world: World
+) -> None:
+    await _sign_in(browser, world, "duty_officer")
+    response = await _look_up(browser, given_name="J", family_name="Smith")
+    assert response.status_code == 422
+    assert 'role="alert"' in response.text
+    assert 'value="Smith"' in response.text
+
+
+async def test_a_post_without_the_csrf_token_is_refused_and_nothing_looked_up(
+    browser: httpx.AsyncClient, world: World, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    await _sign_in(browser, world, "duty_officer")
+    reason = f"forged form {uuid.uuid4().hex}"
+    for token in ("", "forged"):
+        response = await browser.post(
+            "/web/lookup",
+            data={
+                "csrf_token": token,
+                "nhs_number": NHS["neglect"],
+                "purpose": "out_of_hours_referral",
+                "reason": reason,
+            },
+        )
+        assert response.status_code == 403
+        assert "neglect" not in response.text
+    async with sessionmaker() as session:
+        asked = await session.scalar(select(AuditEvent.id).where(AuditEvent.reason == reason))
+    assert asked is None  # never reached the lookup, so never asked
+
+
+async def test_a_form_posted_from_another_site_is_refused(
+    browser: httpx.AsyncClient, world: World
+) -> None:
+    await _sign_in(browser, world, "duty_officer")
+    page = await browser.get("/web/lookup")
+    response = await browser.post(
+        "/web/lookup",
+        data={
+            "csrf_token": _csrf(page),
+            "nhs_number": NHS["neglect"],
+            "purpose": "out_of_hours_referral",
+            "reason": REASON,
+        },
+        headers={"Origin": "https://evil.example"},
+    )
+    assert response.status_code == 403
+    assert "On a child protection plan" not in response.text
+
+
+async def test_every_page_carries_a_strict_content_security_policy(
+    browser: httpx.AsyncClient, world: World
+) -> None:
+    pages = [await browser.get("/web/sign-in")]
+    await _sign_in(browser, world, "duty_officer")
+    pages.append(await browser.get("/web/lookup"))
+    for page in pages:
+        assert page.status_code == 200
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'none'" in csp
+        assert "frame-ancestors 'none'" in csp
+        assert "script-src" not in csp
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert page.headers["cache-control"] == "no-store"
+        assert "<script" not in page.text
+        assert "http://" not in page.text
+        assert "https://" not in page.text
+
+
+async def test_without_a_session_the_pages_send_you_to_sign_in(
+    browser: httpx.AsyncClient,
+) -> None:
+    for path in ("/web/lookup", "/web/audit"):
+        response = await browser.get(path)
+        assert response.status_code == 303
+        assert response.headers["location"] == "/web/sign-in"
+    browser.cookies.set("cpr_session", "not-a-token", path="/web")
+    response = await browser.get("/web/lookup")
+    assert response.headers["location"] == "/web/sign-in"
+
+
+async def test_a_custodian_cannot_look_up_from_the_page(
+    browser: httpx.AsyncClient, world: World
+) -> None:
+    signed_in = await _sign_in(browser, world, "custodian_a")
+    assert signed_in.headers["location"] == "/web/audit"
+    response = await _look_up(browser, nhs_number=NHS["neglect"])
+    assert response.status_code == 403
+    assert "On a child protection plan" not in response.text
+
+
+async def test_the_review_page_shows_only_the_custodians_own_children(
+    app: FastAPI, world: World
+) -> None:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.10", 50002))
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as officer,
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as custodian_b,
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as custodian_a,
+    ):
+        await _sign_in(officer, world, "duty_officer")
+        unique = uuid.uuid4().hex
+        marker = f"web review {unique} <script>alert(1)</script>"
+        page = await officer.get("/web/lookup")
+        asked = await officer.post(
+            "/web/lookup",
+            data={
+                "csrf_token": _csrf(page),
+                "nhs_number": NHS["neglect"],
+                "purpose": "out_of_hours_referral",
+                "reason": marker,
+            },
+        )
+        assert asked.status_code == 200
+        await _sign_in(custodian_a, world, "custodian_a")
+        await _sign_in(custodian_b, world, "custodian_b")
+        seen_by_a = await custodian_a.get("/web/audit")
+        seen_by_b = await custodian_b.get("/web/audit")
+    assert seen_by_a.status_code == 200
+    assert unique in seen_by_a.text
+    assert "<script>alert(1)</script>" not in seen_by_a.text  # escaped, never markup
+    assert "&lt;script&gt;" in seen_by_a.text
+    assert seen_by_b.status_code == 200
+    assert unique not in seen_by_b.text
+
+
+async def test_a_duty_officer_cannot_open_the_review_page(
+    browser: httpx.AsyncClient, world: World
+) -> None:
+    await _sign_in(browser, world, "duty_officer")
+    response = await browser.get("/web/audit")
+    assert response.status_code == 403
+    assert "<table" not in response.text
