@@ -8,7 +8,7 @@ PORT ?= 8000
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run test lint openapi bench clean
+.PHONY: install run test lint browser openapi bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
@@ -25,8 +25,14 @@ run: install
 	@echo "Serving on http://$(HOST):$(PORT)  (Ctrl-C to stop)"
 	$(BIN)/uvicorn app.main:create_app --factory --host $(HOST) --port $(PORT) --no-access-log
 
-test: install lint
+test: install lint browser
 	$(BIN)/pytest
+
+# The web client's browser test (tests/test_web_browser.py) drives Debian's Chromium.
+# Installed when it can be (root, apt); without it that test skips, or fails under CI.
+browser:
+	@command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) \
+		|| echo "Chromium not installed: tests/test_web_browser.py will skip"
 
 lint: install
 	$(BIN)/ruff check app tests migrations bench

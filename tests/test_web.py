@@ -142,8 +142,9 @@ async def test_a_post_without_the_csrf_token_is_refused_and_nothing_looked_up(
     assert asked is None  # never reached the lookup, so never asked
 
 
+@pytest.mark.parametrize("origin", ["https://evil.example", "http://testserver.evil", "null"])
 async def test_a_form_posted_from_another_site_is_refused(
-    browser: httpx.AsyncClient, world: World
+    browser: httpx.AsyncClient, world: World, origin: str
 ) -> None:
     await _sign_in(browser, world, "duty_officer")
     page = await browser.get("/web/lookup")
@@ -155,7 +156,7 @@ async def test_a_form_posted_from_another_site_is_refused(
             "purpose": "out_of_hours_referral",
             "reason": REASON,
         },
-        headers={"Origin": "https://evil.example"},
+        headers={"Origin": origin},
     )
     assert response.status_code == 403
     assert "On a child protection plan" not in response.text

@@ -40,7 +40,9 @@ SECURITY_HEADERS = {
         "frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it, browsers send "Origin: null" on our own forms, and the
+    # origin check (app/web/session.py) could not tell them from a foreign site's.
+    "Referrer-Policy": "same-origin",
     # Answers and enquiries must not linger in a shared browser's cache.
     "Cache-Control": "no-store",
 }
