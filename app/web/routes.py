@@ -9,10 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.review import EnquiryListQuery, list_enquiries
 from app.audit.routes import admit_reviewer
-from app.auth.principals import KeyRingDep, SettingsDep, authenticate
+from app.auth.keys import KeyRing
+from app.auth.principals import KeyRingDep, Principal, SettingsDep, authenticate
 from app.auth.routes import SignInRefused, sign_in_user
 from app.config import Settings
 from app.db import SessionDep
@@ -83,6 +85,21 @@ def _to_sign_in(settings: Settings) -> Response:
     return response
 
 
+async def _signed_in(
+    request: Request, session: AsyncSession, settings: Settings, keyring: KeyRing
+) -> tuple[str, Principal] | None:
+    """The session's token and its principal; None without a session, or when the token
+    no longer holds (expired, revoked, principal disabled: refused and audited as the
+    API refuses it), which sends the browser back to sign in."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    try:
+        return token, await authenticate(request, session, settings, keyring, token)
+    except ProblemError:
+        return None
+
+
 @router.get("/")
 async def home() -> Response:
     return RedirectResponse("/web/lookup", status_code=303)
@@ -136,13 +153,10 @@ async def sign_out(request: Request, settings: SettingsDep) -> Response:
 async def lookup_page(
     request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
 ) -> Response:
-    token = request.cookies.get(SESSION_COOKIE)
-    if not token:
+    signed_in = await _signed_in(request, session, settings, keyring)
+    if signed_in is None:
         return _to_sign_in(settings)
-    try:
-        principal = await authenticate(request, session, settings, keyring, token)
-    except ProblemError:
-        return _to_sign_in(settings)
+    _, principal = signed_in
     return _lookup_form(request, settings, principal.display_name)
 
 
@@ -181,14 +195,11 @@ async def lookup(
 ) -> Response:
     posted = await request.form()
     check_form(request, posted.get(CSRF_FIELD))
-    token = request.cookies.get(SESSION_COOKIE)
-    if not token:
+    signed_in = await _signed_in(request, session, settings, keyring)
+    if signed_in is None:
         return _to_sign_in(settings)
+    token, principal = signed_in
     form = {field: str(posted.get(field, "")).strip() for field in LOOKUP_FIELDS}
-    try:
-        principal = await authenticate(request, session, settings, keyring, token)
-    except ProblemError:
-        return _to_sign_in(settings)
     try:
         answer = await answer_enquiry(request, token, _enquiry(form))
     except ProblemError as problem:
@@ -210,13 +221,10 @@ async def lookup(
 async def audit_page(
     request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
 ) -> Response:
-    token = request.cookies.get(SESSION_COOKIE)
-    if not token:
+    signed_in = await _signed_in(request, session, settings, keyring)
+    if signed_in is None:
         return _to_sign_in(settings)
-    try:
-        principal = await authenticate(request, session, settings, keyring, token)
-    except ProblemError:
-        return _to_sign_in(settings)
+    _, principal = signed_in
     context: dict[str, Any] = {
         "title": "Enquiries about your children",
         "who": principal.display_name,
