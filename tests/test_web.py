@@ -137,6 +137,9 @@ async def test_a_post_without_the_csrf_token_is_refused_and_nothing_looked_up(
         )
         assert response.status_code == 403
         assert "neglect" not in response.text
+        # A page that says why, with a fresh form to start again from.
+        assert response.headers["content-type"].startswith("text/html")
+        assert "This form has expired" in response.text
     async with sessionmaker() as session:
         asked = await session.scalar(select(AuditEvent.id).where(AuditEvent.reason == reason))
     assert asked is None  # never reached the lookup, so never asked

@@ -79,6 +79,25 @@ def _page(
     return response
 
 
+def _form_refused(request: Request, settings: Settings, form_token: object) -> Response | None:
+    """A page saying why, when the form did not come from our own pages (nothing in it
+    is used); None when it did. The page carries a fresh form to start again from."""
+    try:
+        check_form(request, form_token)
+    except ProblemError as problem:
+        error = {"title": problem.title, "detail": problem.detail}
+        return _page(
+            request,
+            settings,
+            "sign_in.html",
+            status_code=problem.status,
+            title="Sign in",
+            username="",
+            error=error,
+        )
+    return None
+
+
 def _to_sign_in(settings: Settings) -> Response:
     response = RedirectResponse("/web/sign-in", status_code=303, headers=SECURITY_HEADERS)
     end_session(response, settings)
@@ -120,7 +139,8 @@ async def sign_in(
     request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
 ) -> Response:
     form = await request.form()
-    check_form(request, form.get(CSRF_FIELD))
+    if (refused := _form_refused(request, settings, form.get(CSRF_FIELD))) is not None:
+        return refused
     username, password = str(form.get("username", "")), str(form.get("password", ""))
     result = await sign_in_user(request, session, settings, keyring, username, password)
     if isinstance(result, SignInRefused):
@@ -145,7 +165,8 @@ async def sign_in(
 @router.post("/web/sign-out")
 async def sign_out(request: Request, settings: SettingsDep) -> Response:
     form = await request.form()
-    check_form(request, form.get(CSRF_FIELD))
+    if (refused := _form_refused(request, settings, form.get(CSRF_FIELD))) is not None:
+        return refused
     return _to_sign_in(settings)
 
 
@@ -194,7 +215,8 @@ async def lookup(
     request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
 ) -> Response:
     posted = await request.form()
-    check_form(request, posted.get(CSRF_FIELD))
+    if (refused := _form_refused(request, settings, posted.get(CSRF_FIELD))) is not None:
+        return refused
     signed_in = await _signed_in(request, session, settings, keyring)
     if signed_in is None:
         return _to_sign_in(settings)
