@@ -30,4 +30,4 @@ ENV CPR_ENVIRONMENT=production \
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
 CMD ["uvicorn", "app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", \
-     "--proxy-headers", "--no-access-log", "--workers", "2"]
+     "--proxy-headers", "--no-access-log", "--workers", "2", "--timeout-graceful-shutdown", "20"]

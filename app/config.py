@@ -31,9 +31,29 @@ class Settings(BaseSettings):
     # Per worker. No overflow: connections opened and closed under load cost
     # PostgreSQL a backend each; requests wait for a pooled one instead.
     database_pool_size: int = 20
-    # PostgreSQL: the role the service acts as (SET ROLE on every connection), e.g.
-    # cpr_app, which has only INSERT and SELECT on the audit log. Migrations ignore it.
+    # PostgreSQL: the role the service acts as, e.g. cpr_app, which has only INSERT and
+    # SELECT on the audit log. Given to the server when each connection opens (a
+    # session default that no ROLLBACK or RESET undoes) and checked before the
+    # connection is used. Required in production. Migrations ignore it.
     database_role: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")] | None = None
+
+    # Every wait on the database is bounded (seconds): a database that is down,
+    # unreachable or hung gives 503 within about request_timeout_seconds, never a hang.
+    database_connect_timeout_seconds: Annotated[float, Field(gt=0)] = 1.5
+    database_pool_timeout_seconds: Annotated[float, Field(gt=0)] = 1.0
+    # statement_timeout on the server, and the driver's own command timeout (a little
+    # longer) for a server that does not answer at all.
+    database_statement_timeout_seconds: Annotated[float, Field(gt=0)] = 2.0
+    database_lock_timeout_seconds: Annotated[float, Field(gt=0)] = 1.0
+    # A transaction left open (a bug, a client gone) is ended by the server.
+    database_idle_in_transaction_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # Any request not answered within this is answered 503 (nothing disclosed).
+    request_timeout_seconds: Annotated[float, Field(gt=0)] = 2.0
+    # The deadline of the few requests that are long by nature: a register import
+    # (up to 50,000 rows read, checked and written) and a verification of the whole log.
+    long_request_timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
+    # Stopping: the final seal and closing the pool, however the database is.
+    shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
 
     # Tokens. The issuer and audience are checked on every request.
     token_issuer: str = "https://cp-register.local"  # noqa: S105
@@ -127,14 +147,29 @@ class Settings(BaseSettings):
         password = make_url(self.database_url).password
         if password is not None and password.lower() in PLACEHOLDER_SECRETS:
             raise ValueError("DATABASE_URL carries a placeholder password")
-        if self.environment is Environment.production and not any(self.key_dir.glob("*.pem")):
+        if (
+            self.environment is Environment.production
+            and not self.is_sqlite
+            and self.database_role is None
+        ):
+            raise ValueError(
+                "CPR_DATABASE_ROLE is required in production (the role the service acts as, "
+                "e.g. cpr_app; docs/audit-log.md)"
+            )
+        return self
+
+    def check_keys_to_serve(self) -> None:
+        """Production serves only with its keys in place. Not a validator: the commands
+        that create the keys (`cpr keys rotate`, `cpr audit keygen`) run before they exist."""
+        if self.environment is not Environment.production:
+            return
+        if not any(self.key_dir.glob("*.pem")):
             raise ValueError(f"no signing key in {self.key_dir}; create one with `cpr keys rotate`")
-        if self.environment is Environment.production and not self.checkpoint_key_path.exists():
+        if not self.checkpoint_key_path.exists():
             raise ValueError(
                 f"no checkpoint key at {self.checkpoint_key_path}; create one with "
                 "`cpr audit keygen`"
             )
-        return self
 
 
 @lru_cache

@@ -9,8 +9,9 @@ from typing import Annotated, Any, ClassVar
 
 import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import JSON, DateTime, Dialect, Executable, MetaData, Select, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import JSON, DateTime, Dialect, Executable, MetaData, Select, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError, EmulatedDBAPIException, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -70,13 +71,35 @@ POOL_RECYCLE_SECONDS = 3600
 # transaction, which in WAL mode never waits for, nor blocks, a writer.
 READ_ONLY_OPTION = "cpr_read_only"
 
+# The driver's own timeout on a statement outlives the server's statement_timeout by
+# this much: the server cancels a slow statement itself (and says so); the driver
+# gives up only on a server that does not answer at all (hung, frozen, partitioned).
+DRIVER_TIMEOUT_MARGIN_SECONDS = 0.5
 
-def create_engine(settings: Settings) -> AsyncEngine:
+
+class WrongRole(Exception):
+    """A connection does not act as the configured role: it is never used."""
+
+
+def create_engine(settings: Settings, *, owner: bool = False) -> AsyncEngine:
+    """The one engine of a process, and with it the one way to open a connection.
+
+    ``owner``: for migrations, which run as the login role itself (the schema owner),
+    with no statement or lock timeouts (DDL may wait and take long).
+    """
     # hide_parameters: SQL errors must never carry a child's identifiers into the logs.
     if settings.is_sqlite:
-        engine = create_async_engine(settings.database_url, hide_parameters=True)
+        engine = create_async_engine(
+            settings.database_url,
+            hide_parameters=True,
+            pool_timeout=settings.database_pool_timeout_seconds,
+        )
         _configure_sqlite(engine)
         return engine
+
+    async def connect() -> asyncpg.Connection:
+        return await open_connection(settings, owner=owner)
+
     # No pre-ping: on asyncpg it costs three round trips per checkout (BEGIN, an empty
     # query, ROLLBACK). A connection the server has dropped fails its first statement
     # instead; SQLAlchemy then invalidates the pool's older connections, and the request
@@ -84,24 +107,106 @@ def create_engine(settings: Settings) -> AsyncEngine:
     # Connections are recycled hourly so none outlives idle timeouts on the way.
     engine = create_async_engine(
         settings.database_url,
+        async_creator=connect,
         hide_parameters=True,
         pool_size=settings.database_pool_size,
         max_overflow=0,
+        pool_timeout=settings.database_pool_timeout_seconds,
         pool_recycle=POOL_RECYCLE_SECONDS,
     )
-    if settings.database_role:
-        _set_role(engine, settings.database_role)
+    _refuse_busy_connections(engine)
     return engine
 
 
-def _set_role(engine: AsyncEngine, role: str) -> None:
-    """Every connection acts as ``role`` (validated as an identifier in Settings)."""
+# Whether the acting role could change the log (superuser, owner, or UPDATE / DELETE /
+# TRUNCATE granted): the service must act as a role that can only add to it.
+_LOG_CHANGEABLE = text(
+    "SELECT current_user AS acting, r.rolsuper"
+    " OR pg_has_role(current_user, c.relowner, 'MEMBER')"
+    " OR has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE') AS can_change_log"
+    " FROM pg_roles r, pg_class c"
+    " WHERE r.rolname = current_user AND c.oid = to_regclass('audit_events')"
+)
 
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"SET ROLE {role}")
-        cursor.close()
+
+async def check_acting_role(engine: AsyncEngine, settings: Settings) -> str | None:
+    """At start: the role the connections act as, if it is one that can change the log
+    (None if it cannot, or on SQLite, or before the first migration).
+
+    Opening the connection already checked it acts as the configured role (WrongRole
+    otherwise). Raises what the database raises when it cannot be reached.
+    """
+    if settings.is_sqlite:
+        return None
+    async with engine.connect() as connection:
+        row = (await connection.execute(_LOG_CHANGEABLE)).first()
+    if row is not None and row.can_change_log:
+        return str(row.acting)
+    return None
+
+
+def _milliseconds(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)))
+
+
+async def open_connection(settings: Settings, *, owner: bool = False) -> asyncpg.Connection:
+    """Open a PostgreSQL connection acting as the configured role, with every wait bounded.
+
+    The role is a startup parameter, not a ``SET ROLE`` statement: it becomes the
+    session's default, which no ROLLBACK, ``RESET ROLE`` or ``DISCARD ALL`` undoes,
+    and no statement runs (so no transaction opens) before the connection is handed
+    over. Then the connection is checked: it must act as the role and be idle.
+    """
+    server_settings = {"application_name": "cp-register"}
+    role = None if owner else settings.database_role
+    if role is not None:
+        server_settings["role"] = role
+    if not owner:
+        server_settings |= {
+            "statement_timeout": _milliseconds(settings.database_statement_timeout_seconds),
+            "lock_timeout": _milliseconds(settings.database_lock_timeout_seconds),
+            "idle_in_transaction_session_timeout": _milliseconds(
+                settings.database_idle_in_transaction_timeout_seconds
+            ),
+        }
+    url = make_url(settings.database_url)
+    connection = await asyncpg.connect(
+        url.set(drivername="postgresql").render_as_string(hide_password=False),
+        timeout=settings.database_connect_timeout_seconds,
+        command_timeout=None
+        if owner
+        else settings.database_statement_timeout_seconds + DRIVER_TIMEOUT_MARGIN_SECONDS,
+        server_settings=server_settings,
+    )
+    try:
+        acting = await connection.fetchval(
+            "SELECT current_user", timeout=settings.database_connect_timeout_seconds
+        )
+        expected = role or url.username
+        if expected is not None and acting != expected:
+            raise WrongRole(f"the connection acts as {acting!r}, not {expected!r}")
+        if connection.is_in_transaction():
+            raise WrongRole("a new connection is inside a transaction")
+    except BaseException:
+        connection.terminate()
+        raise
+    return connection
+
+
+def _refuse_busy_connections(engine: AsyncEngine) -> None:
+    """A pooled connection is handed out only idle: outside any transaction, open.
+
+    A client-side check (the driver tracks the server's transaction status from
+    every reply), so it costs nothing; a connection that fails it is discarded and
+    the pool hands out another, so nothing runs on a connection in a state no one
+    established.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if driver.is_closed() or driver.is_in_transaction():
+            raise DisconnectionError("pooled connection not idle")
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -149,13 +254,17 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 # audit INSERT). Through SQLAlchemy's AsyncConnection each costs about 0.2 ms of Python
 # above what the driver needs, and a checked-out Connection another 0.2 ms; on a
 # two-core machine that was a quarter of a lookup's CPU. So the hot path takes a
-# connection straight from the engine's pool (same pool, same SET ROLE, same recycling)
-# and, on PostgreSQL, runs the statements through asyncpg itself: the SQL is compiled
-# once from the same Core statements, and values pass through the same type processors
-# SQLAlchemy would use. Each statement commits itself (asyncpg outside a transaction
-# is autocommit; a single INSERT is atomic, trigger and all), so the audit event is
-# durable when the INSERT returns. On SQLite, SQLAlchemy Core: the reads in a deferred
-# transaction, the INSERT in a BEGIN IMMEDIATE one, committed explicitly. Either way
+# connection straight from the engine's pool (same pool, same connection set-up, same
+# checks at checkout, same recycling) and, on PostgreSQL, runs the statements through
+# asyncpg itself: the SQL is compiled once from the same Core statements, and values
+# pass through the same type processors SQLAlchemy would use. Each statement commits
+# itself (asyncpg outside a transaction is autocommit; a single INSERT is atomic,
+# trigger and all), so the audit event is durable when the INSERT returns. That is
+# not assumed but proved on every lookup, from what the driver already knows: the
+# connection is outside any transaction when it is taken, the INSERT reports one row,
+# and the connection is still outside a transaction after it. On SQLite, SQLAlchemy
+# Core: the reads in a deferred transaction, the INSERT in a BEGIN IMMEDIATE one,
+# committed explicitly. Either way
 # the reads and the write are not one transaction; at READ COMMITTED (PostgreSQL's
 # default) they never saw one snapshot anyway, and two concurrent lookups could
 # always both count below a limit before either wrote.
@@ -163,6 +272,20 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 class DatabaseUnavailable(Exception):
     """A hot-path statement failed: the database refused it or could not be reached."""
+
+
+# What a database that is down, unreachable, hung, restarting or refusing raises, from
+# the driver, the pool or SQLAlchemy: each is answered 503 (app/errors.py), never 500.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    SQLAlchemyError,
+    EmulatedDBAPIException,  # the driver's errors as SQLAlchemy's adapter raises them
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+    WrongRole,
+    DatabaseUnavailable,
+)
 
 
 @dataclass(frozen=True)
@@ -216,7 +339,7 @@ class HotStatement:
 
 
 class HotConnection:
-    """The lookup's connection: fetch rows, execute, commit; any failure of the
+    """The lookup's connection: fetch rows, insert one row, commit; any failure of the
     database is DatabaseUnavailable (the caller fails closed)."""
 
     dialect_name: str
@@ -226,10 +349,12 @@ class HotConnection:
     ) -> Sequence[Mapping[str, Any]]:
         raise NotImplementedError
 
-    async def execute(self, statement: HotStatement, parameters: Mapping[str, Any]) -> None:
+    async def insert_one(self, statement: HotStatement, parameters: Mapping[str, Any]) -> None:
+        """Run an INSERT that must write exactly one row."""
         raise NotImplementedError
 
     async def commit(self) -> None:
+        """Make what was written durable, or raise DatabaseUnavailable."""
         raise NotImplementedError
 
 
@@ -241,6 +366,17 @@ class _AsyncpgConnection(HotConnection):
         self._dialect = dialect
         self.broken = False  # never to be handed out again
         self.lost = False  # the database ended it, and most likely its siblings too
+
+    def check_idle(self) -> None:
+        """Autocommit is what makes each statement durable as it returns: on a
+        connection inside a transaction the event would wait for a COMMIT that nobody
+        sends, and be rolled back when the connection goes back. Refuse such a one."""
+        if self._driver.is_closed() or self._driver.is_in_transaction():
+            self.broken = True
+            raise DatabaseUnavailable("connection_not_idle")
+
+    def terminate(self) -> None:
+        self._driver.terminate()
 
     async def _run(
         self, method: str, statement: HotStatement, parameters: Mapping[str, Any]
@@ -256,7 +392,8 @@ class _AsyncpgConnection(HotConnection):
             raise
         except Exception as exc:
             # A statement the server refused leaves the connection usable; a connection
-            # that failed, or that the server ended (a restart, a failover), is not.
+            # that failed, timed out, or that the server ended (a restart, a failover),
+            # is not.
             self.lost = self._driver.is_closed() or not isinstance(exc, asyncpg.PostgresError)
             self.broken = self.lost
             raise DatabaseUnavailable(type(exc).__name__) from exc
@@ -268,11 +405,18 @@ class _AsyncpgConnection(HotConnection):
         compiled = statement.compiled(self._dialect)
         return [compiled.mapping(record) for record in records]
 
-    async def execute(self, statement: HotStatement, parameters: Mapping[str, Any]) -> None:
-        await self._run("execute", statement, parameters)
+    async def insert_one(self, statement: HotStatement, parameters: Mapping[str, Any]) -> None:
+        status = await self._run("execute", statement, parameters)
+        if status != "INSERT 0 1":
+            self.broken = True
+            raise DatabaseUnavailable(f"insert_reported_{status!r}")
 
     async def commit(self) -> None:
-        """Nothing to do: each statement committed as it ran."""
+        """Each statement committed as it ran, which holds only outside a transaction:
+        checked, not assumed."""
+        if self._driver.is_closed() or self._driver.is_in_transaction():
+            self.broken = True
+            raise DatabaseUnavailable("not_committed")
 
 
 class _CoreConnection(HotConnection):
@@ -297,16 +441,18 @@ class _CoreConnection(HotConnection):
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
 
-    async def execute(self, statement: HotStatement, parameters: Mapping[str, Any]) -> None:
+    async def insert_one(self, statement: HotStatement, parameters: Mapping[str, Any]) -> None:
         try:
             if not self._writing:
                 if self._connection.in_transaction():
                     await self._connection.commit()  # the reads' transaction
                 await self._connection.execution_options(**{READ_ONLY_OPTION: False})
                 self._writing = True
-            await self._connection.execute(statement.statement, dict(parameters))
+            result = await self._connection.execute(statement.statement, dict(parameters))
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
+        if result.rowcount != 1:
+            raise DatabaseUnavailable(f"insert_wrote_{result.rowcount}_rows")
 
     async def commit(self) -> None:
         try:
@@ -326,17 +472,24 @@ async def hot_connection(
         try:
             async with engine.connect() as connection:
                 yield _CoreConnection(connection)
-        except SQLAlchemyError as exc:
+        except DatabaseUnavailable:
+            raise
+        except DATABASE_ERRORS as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
         return
     try:
         pooled = await engine.raw_connection()
-    except SQLAlchemyError as exc:
+    except DATABASE_ERRORS as exc:
         raise DatabaseUnavailable(type(exc).__name__) from exc
     hot = _AsyncpgConnection(pooled, engine.dialect)
     try:
+        hot.check_idle()
         yield hot
     finally:
+        if hot.broken or hot.lost:
+            # Cut at once, not closed politely: a server that stopped answering would
+            # hold the goodbye, and the caller's 503, for seconds.
+            hot.terminate()
         # In a greenlet: returning (or discarding) a connection may have to await it.
         if hot.lost:
             # As SQLAlchemy does on a disconnect: every connection the pool holds that is

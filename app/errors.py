@@ -10,6 +10,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from app.config import Settings
+from app.db import DATABASE_ERRORS
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = structlog.get_logger()
 
@@ -62,6 +65,17 @@ def problem_response(
     )
 
 
+def unavailable_response(settings: Settings | None) -> JSONResponse:
+    """503: the database cannot be reached or written, so nothing is answered."""
+    detail = "The service cannot reach its database just now, so nothing was answered."
+    if settings is not None:
+        detail += (
+            f" Try again shortly; if it cannot wait, call {settings.duty_contact_name} "
+            f"on {settings.duty_contact_phone}."
+        )
+    return problem_response(503, "Service unavailable", detail, headers={"Retry-After": "5"})
+
+
 def safe_validation_errors(errors: Any) -> list[dict[str, Any]]:
     """Validation errors without the submitted values: they may be a child's identifiers."""
     return [
@@ -105,6 +119,16 @@ def install_handlers(app: FastAPI) -> None:
         # asked, nothing for an operator to be paged about.
         log.info("client_disconnected")
         return Response(status_code=400)
+
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # Down, unreachable, hung, restarting, or refusing (a privilege revoked): nothing
+        # can be decided or recorded, so nothing is answered. Logged by kind only: a
+        # driver's message may quote a statement's values.
+        log.error("database_unavailable", error_type=type(exc).__name__)
+        return unavailable_response(getattr(request.app.state, "settings", None))
+
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -6,8 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+import asyncpg
+import structlog
 from fastapi import FastAPI
 from pydantic.json_schema import models_json_schema
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import health
 from app.admin import routes as admin_routes
@@ -19,12 +22,18 @@ from app.audit.sealing import Sequencer
 from app.auth import routes as auth_routes
 from app.auth.keys import KeyRing
 from app.config import Environment, Settings, get_settings
-from app.db import create_engine, create_sessionmaker
+from app.db import (
+    DATABASE_ERRORS,
+    WrongRole,
+    check_acting_role,
+    create_engine,
+    create_sessionmaker,
+)
 from app.errors import install_handlers
 from app.logging import configure_logging
 from app.lookup import routes as lookup_routes
 from app.lookup.schemas import LookupRequest
-from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.middleware import BodyLimitMiddleware, DeadlineMiddleware, RequestContextMiddleware
 from app.notifications import routes as notification_routes
 from app.notifications import webhooks as notification_webhooks
 from app.notifications.notifier import Notifier
@@ -32,15 +41,22 @@ from app.register import routes as register_routes
 from app.web import routes as web_routes
 
 API_VERSION = "1.0.0"
+log = structlog.get_logger()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.check_keys_to_serve()
     configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
+        try:
+            await _check_database(engine, settings)
+        except BaseException:
+            await engine.dispose()
+            raise
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.keyring = KeyRing(app.state.sessionmaker, settings.key_dir)
         app.state.sequencer = None
@@ -65,17 +81,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            if notifying is not None:
-                notifying.cancel()
-                with suppress(asyncio.CancelledError):
-                    await notifying
-            await app.state.notifier.close()
-            if sealing is not None:
-                sealing.cancel()
-                with suppress(asyncio.CancelledError):
-                    await sealing
-                await app.state.sequencer.run_once(checkpoint=True)  # seal what is left
-            await engine.dispose()
+            # Bounded, whatever the database does: a hung one must not hold the stop.
+            try:
+                async with asyncio.timeout(settings.shutdown_timeout_seconds):
+                    await _stop(app, notifying, sealing)
+            except TimeoutError:
+                log.error("shutdown_timed_out", seconds=settings.shutdown_timeout_seconds)
+            with suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await engine.dispose()
 
     app = FastAPI(
         title="cp-register",
@@ -85,6 +99,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_handlers(app)
+    app.add_middleware(
+        DeadlineMiddleware,
+        settings=settings,
+        by_path=dict.fromkeys(
+            ("/v1/register/imports", "/v1/audit/verify"), settings.long_request_timeout_seconds
+        ),
+    )
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -104,6 +125,64 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web_routes.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+async def _check_database(engine: AsyncEngine, settings: Settings) -> None:
+    """Refuse to start acting as a role that could change the log (production), or as
+    another role than the configured one (always: WrongRole). A database that cannot
+    be reached yet is no reason not to start: readiness says so until it can."""
+    try:
+        acting = await check_acting_role(engine, settings)
+    except DATABASE_ERRORS as exc:
+        if _misconfigured(exc):
+            raise
+        log.warning("database_unreachable_at_start", error_type=type(exc).__name__)
+        return
+    if acting is None:
+        return
+    if settings.environment is Environment.production:
+        raise WrongRole(
+            f"the service acts as {acting!r}, which can change the audit log; set "
+            "CPR_DATABASE_ROLE to the application role (docs/audit-log.md)"
+        )
+    log.warning("acting_role_can_change_the_log", role=acting)
+
+
+# Refusals that no waiting will cure: the login, its password, or its right to act as
+# the configured role. The service must not start answering 503 forever.
+_MISCONFIGURED = (
+    WrongRole,
+    asyncpg.InsufficientPrivilegeError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidCatalogNameError,
+)
+
+
+def _misconfigured(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, _MISCONFIGURED):
+            return True
+        exc = exc.__cause__ or getattr(exc, "orig", None)
+    return False
+
+
+async def _stop(
+    app: FastAPI, notifying: "asyncio.Task[None] | None", sealing: "asyncio.Task[None] | None"
+) -> None:
+    """Stop the background work, then seal what is left and sign a final checkpoint."""
+    for task in (notifying, sealing):
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+    await app.state.notifier.close()
+    if sealing is not None:
+        try:
+            await app.state.sequencer.run_once(checkpoint=True)
+        except DATABASE_ERRORS as exc:
+            # The next start's sequencer seals it; nothing is lost.
+            log.error("final_seal_failed", error_type=type(exc).__name__)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""Pure ASGI middleware: request ids and access logs, and the request body limit."""
+"""Pure ASGI middleware: request ids and access logs, the request body limit, and the
+deadline by which every request is answered."""
 
+import asyncio
 import time
 import uuid
 
@@ -7,7 +9,8 @@ import structlog
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import problem_response
+from app.config import Settings
+from app.errors import problem_response, unavailable_response
 
 log = structlog.get_logger()
 
@@ -100,3 +103,55 @@ class BodyLimitMiddleware:
             413, "Request body too large", f"The limit is {max_bytes} bytes."
         )
         await response(scope, receive, send)
+
+
+class DeadlineMiddleware:
+    """Every request is answered within its deadline: past it, 503 and nothing else.
+
+    Each wait on the database is bounded on its own (connect, pool, statement, lock);
+    this bounds their sum, whatever a request does. The request itself is cancelled
+    and left to clean up in the background (its connection is discarded, not
+    returned), so the caller never waits for a database that has stopped answering.
+    A response already started (a streamed export) is let finish: its statements are
+    bounded. An event written by a request cut off is kept: the log may hold an
+    enquiry whose answer never left, never an answer without its enquiry.
+    """
+
+    def __init__(
+        self, app: ASGIApp, settings: Settings, by_path: dict[str, float] | None = None
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.seconds = settings.request_timeout_seconds
+        self.by_path = by_path or {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = abandoned = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if abandoned:
+                return  # the caller already has its 503
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, receive, guarded_send))
+        done, _ = await asyncio.wait({task}, timeout=self.by_path.get(scope["path"], self.seconds))
+        if done or started:
+            await task
+            return
+        abandoned = True
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        log.warning("request_deadline_exceeded")
+        await unavailable_response(self.settings)(scope, receive, send)
+
+
+def _retrieve(task: "asyncio.Task[None]") -> None:
+    """Collect an abandoned request's outcome, so that nothing is left unobserved."""
+    if not task.cancelled() and task.exception() is not None:
+        log.info("abandoned_request_failed", error_type=type(task.exception()).__name__)

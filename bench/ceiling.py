@@ -7,9 +7,15 @@ the raw driver (an asyncpg pool; sqlite3 with the service's pragmas on SQLite).
 No token, no validation, no ORM, no audit chain: the audited lookup's
 throughput as a share of this one says what the service costs above the database.
 
-    BENCH_CEILING_DATABASE_URL=postgresql://... uvicorn bench.ceiling:create_app --factory
+    BENCH_CEILING_DATABASE_URL=postgresql://... [BENCH_CEILING_DATABASE_ROLE=cpr_app] \
+        uvicorn bench.ceiling:create_app --factory
 
-The scratch table is made by bench/run.py (``CEILING_TABLE_SQL``).
+On PostgreSQL it connects as the service does in production: its login role,
+acting as BENCH_CEILING_DATABASE_ROLE (given to the server at connect, as
+``app.db.open_connection`` gives CPR_DATABASE_ROLE, and checked once per
+connection), so its statements pass the same privilege checks as the service's.
+The scratch table is made by bench/run.py (``CEILING_TABLE_SQL``), which grants
+that role SELECT and INSERT on it.
 """
 
 import asyncio
@@ -29,10 +35,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# As the service's SQLAlchemy pool: CPR_DATABASE_POOL_SIZE (10) plus 10 overflow.
+# At most as many connections as the service's pool (CPR_DATABASE_POOL_SIZE, 20).
 POOL_SIZE, POOL_OVERFLOW = 10, 10
+CEILING_TABLE = "bench_ceiling_writes"
 CEILING_TABLE_SQL = (
-    "CREATE TABLE bench_ceiling_writes (id VARCHAR(36) PRIMARY KEY, "
+    f"CREATE TABLE {CEILING_TABLE} (id VARCHAR(36) PRIMARY KEY, "
     "occurred_at VARCHAR(40) NOT NULL, nhs_number VARCHAR(10), outcome VARCHAR(32) NOT NULL)"
 )
 _SELECT = (
@@ -56,9 +63,18 @@ class PostgresStore:
         self._pool = pool
 
     @classmethod
-    async def open(cls, dsn: str) -> "PostgresStore":
+    async def open(cls, dsn: str, role: str | None = None) -> "PostgresStore":
+        async def check_role(connection: asyncpg.Connection) -> None:
+            acting = await connection.fetchval("SELECT current_user")
+            if acting != role:
+                raise RuntimeError(f"the ceiling acts as {acting!r}, not {role!r}")
+
         pool = await asyncpg.create_pool(
-            dsn, min_size=POOL_SIZE, max_size=POOL_SIZE + POOL_OVERFLOW
+            dsn,
+            min_size=POOL_SIZE,
+            max_size=POOL_SIZE + POOL_OVERFLOW,
+            server_settings={"role": role} if role is not None else None,
+            init=check_role if role is not None else None,
         )
         return cls(pool)
 
@@ -131,11 +147,12 @@ class SqliteStore:
             self._idle.get_nowait().close()
 
 
-async def open_store(url: str) -> Store:
-    """``postgresql://...`` or ``sqlite:///path`` (SQLAlchemy driver suffixes are dropped)."""
+async def open_store(url: str, role: str | None = None) -> Store:
+    """``postgresql://...`` (acting as ``role``) or ``sqlite:///path`` (SQLAlchemy
+    driver suffixes are dropped)."""
     scheme, _, rest = url.partition("://")
     if scheme.startswith("postgresql"):
-        return await PostgresStore.open(f"postgresql://{rest}")
+        return await PostgresStore.open(f"postgresql://{rest}", role)
     if scheme.startswith("sqlite"):
         return await SqliteStore.open(rest.removeprefix("/"))
     raise ValueError(f"unsupported database URL scheme {scheme!r}")
@@ -159,6 +176,7 @@ async def _respond(send: Send, status: int, payload: dict[str, str]) -> None:
 
 def create_app() -> ASGIApp:
     url = os.environ["BENCH_CEILING_DATABASE_URL"]
+    role = os.environ.get("BENCH_CEILING_DATABASE_ROLE")
     state: dict[str, Store] = {}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -166,7 +184,7 @@ def create_app() -> ASGIApp:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
-                    state["store"] = await open_store(url)
+                    state["store"] = await open_store(url, role)
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     await state["store"].close()

@@ -16,6 +16,9 @@ from bench.seed import SeededRegister
 DISTURBED_XACTS = 200
 SEALING_ON, SEALING_OFF = "lookup, sealing on", "lookup, sealing off"
 HEALTHZ, CEILING = "GET /healthz (floor)", "ceiling (raw driver)"
+# The figure issue 11 compares against: PostgreSQL, lookups with sealing on at 32
+# connections, before the service ran in production's role set-up.
+PREVIOUS_CONNECTIONS, PREVIOUS_LOOKUPS_PER_SECOND, PREVIOUS_DATE = 32, 1444, "2026-12-01"
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class AuditCheck:
 class BackendReport:
     backend: str
     seeded: SeededRegister | None = None
+    setup: str = ""  # who the service and the bench connect as
     runs: list[Run] = field(default_factory=list)
     audit: list[AuditCheck] = field(default_factory=list)
     memory: dict[str, list[float]] = field(default_factory=dict)
@@ -144,6 +148,8 @@ def seeded_line(seeded: SeededRegister) -> str:
 
 def backend_markdown(report: BackendReport, connections: tuple[int, ...]) -> list[str]:
     lines = [f"## {report.backend}", ""]
+    if report.setup:
+        lines += [report.setup, ""]
     if report.seeded is not None:
         lines += [seeded_line(report.seeded) + ".", ""]
     lines += [HEADER, RULE]
@@ -207,6 +213,16 @@ def backend_markdown(report: BackendReport, connections: tuple[int, ...]) -> lis
     return lines
 
 
+def against_previous(report: BackendReport) -> str:
+    """Lookups/s at PREVIOUS_CONNECTIONS (sealing on) beside the previous figure."""
+    previous = f"{PREVIOUS_LOOKUPS_PER_SECOND:,}/s on {PREVIOUS_DATE}"
+    on = report.result(SEALING_ON, PREVIOUS_CONNECTIONS)
+    if on is None:
+        return f"not measured (no run at {PREVIOUS_CONNECTIONS} connections); previously {previous}"
+    ratio = on.requests_per_second / PREVIOUS_LOOKUPS_PER_SECOND
+    return f"{on.requests_per_second:,.0f}/s vs {previous} = {ratio:.2f}x"
+
+
 def targets_markdown(reports: list[BackendReport], connections: tuple[int, ...]) -> list[str]:
     """The issue's targets, read off the PostgreSQL runs at the highest concurrency."""
     postgres = next((r for r in reports if r.backend == "postgresql"), None)
@@ -214,6 +230,10 @@ def targets_markdown(reports: list[BackendReport], connections: tuple[int, ...])
     lines = [f"## Targets (PostgreSQL, {top} connections)", ""]
     if postgres is None:
         return [*lines, "- not measured: no PostgreSQL run", ""]
+    lines.append(
+        f"- lookups/s at {PREVIOUS_CONNECTIONS} connections (sealing on; the service as "
+        f"production runs it, docs/audit-log.md): {against_previous(postgres)}"
+    )
     on, off = postgres.result(SEALING_ON, top), postgres.result(SEALING_OFF, top)
     ceiling = postgres.result(CEILING, top)
     if on is None or off is None or ceiling is None:

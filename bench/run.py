@@ -10,6 +10,13 @@ then drive wrk (bench/lookup.lua) at each of BENCH_CONNECTIONS against
 - the ceiling (bench/ceiling.py): one indexed SELECT and one INSERT + COMMIT
   through the raw driver, nothing else.
 
+On PostgreSQL everything runs as production does (docs/audit-log.md, "Setting up
+the PostgreSQL roles"; tests/production.py): the database is created with its owner
+and the service's NOINHERIT login role; `cpr db upgrade` runs as the owner; `cpr demo
+bootstrap`, `cpr audit keygen`, the service (CPR_ENVIRONMENT=production), the bench's
+own seeding, clients and tokens, and the ceiling log in as the login role acting as
+``cpr_app``. Only the measurements and VACUUM ANALYZE use the superuser.
+
 Each lookup run uses BENCH_CLIENTS new system clients of the demo emergency
 department, each with its own token, cycled request by request (see
 new_client_tokens). Each run also records the CPU the workers and PostgreSQL
@@ -21,11 +28,12 @@ written to var/bench/results.md (docs/performance.md reads them).
 
 Settings (environment): BENCH_DURATION (seconds per run, 10), BENCH_WARMUP (2),
 BENCH_CONNECTIONS (1,8,32), BENCH_WORKERS (2), BENCH_ENTRIES (50000),
-BENCH_BACKENDS (postgresql,sqlite), BENCH_POSTGRES_URL (the trust-auth server
-on 127.0.0.1:5432), BENCH_PROFILE (1: also profile one loaded worker with py-spy),
-BENCH_CLIENTS (200: system clients per lookup run; 1 gives the worst case, one
-client making every lookup), BENCH_HISTORY (20000: past lookup events seeded, and
-sealed, before the runs, so that the log is not empty as in service).
+BENCH_BACKENDS (postgresql,sqlite), BENCH_POSTGRES_URL (a superuser of the
+trust-auth server on 127.0.0.1:5432: it creates the database and its roles),
+BENCH_PROFILE (1: also profile one loaded worker with py-spy), BENCH_CLIENTS (200:
+system clients per lookup run; 1 gives the worst case, one client making every
+lookup), BENCH_HISTORY (20000: past lookup events seeded, and sealed, before the
+runs, so that the log is not empty as in service).
 """
 
 import asyncio
@@ -62,7 +70,7 @@ from app.db import create_engine, create_sessionmaker
 from app.demo import CLIENTS
 from app.register.csvformat import CATEGORY_SEPARATOR, IMPORT_COLUMNS
 from app.register.models import Category
-from bench.ceiling import CEILING_TABLE_SQL
+from bench.ceiling import CEILING_TABLE, CEILING_TABLE_SQL
 from bench.load import WrkResult, run_wrk
 from bench.probes import CpuSnapshot
 from bench.profile import summarise_collapsed
@@ -84,11 +92,13 @@ from bench.seed import (
     NO_NHS_NUMBER_SHARE,
     UNBORN_SHARE,
     SeededRegister,
+    analyse,
     nhs_numbers,
     seed_audit_history,
     seed_register,
 )
 from bench.servers import BIN, Server
+from tests.production import APP_ROLE, run_as_superuser, setup_statements
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = ROOT / "var" / "bench"
@@ -141,27 +151,90 @@ def _asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+@dataclass(frozen=True)
+class BenchDatabase:
+    """A throwaway database and who connects to it, as in production (docs/audit-log.md).
+
+    On PostgreSQL, the roles tests/production.py creates: the schema's owner runs
+    `cpr db upgrade`; the service and every other `cpr` command log in as a NOINHERIT
+    member of ``cpr_app`` and act as ``cpr_app`` (CPR_DATABASE_ROLE); a superuser
+    takes the measurements and does what only a superuser or the owner may (VACUUM
+    ANALYZE, the ceiling's scratch table). On SQLite, one file for all four.
+    """
+
+    service_url: str  # the service's login role (with CPR_DATABASE_ROLE=role)
+    role: str | None  # CPR_DATABASE_ROLE; None on SQLite
+    owner_url: str  # the schema's owner: `cpr db upgrade`
+    admin_url: str  # a superuser: measurements and maintenance, never the service
+
+
 @contextlib.asynccontextmanager
-async def throwaway_database(backend: str, config: BenchConfig, tmp: Path) -> AsyncIterator[str]:
-    """A database of its own: a temporary SQLite file, or cpr_bench_<random>, dropped after."""
+async def production_database(admin_url: str) -> AsyncIterator[BenchDatabase]:
+    """tests.production.production_database for the bench's event loop: the same
+    operator's set-up (``setup_statements``), with names of the bench's own."""
+    tag = secrets.token_hex(4)
+    name, owner = f"cpr_bench_{tag}", f"cpr_bench_owner_{tag}"
+    service = f"cpr_bench_service_{tag}"
+    await run_as_superuser(admin_url, *setup_statements(name, owner, service))
+    base = make_url(admin_url).set(database=name)
+    try:
+        yield BenchDatabase(
+            service_url=base.set(username=service).render_as_string(hide_password=False),
+            role=APP_ROLE,
+            owner_url=base.set(username=owner).render_as_string(hide_password=False),
+            admin_url=base.render_as_string(hide_password=False),
+        )
+    finally:
+        await run_as_superuser(
+            admin_url,
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+            f"DROP ROLE IF EXISTS {service}",
+            f"DROP ROLE IF EXISTS {owner}",
+        )
+
+
+@contextlib.asynccontextmanager
+async def throwaway_database(
+    backend: str, config: BenchConfig, tmp: Path
+) -> AsyncIterator[BenchDatabase]:
+    """A database of its own: a temporary SQLite file, or cpr_bench_<random> with its
+    owner and login roles (production's set-up), dropped after."""
     if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp / 'cpr-bench.sqlite3'}"
+        url = f"sqlite+aiosqlite:///{tmp / 'cpr-bench.sqlite3'}"
+        yield BenchDatabase(service_url=url, role=None, owner_url=url, admin_url=url)
         return
-    name = f"cpr_bench_{secrets.token_hex(4)}"
-    admin_dsn = _asyncpg_dsn(config.postgres_url)
-    connection = await asyncpg.connect(admin_dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    try:
-        yield make_url(config.postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        connection = await asyncpg.connect(admin_dsn)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
+    async with production_database(config.postgres_url) as database:
+        yield database
+
+
+def setup_line(database: BenchDatabase, config: BenchConfig) -> str:
+    """Who connects as whom, for the report."""
+    if database.role is None:
+        return f"Service: {config.workers} uvicorn workers on a SQLite file of its own."
+    service = make_url(database.service_url).username
+    owner = make_url(database.owner_url).username
+    return (
+        f"Service as in production (docs/audit-log.md): {config.workers} uvicorn workers, "
+        f"CPR_ENVIRONMENT=production, logged in as {service} (NOINHERIT) acting as "
+        f"{database.role} (CPR_DATABASE_ROLE), as are `cpr demo bootstrap`, "
+        f"`cpr audit keygen`, the seed and the ceiling; migrations as the owner {owner}; "
+        "the measurements as a superuser."
+    )
+
+
+def admin_engine(database: BenchDatabase) -> AsyncEngine:
+    """The superuser's engine (the file itself on SQLite): no role, no timeouts."""
+    return create_engine(Settings(database_url=database.admin_url), owner=True)
+
+
+@dataclass(frozen=True)
+class Engines:
+    """The bench's two ways into the database under test."""
+
+    # acts as the service's role, as the service would: the seed, clients and tokens
+    writer: AsyncEngine
+    # a superuser: the measurements (audit check, pg_stat_database, the sealing queue)
+    admin: AsyncEngine
 
 
 async def postgres_unreachable(config: BenchConfig) -> str | None:
@@ -195,18 +268,29 @@ async def postgres_sessions(engine: AsyncEngine) -> int | None:
         return int(sessions or 0)
 
 
-async def other_database_xacts(engine: AsyncEngine) -> int | None:
-    """Transactions committed or rolled back so far in the server's other databases."""
+async def other_database_xacts(engine: AsyncEngine) -> dict[int, int] | None:
+    """Transactions committed or rolled back so far in each of the server's other
+    databases, by oid."""
     if engine.dialect.name != "postgresql":
         return None
     async with engine.connect() as connection:
-        total = await connection.scalar(
+        rows = await connection.execute(
             text(
-                "SELECT sum(xact_commit + xact_rollback) FROM pg_stat_database "
+                "SELECT datid, xact_commit + xact_rollback FROM pg_stat_database "
                 "WHERE datname IS NOT NULL AND datname <> current_database()"
             )
         )
-        return int(total or 0)
+        return {int(datid): int(xacts) for datid, xacts in rows}
+
+
+def xacts_between(before: dict[int, int] | None, after: dict[int, int] | None) -> int | None:
+    """Transactions the other databases ran between two readings. A database dropped
+    in between (another project's throwaway test database, say) is left out: its
+    counts go with it, and a plain sum would come out negative. One created in between
+    counts whole."""
+    if before is None or after is None:
+        return None
+    return sum(xacts - before.get(datid, 0) for datid, xacts in after.items())
 
 
 async def unsealed_count(engine: AsyncEngine) -> int:
@@ -223,31 +307,49 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def prepare_database(env: dict[str, str], tmp: Path) -> None:
-    """Migrate, bootstrap the demo, and create the checkpoint key, as an operator would.
+def prepare_database(database: BenchDatabase, env: dict[str, str], tmp: Path) -> None:
+    """Migrate, bootstrap the demo, and create the checkpoint key, as an operator would
+    (docs/audit-log.md): `cpr db upgrade` as the schema's owner, everything else with
+    the service's ``env`` (its login role acting as CPR_DATABASE_ROLE).
 
     The key is made before the service starts: left to the workers, each finds it
     missing and tries to create it, and the one that loses the race fails to start
     (app/audit/chain.py, CheckpointSigner.from_file), which stops uvicorn.
+
+    These steps run without CPR_ENVIRONMENT=production: in production the settings
+    refuse to load until the signing and checkpoint keys exist, and these steps are
+    what create them (`cpr keys rotate` and `cpr audit keygen` refuse just the same).
     """
     credentials = tmp / "demo-credentials.json"
-    for step in (
-        ["db", "upgrade"],
-        ["demo", "bootstrap", "--credentials", str(credentials)],
-        ["audit", "keygen"],
+    setup = {key: value for key, value in env.items() if key != "CPR_ENVIRONMENT"}
+    owner = {key: value for key, value in setup.items() if key != "CPR_DATABASE_ROLE"}
+    owner["DATABASE_URL"] = database.owner_url
+    for step_env, step in (
+        (owner, ["db", "upgrade"]),
+        (setup, ["demo", "bootstrap", "--credentials", str(credentials)]),
+        (setup, ["audit", "keygen"]),
     ):
-        if (done := cli(env, *step)).returncode != 0:
+        if (done := cli(step_env, *step)).returncode != 0:
             raise RuntimeError(f"cpr {' '.join(step)} failed:\n{done.stderr}")
 
 
-def service_env(database_url: str, tmp: Path, **overrides: str) -> dict[str, str]:
+def service_env(database: BenchDatabase, tmp: Path, **overrides: str) -> dict[str, str]:
+    """The service's environment. On PostgreSQL, production's: the login role acting
+    as ``cpr_app``, and CPR_ENVIRONMENT=production (as the Dockerfile sets it), in which
+    the service refuses to start acting as a role that could change the log."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith("CPR_") and key != "DATABASE_URL"
     }
+    production = (
+        {"CPR_DATABASE_ROLE": database.role, "CPR_ENVIRONMENT": "production"}
+        if database.role is not None
+        else {}
+    )
     return env | {
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": database.service_url,
+        **production,
         "CPR_KEY_DIR": str(tmp / "keys"),
         "CPR_CHECKPOINT_KEY_PATH": str(tmp / "keys" / "audit-checkpoint.ed25519.pem"),
         "CPR_CHECKPOINT_DIR": str(tmp / "checkpoints"),
@@ -292,13 +394,29 @@ async def new_client_token(
         return str(response.json()["access_token"])
 
 
-def service_settings(env: dict[str, str]) -> Settings:
-    """The settings the service started with ``env`` reads (those the bench needs)."""
+# The bench's own writes as the service's role (clients, tokens, the seeded register
+# and history) are batches of thousands of rows: more than the service's statement
+# timeout allows a statement, which is sized for one request's.
+SEEDING_STATEMENT_TIMEOUT_SECONDS = 120.0
+
+
+def service_settings(env: dict[str, str], **overrides: float) -> Settings:
+    """The settings the service started with ``env`` reads (those the bench needs): an
+    engine made with them connects as the service does, acting as its role."""
     return Settings(
         database_url=env["DATABASE_URL"],
+        database_role=env.get("CPR_DATABASE_ROLE"),
         key_dir=Path(env["CPR_KEY_DIR"]),
         checkpoint_key_path=Path(env["CPR_CHECKPOINT_KEY_PATH"]),
         checkpoint_dir=Path(env["CPR_CHECKPOINT_DIR"]),
+        **overrides,
+    )
+
+
+def seeding_engine(env: dict[str, str]) -> AsyncEngine:
+    """An engine acting as the service's role (SEEDING_STATEMENT_TIMEOUT_SECONDS)."""
+    return create_engine(
+        service_settings(env, database_statement_timeout_seconds=SEEDING_STATEMENT_TIMEOUT_SECONDS)
     )
 
 
@@ -389,7 +507,8 @@ async def measured_run(
     watch_sealing: bool = False,
 ) -> Run:
     """One wrk run, with the CPU the server's workers and PostgreSQL spent on it, the
-    connections PostgreSQL opened for it, and (``watch_sealing``) how far sealing lagged."""
+    connections PostgreSQL opened for it, and (``watch_sealing``) how far sealing lagged,
+    read through ``engine`` (the superuser's)."""
     sessions = await postgres_sessions(engine)
     others = await other_database_xacts(engine)
     before = CpuSnapshot.take(server)
@@ -411,9 +530,7 @@ async def measured_run(
         sessions_opened=sessions_after - sessions if on_postgres else None,
         sealing=sealing,
         other_cores=max(0.0, after.others_user - before.others_user) / result.seconds,
-        other_database_xacts=(
-            others_after - others if others is not None and others_after is not None else None
-        ),
+        other_database_xacts=xacts_between(others, others_after),
     )
 
 
@@ -423,7 +540,7 @@ async def lookup_runs(
     service: Server,
     scenario: str,
     bodies: Path,
-    engine: AsyncEngine,
+    engines: Engines,
     key_dir: Path,
 ) -> tuple[int, int]:
     """Warm-up, then one run per connection count; 200s and unanswered, summed over all."""
@@ -437,13 +554,13 @@ async def lookup_runs(
     for connections, duration, reported in plan:
         name = f"bench {scenario}, {connections} connections{'' if reported else ' (warm-up)'}"
         tokens = await new_client_tokens(
-            engine, key_dir, name, config.clients, bodies.with_name("tokens.txt")
+            engines.writer, key_dir, name, config.clients, bodies.with_name("tokens.txt")
         )
         run = await measured_run(
             scenario,
             connections,
             service,
-            engine,
+            engines.admin,
             url,
             duration=duration,
             bodies=bodies,
@@ -476,9 +593,9 @@ async def service_instance(
     scenario: str,
     env: dict[str, str],
     bodies: Path,
-    engine: AsyncEngine,
+    engines: Engines,
 ) -> None:
-    before = await lookup_outcomes(engine)
+    before = await lookup_outcomes(engines.admin)
     log = OUTPUT_DIR / f"{report.backend}-{scenario.replace(' ', '').replace(',', '-')}.log"
     async with Server(
         ["app.main:create_app", "--factory"],
@@ -489,20 +606,20 @@ async def service_instance(
     ) as service:
         key_dir = Path(env["CPR_KEY_DIR"])
         answered, unanswered = await lookup_runs(
-            report, config, service, scenario, bodies, engine, key_dir
+            report, config, service, scenario, bodies, engines, key_dir
         )
         if config.profile and scenario == SEALING_ON:
-            extra = await profile_workers(report, config, service, bodies, engine, key_dir)
+            extra = await profile_workers(report, config, service, bodies, engines, key_dir)
             answered, unanswered = answered + extra.ok, unanswered + extra.unanswered
         report.memory[scenario] = service.worker_rss_mib()
         if scenario == SEALING_ON:
             url = f"{service.base_url}/healthz"
             for connections in config.connections:
                 run = await measured_run(
-                    HEALTHZ, connections, service, engine, url, duration=config.duration
+                    HEALTHZ, connections, service, engines.admin, url, duration=config.duration
                 )
                 report.add(run)
-    after = await lookup_outcomes(engine)
+    after = await lookup_outcomes(engines.admin)
     outcomes = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     check = AuditCheck(scenario, sum(outcomes.values()), answered, unanswered, outcomes)
     report.audit.append(check)
@@ -514,7 +631,7 @@ async def profile_workers(
     config: BenchConfig,
     service: Server,
     bodies: Path,
-    engine: AsyncEngine,
+    engines: Engines,
     key_dir: Path,
 ) -> WrkResult:
     """An extra, unreported lookup run at the highest concurrency with py-spy sampling
@@ -542,7 +659,7 @@ async def profile_workers(
         for pid, form, path in outputs
     ]
     tokens = await new_client_tokens(
-        engine, key_dir, "bench profile", config.clients, bodies.with_name("tokens.txt")
+        engines.writer, key_dir, "bench profile", config.clients, bodies.with_name("tokens.txt")
     )
     result = await run_wrk(
         f"{service.base_url}/v1/lookups",
@@ -565,11 +682,23 @@ async def profile_workers(
 async def ceiling_runs(
     report: BackendReport,
     config: BenchConfig,
-    database_url: str,
+    database: BenchDatabase,
     bodies: Path,
-    engine: AsyncEngine,
+    engines: Engines,
 ) -> None:
-    env = dict(os.environ) | {"BENCH_CEILING_DATABASE_URL": database_url}
+    """The ceiling's runs. On PostgreSQL it connects as the service does (its login
+    role acting as ``cpr_app``), to a scratch table the superuser makes and grants
+    ``cpr_app`` only SELECT and INSERT on, as the audit log's."""
+    async with engines.admin.begin() as connection:
+        await connection.execute(text(CEILING_TABLE_SQL))
+        if database.role is not None:
+            await connection.execute(
+                text(f"GRANT SELECT, INSERT ON {CEILING_TABLE} TO {database.role}")
+            )
+    url = database.service_url.replace("+aiosqlite", "").replace("+asyncpg", "")
+    env = dict(os.environ) | {"BENCH_CEILING_DATABASE_URL": url}
+    if database.role is not None:
+        env["BENCH_CEILING_DATABASE_ROLE"] = database.role
     async with Server(
         ["bench.ceiling:create_app", "--factory"],
         workers=config.workers,
@@ -587,7 +716,13 @@ async def ceiling_runs(
             )
         for connections in config.connections:
             run = await measured_run(
-                CEILING, connections, ceiling, engine, url, duration=config.duration, bodies=bodies
+                CEILING,
+                connections,
+                ceiling,
+                engines.admin,
+                url,
+                duration=config.duration,
+                bodies=bodies,
             )
             report.add(run)
         report.memory[CEILING] = ceiling.worker_rss_mib()
@@ -667,9 +802,9 @@ async def time_import(report: BackendReport, config: BenchConfig, tmp: Path) -> 
     work.mkdir(exist_ok=True)
     path = work / "import.csv"
     write_import_csv(path, config.entries)
-    async with throwaway_database(report.backend, config, work) as url:
-        env = service_env(url, work)
-        prepare_database(env, work)
+    async with throwaway_database(report.backend, config, work) as database:
+        env = service_env(database, work)
+        prepare_database(database, env, work)
         custodian = json.loads((work / "demo-credentials.json").read_text())["custodian"]
         async with Server(
             ["app.main:create_app", "--factory"],
@@ -708,21 +843,23 @@ async def bench_backend(backend: str, config: BenchConfig) -> BackendReport:
     print(f"\n== {backend} ==", flush=True)
     with tempfile.TemporaryDirectory(prefix="cpr-bench-") as directory:
         tmp = Path(directory)
-        async with throwaway_database(backend, config, tmp) as database_url:
-            env = service_env(database_url, tmp)
-            prepare_database(env, tmp)
-            engine = create_engine(Settings(database_url=database_url))
+        async with throwaway_database(backend, config, tmp) as database:
+            env = service_env(database, tmp)
+            prepare_database(database, env, tmp)
+            report.setup = setup_line(database, config)
+            print(f"  {report.setup}", flush=True)
+            engines = Engines(writer=seeding_engine(env), admin=admin_engine(database))
             try:
                 report.seeded = await seed_register(
-                    engine, entries=config.entries, never_registered=NEVER_REGISTERED
+                    engines.writer, entries=config.entries, never_registered=NEVER_REGISTERED
                 )
+                await analyse(engines.admin)
                 print(f"  {seeded_line(report.seeded)}", flush=True)
                 took = await seed_audit_history(
-                    engine, service_settings(env), events=config.history
+                    engines.writer, service_settings(env), events=config.history
                 )
+                await analyse(engines.admin)
                 print(f"  seeded {config.history} past lookup events, sealed, in {took:.1f} s")
-                async with engine.begin() as connection:
-                    await connection.execute(text(CEILING_TABLE_SQL))
                 bodies = tmp / "bodies.jsonl"
                 write_bodies(bodies, report.seeded)
                 await service_instance(
@@ -731,7 +868,7 @@ async def bench_backend(backend: str, config: BenchConfig) -> BackendReport:
                     scenario=SEALING_ON,
                     env=env,
                     bodies=bodies,
-                    engine=engine,
+                    engines=engines,
                 )
                 await service_instance(
                     report,
@@ -739,12 +876,12 @@ async def bench_backend(backend: str, config: BenchConfig) -> BackendReport:
                     scenario=SEALING_OFF,
                     env=env | {"CPR_SEALING_ENABLED": "false"},
                     bodies=bodies,
-                    engine=engine,
+                    engines=engines,
                 )
-                ceiling_url = database_url.replace("+aiosqlite", "").replace("+asyncpg", "")
-                await ceiling_runs(report, config, ceiling_url, bodies, engine)
+                await ceiling_runs(report, config, database, bodies, engines)
             finally:
-                await engine.dispose()
+                await engines.writer.dispose()
+                await engines.admin.dispose()
         await time_import(report, config, tmp)
     print(f"  {report.import_timing}", flush=True)
     return report

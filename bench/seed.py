@@ -4,7 +4,8 @@ Rows are built the way ``app.register.service.create_entry`` / ``end_entry`` bui
 them (same ``subject_*`` normalisation, 18th birthday, first review, version
 snapshots) but inserted with SQLAlchemy Core executemany in batches: the ORM
 path with one audit event per entry would take minutes for 50,000 entries.
-The seed writes no audit events: the log starts with the demo bootstrap's.
+The register's seed writes no audit events; ``seed_audit_history`` writes past
+lookups, as the service writes them, and seals them.
 """
 
 import random
@@ -171,7 +172,9 @@ def _version(entry: RegisterEntry, reason: str) -> dict[str, Any]:
 async def seed_register(
     engine: AsyncEngine, *, entries: int, never_registered: int, seed: int = 6
 ) -> SeededRegister:
-    """Insert ``entries`` register entries for the demo authority, in batches."""
+    """Insert ``entries`` register entries for the demo authority, in batches, through
+    ``engine`` (on PostgreSQL one acting as the service's role, which may write the
+    register). Then ``analyse``."""
     started = time.perf_counter()
     rng = random.Random(seed)
     today = date.today()
@@ -197,7 +200,6 @@ async def seed_register(
         async with engine.begin() as connection:
             await connection.execute(insert(RegisterEntry), rows)
             await connection.execute(insert(RegisterEntryVersion), versions)
-    await _analyse(engine)
     not_on_plan.extend(next(numbers) for _ in range(never_registered))
     rng.shuffle(on_plan)
     rng.shuffle(not_on_plan)
@@ -215,8 +217,10 @@ async def seed_audit_history(engine: AsyncEngine, settings: Settings, *, events:
     the lookup's prepared statements are planned against an almost empty
     ``audit_events`` (a sequential scan is cheapest there) and keep that plan as the
     table grows during the run, until autovacuum analyses it: the run would measure
-    that. The events are sealed here (by the service's own sequencer) so that no
-    sealing backlog is left for the runs. Returns the seconds it took.
+    that. The events are written with the service's own INSERT and sealed by its own
+    sequencer, through ``engine`` (on PostgreSQL one acting as the service's role, as
+    the service does), so that no sealing backlog is left for the runs. Then
+    ``analyse``. Returns the seconds it took.
     """
     started = time.perf_counter()
     rng = random.Random(8)
@@ -254,18 +258,21 @@ async def seed_audit_history(engine: AsyncEngine, settings: Settings, *, events:
     )
     sequencer = Sequencer(create_sessionmaker(engine), signer, settings)
     await sequencer.run_once(checkpoint=True)
-    await _analyse(engine)
     return time.perf_counter() - started
 
 
-async def _analyse(engine: AsyncEngine) -> None:
+async def analyse(engine: AsyncEngine) -> None:
     """Planner statistics and visibility map on PostgreSQL, as a database in service has
     them from autovacuum (which would get there a minute or so into the first run):
     without statistics PostgreSQL may match on a partial index that does not lead with
     the NHS number, and a run would measure that instead of the service. SQLite gathers
     no statistics unless told to, so it is left without, as in service: statistics from
     before the runs (a handful of clients) would make it scan ``clients`` once there
-    are thousands."""
+    are thousands.
+
+    Run it after each seed, through a superuser's (or the owner's) ``engine``: VACUUM
+    skips, with a warning only, every table its caller does not own, and the service's
+    role owns none."""
     if engine.dialect.name != "postgresql":
         return
     async with engine.connect() as connection:

@@ -95,11 +95,33 @@ class Server:
         tail = self._log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(self._command)} did not become ready:\n{tail}")
 
+    @property
+    def pid(self) -> int:
+        """The uvicorn master's pid (also its process group: it leads a session of its own)."""
+        assert self._process is not None
+        return self._process.pid
+
+    def send_signal(self, signum: int, *, group: bool = False) -> None:
+        """Signal the master, or with ``group`` the master and every worker."""
+        if group:
+            os.killpg(self.pid, signum)
+        else:
+            os.kill(self.pid, signum)
+
+    async def wait(self, seconds: float) -> int | None:
+        """The master's exit status once it has exited, or None if it outlives ``seconds``."""
+        assert self._process is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return await asyncio.to_thread(self._process.wait, seconds)
+        return None
+
     def worker_pids(self) -> list[int]:
         """The uvicorn worker processes (children of the master, spawned by multiprocessing)."""
         assert self._process is not None
+        # -ww: never cut the command line to $COLUMNS (pytest sets it), or the resource
+        # tracker's would lose the words that tell it from a worker's
         children = subprocess.run(
-            ["ps", "-o", "pid=,args=", "--ppid", str(self._process.pid)],
+            ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(self._process.pid)],
             capture_output=True,
             text=True,
             check=False,
@@ -133,7 +155,13 @@ class Server:
 
     async def stop(self) -> None:
         process = self._process
-        if process is None or process.poll() is not None:
+        if process is None:
+            return
+        if process.poll() is not None:
+            # the master is gone (killed); workers it left behind must not outlive it
+            if _group_alive(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
             return
         process.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -27,19 +27,20 @@ from sqlalchemy import event
 
 import app.lookup.routes
 from app.config import Settings
-from app.db import create_engine
 from app.main import create_app
 from bench.run import (
     BenchConfig,
+    admin_engine,
     new_client_token,
     postgres_unreachable,
     prepare_database,
+    seeding_engine,
     service_env,
     service_settings,
     throwaway_database,
     write_bodies,
 )
-from bench.seed import seed_audit_history, seed_register
+from bench.seed import analyse, seed_audit_history, seed_register
 
 STAGES = (
     (app.lookup.routes, "verify_token", "token: signature and claims"),
@@ -78,18 +79,20 @@ def timed(clock: Clock, label: str, work: Callable[..., Awaitable[Any]]) -> Call
 async def measure(backend: str, config: BenchConfig, lookups: int) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="cpr-stages-") as directory:
         tmp = Path(directory)
-        async with throwaway_database(backend, config, tmp) as database_url:
-            env = service_env(database_url, tmp, CPR_SEALING_ENABLED="false")
-            prepare_database(env, tmp)
-            engine = create_engine(Settings(database_url=database_url))
+        async with throwaway_database(backend, config, tmp) as database:
+            env = service_env(database, tmp, CPR_SEALING_ENABLED="false")
+            prepare_database(database, env, tmp)
+            engine, admin = seeding_engine(env), admin_engine(database)
             try:
                 seeded = await seed_register(engine, entries=config.entries, never_registered=1000)
                 await seed_audit_history(engine, service_settings(env), events=config.history)
+                await analyse(admin)
                 write_bodies(tmp / "bodies.jsonl", seeded)
                 os.environ.update(env)
                 return await _lookups(engine, tmp / "bodies.jsonl", lookups)
             finally:
                 await engine.dispose()
+                await admin.dispose()
 
 
 async def _lookups(engine: Any, bodies_path: Path, lookups: int) -> list[str]:

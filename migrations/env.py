@@ -29,7 +29,7 @@ def _run(connection: Connection) -> None:
 async def _run_async() -> None:
     settings = context.config.attributes.get("settings") or get_settings()
     # Migrations run as the schema owner, never as the service's restricted role.
-    engine = create_engine(settings.model_copy(update={"database_role": None}))
+    engine = create_engine(settings, owner=True)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()

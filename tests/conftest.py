@@ -1,8 +1,11 @@
 """Test harness: every test runs against a real database built by the real migrations,
 once on SQLite and once on PostgreSQL, through real HTTP calls into the app.
 
-PostgreSQL: ``CPR_TEST_POSTGRES_URL`` (default: the trust-auth server on
-127.0.0.1:5432). Each run creates its own database and drops it at the end.
+PostgreSQL runs as production does (docs/audit-log.md, tests/production.py): the
+migrations as the schema owner, the service as a NOINHERIT login role with
+``CPR_DATABASE_ROLE=cpr_app``, never as a superuser. ``CPR_TEST_POSTGRES_URL``
+(default: the trust-auth server on 127.0.0.1:5432) is the superuser that sets that
+up; each run creates its own database and roles and drops them at the end.
 Unreachable, the PostgreSQL half skips, except under CI=true where it fails.
 """
 
@@ -21,7 +24,6 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.admin.models import Organisation, OrganisationKind, Scope, UserRole
@@ -29,10 +31,12 @@ from app.admin.service import create_client, create_organisation, create_user
 from app.auth.keys import ensure_signing_key
 from app.cli import upgrade_database
 from app.config import Environment, Settings
+from app.db import create_engine, create_sessionmaker
 from app.main import create_app
 from app.register.models import Category, RegisterEntry
 from app.register.schemas import EntryCreate, Person
 from app.register.service import Actor, create_entry, end_entry
+from tests.production import APP_ROLE, asyncpg_dsn, production_database, run_as_superuser
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "CPR_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -40,13 +44,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
 ACTOR = "test:setup"
 
 
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 async def _postgres_reachable() -> str | None:
     try:
-        conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=3)
+        conn = await asyncpg.connect(asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=3)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         return f"{type(exc).__name__}: {exc}"
     await conn.close()
@@ -54,25 +54,31 @@ async def _postgres_reachable() -> str | None:
 
 
 async def _postgres_admin(sql: str) -> None:
-    conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+    await run_as_superuser(POSTGRES_ADMIN_URL, sql)
+
+
+@dataclass(frozen=True)
+class DatabaseUnderTest:
+    url: str  # what the service connects with
+    role: str | None  # CPR_DATABASE_ROLE
+    owner_url: str  # what the migrations run as
+    admin_url: str  # a superuser (or the file's owner): for tests that tamper with the store
 
 
 @contextmanager
-def _new_database(backend: str, directory: Path) -> Iterator[str]:
-    """A database of its own, dropped afterwards."""
+def _new_database(backend: str, directory: Path) -> Iterator[DatabaseUnderTest]:
+    """A database of its own, set up as production's, dropped afterwards."""
     if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{directory / 'cpr.sqlite3'}"
+        url = f"sqlite+aiosqlite:///{directory / 'cpr.sqlite3'}"
+        yield DatabaseUnderTest(url=url, role=None, owner_url=url, admin_url=url)
         return
-    name = f"cpr_test_{secrets.token_hex(4)}"
-    asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with production_database(POSTGRES_ADMIN_URL) as database:
+        yield DatabaseUnderTest(
+            url=database.service_url,
+            role=APP_ROLE,
+            owner_url=database.owner_url,
+            admin_url=database.admin_url,
+        )
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -88,15 +94,18 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with _new_database(backend, tmp_path_factory.mktemp("db")) as url:
-        yield url
+def database(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUnderTest]:
+    with _new_database(backend, tmp_path_factory.mktemp("db")) as created:
+        yield created
 
 
-def _test_settings(database_url: str, keys: Path, checkpoints: Path, **overrides: Any) -> Settings:
+def _test_settings(
+    database: DatabaseUnderTest, keys: Path, checkpoints: Path, **overrides: Any
+) -> Settings:
     settings = Settings(
         environment=Environment.test,
-        database_url=database_url,
+        database_url=database.url,
+        database_role=database.role,
         key_dir=keys,
         checkpoint_key_path=keys / "checkpoint.pem",
         checkpoint_dir=checkpoints,
@@ -104,25 +113,62 @@ def _test_settings(database_url: str, keys: Path, checkpoints: Path, **overrides
         duty_contact_phone="020 7946 0999",
         **overrides,
     )
-    upgrade_database(settings)
+    upgrade_database(settings.model_copy(update={"database_url": database.owner_url}))
     return settings
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(database: DatabaseUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return _test_settings(
-        database_url, tmp_path_factory.mktemp("keys"), tmp_path_factory.mktemp("checkpoints")
+        database, tmp_path_factory.mktemp("keys"), tmp_path_factory.mktemp("checkpoints")
     )
 
 
+@dataclass(frozen=True)
+class FreshDatabase:
+    settings: Settings
+    database: DatabaseUnderTest
+
+
 @pytest.fixture
-def fresh_settings(backend: str, tmp_path: Path) -> Iterator[Settings]:
-    """Settings for a database of this test's own (for tests that tamper with it),
-    with the background sequencer off so that the test drives sealing itself."""
-    with _new_database(backend, tmp_path) as url:
-        yield _test_settings(
-            url, tmp_path / "keys", tmp_path / "checkpoints", sealing_enabled=False
+def fresh(backend: str, tmp_path: Path) -> Iterator[FreshDatabase]:
+    """A database of this test's own (for tests that tamper with it), with the
+    background sequencer off so that the test drives sealing itself."""
+    with _new_database(backend, tmp_path) as created:
+        settings = _test_settings(
+            created, tmp_path / "keys", tmp_path / "checkpoints", sealing_enabled=False
         )
+        yield FreshDatabase(settings, created)
+
+
+@pytest.fixture
+def fresh_settings(fresh: FreshDatabase) -> Settings:
+    return fresh.settings
+
+
+@pytest.fixture(scope="session")
+async def admin_sessionmaker(
+    database: DatabaseUnderTest,
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions as a superuser (on SQLite: the file's owner), for tests that change the
+    store as only an insider could, or set up what the service itself may not."""
+    engine = create_engine(
+        Settings(environment=Environment.test, database_url=database.admin_url), owner=True
+    )
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def fresh_admin_sessionmaker(
+    fresh: FreshDatabase,
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """As admin_sessionmaker, for the test's own database."""
+    engine = create_engine(
+        Settings(environment=Environment.test, database_url=fresh.database.admin_url), owner=True
+    )
+    yield create_sessionmaker(engine)
+    await engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from app.db import utcnow
 from app.main import create_app
 from tests.conftest import NHS, World
 from tests.enquiries import ask, custodian_of, enquirer_id, fresh_nhs, new_child
+from tests.faults import audit_log_unwritable
 
 AUDIT_ROUTES = [
     ("GET", "/v1/audit/events", None),
@@ -225,14 +226,65 @@ async def test_who_asked_about_this_child(
 
 
 @pytest.mark.parametrize("which", ["dup_b", "ended_other", "nonexistent"])
-async def test_another_authoritys_child_is_not_found(
-    client: httpx.AsyncClient, world: World, which: str
+async def test_another_authoritys_child_is_not_found_and_the_refusal_is_audited(
+    client: httpx.AsyncClient,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    which: str,
 ) -> None:
     entry_id = world.entries[which].id if which in world.entries else uuid.uuid4()
+    custodian = world["custodian_a"]
     response = await client.get(
-        f"/v1/audit/entries/{entry_id}/enquiries", headers=world["custodian_a"].headers
+        f"/v1/audit/entries/{entry_id}/enquiries", headers=custodian.headers
     )
     assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    event = await event_of(sessionmaker, response)
+    assert (event.event_type, event.outcome) == ("audit.refused", "refused")
+    assert event.refusal == "entry_not_found"
+    assert (event.principal, event.organisation_id) == (
+        custodian.subject,
+        custodian.organisation.id,
+    )
+    assert event.detail is not None
+    assert event.detail["entry_id"] == str(entry_id)
+    # Nothing of the other authority is put on the custodian's record.
+    assert event.authority_id is None
+    assert event.entry_id is None
+
+
+async def test_another_authoritys_child_and_a_random_id_get_the_same_404(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    headers = world["custodian_a"].headers
+    theirs, nobodys = world.entries["dup_b"].id, uuid.uuid4()
+    answers = [
+        await client.get(f"/v1/audit/entries/{entry_id}/enquiries", headers=headers)
+        for entry_id in (theirs, nobodys)
+    ]
+    assert [a.status_code for a in answers] == [404, 404]
+    assert answers[0].content == answers[1].content
+    varying = {"x-request-id", "date", "content-length"}
+
+    def fixed(response: httpx.Response) -> dict[str, str]:
+        return {k: v for k, v in response.headers.items() if k not in varying}
+
+    assert fixed(answers[0]) == fixed(answers[1])
+
+
+async def test_the_404_is_not_answered_unless_its_refusal_is_recorded(
+    client: httpx.AsyncClient,
+    world: World,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin_sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    entry_id = world.entries["dup_b"].id
+    async with audit_log_unwritable(admin_sessionmaker, settings):
+        response = await client.get(
+            f"/v1/audit/entries/{entry_id}/enquiries", headers=world["custodian_a"].headers
+        )
+    assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
 
 

@@ -1,15 +1,15 @@
 """The audit store refuses changes and the service fails closed without it
 (DESIGN.md, "Audit log").
 
+The guards are tried as a superuser (on SQLite, the file's owner): they must hold
+even for one. What the service's own role may do is tests/test_app_role.py's.
+
 Tampering statements run in a transaction that is never committed: should a
 guard be missing, the test fails and the shared database is left untouched.
 The insert-refusing trigger used for the fail-closed tests is always dropped.
 """
 
-import secrets
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.audit.models import AuditEvent
 from app.config import Settings
 from tests.conftest import NHS, World
+from tests.faults import audit_log_unwritable
 
 APPEND_ONLY = {
     # table: an UPDATE that would rewrite history, and how to spot its work
@@ -32,7 +33,6 @@ APPEND_ONLY = {
         "changed_by = 'tampered'",
     ),
 }
-REFUSE_INSERT = "cpr_test_refuse_audit_insert"
 
 
 def _postgres_only(settings: Settings) -> None:
@@ -63,8 +63,9 @@ async def _refused(sessionmaker: async_sessionmaker[AsyncSession], *statements: 
 
 @pytest.mark.parametrize("table", sorted(APPEND_ONLY))
 async def test_update_is_refused_by_the_database(
-    world: World, sessionmaker: async_sessionmaker[AsyncSession], table: str
+    world: World, admin_sessionmaker: async_sessionmaker[AsyncSession], table: str
 ) -> None:
+    sessionmaker = admin_sessionmaker
     before = await _count(sessionmaker, table)
     assert before > 0, "nothing to tamper with: the test would prove nothing"
     update, tampered = APPEND_ONLY[table]
@@ -75,8 +76,9 @@ async def test_update_is_refused_by_the_database(
 
 @pytest.mark.parametrize("table", sorted(APPEND_ONLY))
 async def test_delete_is_refused_by_the_database(
-    world: World, sessionmaker: async_sessionmaker[AsyncSession], table: str
+    world: World, admin_sessionmaker: async_sessionmaker[AsyncSession], table: str
 ) -> None:
+    sessionmaker = admin_sessionmaker
     before = await _count(sessionmaker, table)
     assert before > 0
     error = await _refused(sessionmaker, f"DELETE FROM {table}")
@@ -85,9 +87,10 @@ async def test_delete_is_refused_by_the_database(
 
 
 async def test_a_single_targeted_update_is_refused_too(
-    world: World, sessionmaker: async_sessionmaker[AsyncSession]
+    world: World, admin_sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     """Not only bulk statements: rewriting one lookup's outcome is refused."""
+    sessionmaker = admin_sessionmaker
     async with sessionmaker() as session:
         event_id = (await session.execute(text("SELECT id FROM audit_events LIMIT 1"))).scalar_one()
     async with sessionmaker() as session:
@@ -116,19 +119,21 @@ async def test_a_single_targeted_update_is_refused_too(
 async def test_truncate_is_refused_on_postgresql(
     world: World,
     settings: Settings,
-    sessionmaker: async_sessionmaker[AsyncSession],
+    admin_sessionmaker: async_sessionmaker[AsyncSession],
     statement: str,
 ) -> None:
     _postgres_only(settings)
+    sessionmaker = admin_sessionmaker
     error = await _refused(sessionmaker, statement)
     assert "append-only" in str(error)
 
 
 async def test_plain_truncate_of_the_log_is_refused_on_postgresql(
-    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+    world: World, settings: Settings, admin_sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     """Refused before the trigger is reached (audit_seals references the log), which is
     why the CASCADE form above exists: it gets past that and meets the guard."""
+    sessionmaker = admin_sessionmaker
     _postgres_only(settings)
     before = await _count(sessionmaker, "audit_events")
     await _refused(sessionmaker, "TRUNCATE audit_events")
@@ -149,13 +154,15 @@ async def test_plain_truncate_of_the_log_is_refused_on_postgresql(
 async def test_replication_role_replica_does_not_switch_the_guards_off(
     world: World,
     settings: Settings,
-    sessionmaker: async_sessionmaker[AsyncSession],
+    admin_sessionmaker: async_sessionmaker[AsyncSession],
     statement: str,
 ) -> None:
-    """Ordinary triggers do not fire under session_replication_role = replica;
-    the guards are ENABLE ALWAYS, so they still do."""
+    """Ordinary triggers do not fire under session_replication_role = replica (which
+    only a superuser may set); the guards are ENABLE ALWAYS, so they still do."""
     _postgres_only(settings)
-    error = await _refused(sessionmaker, "SET LOCAL session_replication_role = replica", statement)
+    error = await _refused(
+        admin_sessionmaker, "SET LOCAL session_replication_role = replica", statement
+    )
     assert "append-only" in str(error)
 
 
@@ -186,48 +193,6 @@ async def test_the_application_role_may_only_insert_and_read_the_log(
 # --- fail closed ----------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def audit_log_unwritable(
-    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
-) -> AsyncIterator[None]:
-    """Make every INSERT into audit_events fail, for real, in the database.
-
-    Committed before the caller goes on (on SQLite the app's writes BEGIN
-    IMMEDIATE and would wait for an open DDL transaction); always dropped.
-    """
-    # A fresh name each time: a pooled SQLite connection may still hold the schema
-    # from before the last drop, and would refuse to create the same name again.
-    name = f"{REFUSE_INSERT}_{secrets.token_hex(4)}"
-    if settings.is_sqlite:
-        create = [
-            f"CREATE TRIGGER {name} BEFORE INSERT ON audit_events "
-            "BEGIN SELECT RAISE(ABORT, 'audit log unwritable (test)'); END"
-        ]
-        drop = [f"DROP TRIGGER IF EXISTS {name}"]
-    else:
-        create = [
-            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            "BEGIN RAISE EXCEPTION 'audit log unwritable (test)'; END $$",
-            f"CREATE TRIGGER {name} BEFORE INSERT ON audit_events "
-            f"FOR EACH ROW EXECUTE FUNCTION {name}()",
-        ]
-        drop = [
-            f"DROP TRIGGER IF EXISTS {name} ON audit_events",
-            f"DROP FUNCTION IF EXISTS {name}()",
-        ]
-    try:
-        async with sessionmaker() as session:
-            for statement in create:
-                await session.execute(text(statement))
-            await session.commit()
-        yield
-    finally:
-        async with sessionmaker() as session:
-            for statement in drop:
-                await session.execute(text(statement))
-            await session.commit()
-
-
 def _on_plan_lookup() -> dict[str, object]:
     return {
         "subject": {"nhs_number": NHS["neglect"]},
@@ -242,6 +207,7 @@ async def test_lookup_fails_closed_when_the_audit_log_cannot_be_written(
     world: World,
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
+    admin_sessionmaker: async_sessionmaker[AsyncSession],
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     headers = world["hospital_client"].headers
@@ -250,7 +216,7 @@ async def test_lookup_fails_closed_when_the_audit_log_cannot_be_written(
     assert answered.json()["status"] == "on_plan"  # what the attacker hopes to see
 
     capfd.readouterr()
-    async with audit_log_unwritable(sessionmaker, settings):
+    async with audit_log_unwritable(admin_sessionmaker, settings):
         response = await client.post("/v1/lookups", json=_on_plan_lookup(), headers=headers)
     out, err = capfd.readouterr()
 
@@ -280,8 +246,9 @@ async def test_the_service_answers_again_once_the_log_is_writable(
     world: World,
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
+    admin_sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
-    async with audit_log_unwritable(sessionmaker, settings):
+    async with audit_log_unwritable(admin_sessionmaker, settings):
         pass
     response = await client.post(
         "/v1/lookups", json=_on_plan_lookup(), headers=world["hospital_client"].headers
@@ -292,11 +259,64 @@ async def test_the_service_answers_again_once_the_log_is_writable(
 
 
 async def test_readyz_reports_an_unwritable_audit_log(
-    client: httpx.AsyncClient, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+    client: httpx.AsyncClient,
+    settings: Settings,
+    admin_sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     assert (await client.get("/readyz")).status_code == 200
-    async with audit_log_unwritable(sessionmaker, settings):
+    async with audit_log_unwritable(admin_sessionmaker, settings):
         not_ready = await client.get("/readyz")
     assert not_ready.status_code == 503
     assert not_ready.headers["content-type"] == "application/problem+json"
     assert (await client.get("/readyz")).status_code == 200
+
+
+# --- the sealing queue (migration 0008) -----------------------------------------------------
+
+
+async def test_the_application_role_may_only_read_the_sealing_queue(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Queued by a trigger, taken off by the trigger on sealing: cpr_app writes neither."""
+    _postgres_only(settings)
+    async with sessionmaker() as session:
+        privileges = {
+            privilege: (
+                await session.execute(
+                    text("SELECT has_table_privilege('cpr_app', 'audit_unsealed', :privilege)"),
+                    {"privilege": privilege},
+                )
+            ).scalar_one()
+            for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+        }
+    assert privileges == {
+        "SELECT": True,
+        "INSERT": False,
+        "UPDATE": False,
+        "DELETE": False,
+        "TRUNCATE": False,
+    }
+
+
+async def test_the_sealing_queue_triggers_fire_always(
+    world: World, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """ENABLE ALWAYS: session_replication_role = replica switches none of them off."""
+    _postgres_only(settings)
+    async with sessionmaker() as session:
+        rows = await session.execute(
+            text(
+                "SELECT tgname, tgenabled::text AS tgenabled FROM pg_trigger "
+                "WHERE NOT tgisinternal AND tgrelid IN ('audit_unsealed'::regclass, "
+                "'audit_seals'::regclass, 'audit_events'::regclass)"
+            )
+        )
+        enabled = {row.tgname: row.tgenabled for row in rows}
+    for trigger in (
+        "audit_events_queue",
+        "audit_seals_dequeue",
+        "audit_unsealed_only_sealed_leave",
+        "audit_unsealed_append_only",
+        "audit_unsealed_no_truncate",
+    ):
+        assert enabled.get(trigger) == "A", trigger

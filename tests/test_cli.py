@@ -29,6 +29,8 @@ ENQUIRER = {"id": "C123456", "name": "Dr A Jones", "role": "ED registrar"}
 def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point the command at the test database and keys; settings are cached, so clear them."""
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    if settings.database_role is not None:
+        monkeypatch.setenv("CPR_DATABASE_ROLE", settings.database_role)
     monkeypatch.setenv("CPR_KEY_DIR", str(settings.key_dir))
     monkeypatch.setenv("CPR_ENVIRONMENT", settings.environment.value)
     get_settings.cache_clear()

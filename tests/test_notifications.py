@@ -39,6 +39,7 @@ from app.notifications.models import (
 from app.notifications.notifier import Notifier, derive_notifications
 from tests.conftest import NHS, World
 from tests.enquiries import ask, custodian_of, enquirer_id, fresh_nhs, new_child, seal_and_notify
+from tests.faults import audit_log_unwritable
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -73,6 +74,31 @@ async def notifications_for(
             )
         )
         return list(rows)
+
+
+async def assert_not_found_is_audited(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    response: httpx.Response,
+    world: World,
+    notification_id: uuid.UUID,
+) -> None:
+    """The 404 to custodian A is on record, naming the id asked for and nothing else."""
+    async with sessionmaker() as session:
+        [event] = (
+            await session.scalars(
+                select(AuditEvent).where(AuditEvent.request_id == response.headers["x-request-id"])
+            )
+        ).all()
+    assert (event.event_type, event.outcome) == ("notification.refused", "refused")
+    assert event.refusal == "notification_not_found"
+    custodian = world["custodian_a"]
+    assert (event.principal, event.organisation_id) == (
+        custodian.subject,
+        custodian.organisation.id,
+    )
+    assert event.detail is not None
+    assert event.detail["notification_id"] == str(notification_id)
+    assert (event.authority_id, event.entry_id) == (None, None)
 
 
 # --- the feed --------------------------------------------------------------------------
@@ -205,6 +231,16 @@ async def test_another_authoritys_notifications_are_neither_listed_nor_acknowled
         headers=world["custodian_a"].headers,
     )
     assert response.status_code == 404
+    await assert_not_found_is_audited(sessionmaker, response, world, notification.id)
+    # The same answer as for an id that names no notification at all.
+    unknown = await client.post(
+        f"/v1/notifications/{uuid.uuid4()}/acknowledge", headers=world["custodian_a"].headers
+    )
+    assert (unknown.status_code, unknown.content) == (404, response.content)
+    async with sessionmaker() as session:
+        still = await session.get(Notification, notification.id)
+    assert still is not None
+    assert still.acknowledged_at is None
     custodian_b = await custodian_of(app, sessionmaker, world.orgs["authority_b"])
     assert theirs.json()["lookup_id"] in {
         item["event_id"] for item in await feed(client, custodian_b, status="unacknowledged")
@@ -243,13 +279,32 @@ async def test_acknowledging_is_recorded_audited_and_idempotent(
     assert [event.principal for event in recorded] == [world["custodian_a"].subject]
 
 
-async def test_an_unknown_notification_is_not_found(
-    client: httpx.AsyncClient, world: World
+async def test_an_unknown_notification_is_not_found_and_the_refusal_is_audited(
+    client: httpx.AsyncClient, world: World, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
+    unknown = uuid.uuid4()
     response = await client.post(
-        f"/v1/notifications/{uuid.uuid4()}/acknowledge", headers=world["custodian_a"].headers
+        f"/v1/notifications/{unknown}/acknowledge", headers=world["custodian_a"].headers
     )
     assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    await assert_not_found_is_audited(sessionmaker, response, world, unknown)
+
+
+async def test_a_not_found_acknowledgement_is_not_answered_unless_it_is_recorded(
+    client: httpx.AsyncClient,
+    world: World,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin_sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    async with audit_log_unwritable(admin_sessionmaker, settings):
+        response = await client.post(
+            f"/v1/notifications/{uuid.uuid4()}/acknowledge",
+            headers=world["custodian_a"].headers,
+        )
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
 
 
 async def test_the_feed_lists_unacknowledged_first_then_newest(

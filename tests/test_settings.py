@@ -6,11 +6,13 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Environment, Settings
+from app.main import create_app
 
 
 def test_production_refuses_to_start_without_a_signing_key(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="no signing key"):
-        Settings(environment=Environment.production, key_dir=tmp_path)
+    settings = Settings(environment=Environment.production, key_dir=tmp_path)
+    with pytest.raises(ValueError, match="no signing key"):
+        create_app(settings)
 
 
 def test_production_refuses_a_placeholder_database_password(tmp_path: Path) -> None:
@@ -25,11 +27,21 @@ def test_production_refuses_a_placeholder_database_password(tmp_path: Path) -> N
 
 def test_production_refuses_to_start_without_a_checkpoint_key(tmp_path: Path) -> None:
     (tmp_path / "k.pem").write_text("key")
-    with pytest.raises(ValidationError, match="no checkpoint key"):
+    settings = Settings(
+        environment=Environment.production,
+        key_dir=tmp_path,
+        checkpoint_key_path=tmp_path / "missing.pem",
+    )
+    with pytest.raises(ValueError, match="no checkpoint key"):
+        create_app(settings)
+
+
+def test_production_on_postgresql_requires_the_role_to_act_as(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="CPR_DATABASE_ROLE is required"):
         Settings(
             environment=Environment.production,
             key_dir=tmp_path,
-            checkpoint_key_path=tmp_path / "missing.pem",
+            database_url="postgresql+asyncpg://cpr_service:s3cr3t-from-vault@db/cpr",
         )
 
 
@@ -41,7 +53,9 @@ def test_production_starts_with_keys_and_a_real_password(tmp_path: Path) -> None
         key_dir=tmp_path,
         checkpoint_key_path=tmp_path / "checkpoint.key",
         database_url="postgresql+asyncpg://cpr:s3cr3t-from-vault@db/cpr",
+        database_role="cpr_app",
     )
+    settings.check_keys_to_serve()
     assert settings.environment is Environment.production
 
 

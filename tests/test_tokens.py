@@ -9,12 +9,14 @@ from urllib.parse import quote
 import httpx
 import pytest
 from jose import jwt
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditEvent
+from app.auth.models import AccessToken
 from app.config import Settings
 from tests.conftest import World
+from tests.faults import audit_log_unwritable
 
 MAX_TTL = 900
 REGISTERED_CLAIMS = {"iss", "aud", "sub", "exp", "iat", "nbf", "jti", "org", "scope"}
@@ -54,6 +56,13 @@ async def login_event(
         ).all()
     assert len(events) == 1
     return events[0]
+
+
+def assert_no_secret(event: AuditEvent, credentials: dict[str, str]) -> None:
+    recorded = json.dumps([event.detail, event.principal, event.refusal])
+    for secret in (credentials.get("client_secret"), credentials.get("password")):
+        if secret:
+            assert secret not in recorded
 
 
 def assert_token_response(response: httpx.Response) -> None:
@@ -103,6 +112,117 @@ async def test_an_issued_token_is_accepted_for_a_lookup(
         "/v1/lookups", json=body, headers={"Authorization": f"Bearer {token}"}
     )
     assert response.status_code == 200, response.text
+
+
+# --- Sign-ins are on record -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("who", ["hospital_client", "duty_officer"])
+async def test_a_sign_in_is_an_audit_event_naming_the_tokens_jti(
+    client: httpx.AsyncClient,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    who: str,
+) -> None:
+    principal = world[who]
+    response = await client.post("/oauth/token", data=principal.credentials)
+    assert_token_response(response)
+    claims = jwt.get_unverified_claims(response.json()["access_token"])
+    event = await login_event(sessionmaker, response)
+    assert (event.event_type, event.outcome, event.refusal) == ("auth.signed_in", "issued", None)
+    assert event.principal == principal.subject
+    assert event.organisation_id == principal.organisation.id
+    assert event.source_address == "203.0.113.7"
+    assert event.detail is not None
+    assert event.detail["grant_type"] == principal.credentials["grant_type"]
+    assert event.detail["jti"] == claims["jti"]
+    assert event.detail["scopes"] == ["register:lookup"]
+    assert_no_secret(event, principal.credentials)
+    assert response.json()["access_token"] not in json.dumps(event.detail)
+
+
+@pytest.mark.parametrize("who", ["hospital_client", "duty_officer"])
+async def test_each_token_issued_is_exactly_one_sign_in_event(
+    client: httpx.AsyncClient,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    who: str,
+) -> None:
+    principal = world[who]
+    responses = [await client.post("/oauth/token", data=principal.credentials) for _ in range(3)]
+    jtis = [jwt.get_unverified_claims(r.json()["access_token"])["jti"] for r in responses]
+    request_ids = [r.headers["x-request-id"] for r in responses]
+    async with sessionmaker() as session:
+        events = (
+            await session.scalars(select(AuditEvent).where(AuditEvent.request_id.in_(request_ids)))
+        ).all()
+        signed_in = (
+            await session.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.principal == principal.subject,
+                    AuditEvent.event_type == "auth.signed_in",
+                )
+            )
+        ).all()
+        stored = set(
+            await session.scalars(select(AccessToken.jti).where(AccessToken.jti.in_(jtis)))
+        )
+    # One event per request, and each token's jti in exactly one event (whoever else
+    # signed this principal in before).
+    assert sorted(e.request_id for e in events) == sorted(request_ids)
+    recorded = [e.detail["jti"] for e in signed_in if e.detail and e.detail.get("jti") in jtis]
+    assert sorted(recorded) == sorted(jtis)
+    assert stored == set(jtis)
+
+
+@pytest.mark.parametrize("who", ["hospital_client", "duty_officer"])
+async def test_no_token_is_issued_while_the_audit_log_cannot_be_written(
+    client: httpx.AsyncClient,
+    world: World,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin_sessionmaker: async_sessionmaker[AsyncSession],
+    who: str,
+) -> None:
+    principal = world[who]
+
+    async def tokens_stored() -> int:
+        async with sessionmaker() as session:
+            statement = select(func.count()).where(AccessToken.subject == principal.subject)
+            return (await session.execute(statement)).scalar_one()
+
+    before = await tokens_stored()
+    async with audit_log_unwritable(admin_sessionmaker, settings):
+        response = await client.post("/oauth/token", data=principal.credentials)
+
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert int(response.headers["retry-after"]) > 0
+    assert response.headers["cache-control"] == "no-store"
+    assert "access_token" not in response.text
+    assert set(response.json()) <= {"type", "title", "status", "detail", "instance"}
+    assert await tokens_stored() == before
+    async with sessionmaker() as session:
+        written = await session.scalar(
+            select(func.count()).where(AuditEvent.request_id == response.headers["x-request-id"])
+        )
+    assert written == 0
+    # Once the log is writable again, so is signing in.
+    assert_token_response(await client.post("/oauth/token", data=principal.credentials))
+
+
+async def test_a_scope_refusal_is_not_answered_unless_it_is_recorded(
+    client: httpx.AsyncClient,
+    world: World,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin_sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    data = {**world["hospital_client"].credentials, "scope": "admin"}
+    async with audit_log_unwritable(admin_sessionmaker, settings):
+        response = await client.post("/oauth/token", data=data)
+    assert response.status_code == 503
+    assert "access_token" not in response.text
 
 
 # --- What a token is ---------------------------------------------------------------------------
@@ -237,14 +357,28 @@ async def test_unsupported_grant_type(
 
 
 @pytest.mark.parametrize("scope", ["admin", "register:lookup admin", "audit:read"])
-async def test_a_scope_the_client_does_not_hold_is_invalid_scope(
-    client: httpx.AsyncClient, world: World, scope: str
+@pytest.mark.parametrize("who", ["hospital_client", "duty_officer"])
+async def test_a_scope_not_granted_is_invalid_scope_and_audited(
+    client: httpx.AsyncClient,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    who: str,
+    scope: str,
 ) -> None:
-    data = {**world["hospital_client"].credentials, "scope": scope}
-    response = await client.post("/oauth/token", data=data)
+    """The credentials were right, so the caller is identified: the refusal names it."""
+    principal = world[who]
+    response = await client.post("/oauth/token", data={**principal.credentials, "scope": scope})
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_scope"
     assert "access_token" not in response.text
+    event = await login_event(sessionmaker, response)
+    assert (event.event_type, event.outcome) == ("auth.login_refused", "refused")
+    assert event.refusal == "invalid_scope"
+    assert event.principal == principal.subject
+    assert event.organisation_id == principal.organisation.id
+    assert event.detail is not None
+    assert event.detail["scopes_requested"] == sorted(scope.split())
+    assert_no_secret(event, principal.credentials)
 
 
 async def test_token_errors_are_not_cached(client: httpx.AsyncClient) -> None:

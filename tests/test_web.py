@@ -1,6 +1,7 @@
 """The thin web client, through real HTTP on the app: sign-in, the lookup page, the
 review page, and the defences of a cookie session (CSRF, foreign origins, headers)."""
 
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -8,11 +9,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI
+from jose import jwt
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditEvent
+from app.config import Settings
 from tests.conftest import NHS, World
+from tests.faults import audit_log_unwritable
 
 REASON = "attended out of hours with a head injury"
 
@@ -83,6 +87,51 @@ async def test_a_wrong_password_is_refused_and_audited_as_the_api_does(
             )
         )
     assert failed is not None
+
+
+async def test_a_sign_in_is_recorded_as_the_api_records_it(
+    browser: httpx.AsyncClient, world: World, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    officer = world["duty_officer"]
+    response = await _sign_in(browser, world, "duty_officer")
+    assert response.status_code == 303
+    token = browser.cookies.get("cpr_session")
+    assert token
+    async with sessionmaker() as session:
+        [event] = (
+            await session.scalars(
+                select(AuditEvent).where(AuditEvent.request_id == response.headers["x-request-id"])
+            )
+        ).all()
+    assert (event.event_type, event.outcome) == ("auth.signed_in", "issued")
+    assert (event.principal, event.organisation_id) == (officer.subject, officer.organisation.id)
+    assert event.source_address == "203.0.113.9"
+    assert event.detail is not None
+    assert event.detail["jti"] == jwt.get_unverified_claims(token)["jti"]
+    assert officer.credentials["password"] not in json.dumps(event.detail)
+
+
+async def test_while_sign_ins_cannot_be_recorded_the_page_says_so_and_whom_to_call(
+    browser: httpx.AsyncClient,
+    world: World,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin_sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    async with audit_log_unwritable(admin_sessionmaker, settings):
+        response = await _sign_in(browser, world, "duty_officer")
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("text/html")
+    assert int(response.headers["retry-after"]) > 0
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert 'role="alert"' in response.text
+    assert "Service unavailable" in response.text
+    assert "Try again" in response.text
+    assert settings.duty_contact_phone in response.text
+    assert "cpr_session=" not in response.headers.get("set-cookie", "")
+    assert browser.cookies.get("cpr_session") is None
+    # The form is there to try again from, and works once the log is writable.
+    assert (await _sign_in(browser, world, "duty_officer")).status_code == 303
 
 
 async def test_the_lookup_page_answers_as_the_api_and_records_the_same_event(

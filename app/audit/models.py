@@ -41,12 +41,19 @@ class AuditEvent(Base):
 
 class AuditUnsealed(Base):
     """Events waiting for the sequencer; filled by a database trigger on every insert
-    into ``audit_events``, so no code path can forget to queue its event."""
+    into ``audit_events``, so no code path can forget to queue its event, and emptied
+    only by a trigger on every insert into ``audit_seals``: an event leaves the queue
+    by being sealed, or not at all. The application role may only read it.
+
+    ``queued_at`` is the database's clock when the event was written (never the
+    writer's): the verifier measures the sealing delay from it.
+    """
 
     __tablename__ = "audit_unsealed"
 
     event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     occurred_at: Mapped[datetime]
+    queued_at: Mapped[datetime]
 
 
 class AuditSeal(Base):

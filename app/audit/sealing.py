@@ -4,10 +4,19 @@ A lookup's transaction only inserts its event (a trigger queues it). Sealing
 runs apart, in batches, under one lock (a PostgreSQL advisory lock; on SQLite
 the write lock): positions are gap-free and never forked however many
 replicas run a sequencer, and no lookup waits on another lookup's sealing.
+Inserting the seals is what takes the events off the queue (a trigger too): the
+sequencer never deletes from it, and the application role cannot.
+
+Each checkpoint is then copied to ``checkpoint_dir``. A copy that fails (the
+directory full, read-only, gone) is retried every round until the directory
+holds every checkpoint signed since its last good copy; sealing goes on meanwhile.
 """
 
 import asyncio
+import contextlib
+import math
 import os
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,18 +24,35 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import BigInteger, String, Uuid, bindparam, func, insert, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from app.audit.chain import EMPTY_HEAD, Checkpoint, CheckpointSigner, leaf_hash, next_head
+from app.audit.chain import (
+    EMPTY_HEAD,
+    Checkpoint,
+    CheckpointError,
+    CheckpointSigner,
+    leaf_hash,
+    next_head,
+)
 from app.audit.models import AuditCheckpoint, AuditEvent, AuditSeal, AuditUnsealed
 from app.config import Settings
+from app.db import READ_ONLY_OPTION, UTCDateTime, utcnow
 
 log = structlog.get_logger()
 
 SEAL_LOCK_KEY = 0x63707273  # "cprs"
 # Events hashed between two returns to the event loop (about 2 ms of CPU).
 HASH_SLICE = 50
+# A round asked for (a checkpoint on demand, shutdown, `cpr audit checkpoint`), unlike
+# the background loop's, retries this long while another replica's round goes on.
+LOCK_WAIT_SECONDS = 2.0
+LOCK_RETRY_SECONDS = 0.02
+# Checkpoints copied to the directory per round, oldest first, when it is behind.
+COPY_BATCH = 100
+# How long a round waits for its copy before sealing on (the copy goes on meanwhile).
+COPY_WAIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +60,15 @@ class Sealed:
     count: int
     size: int
     head: bytes
+    # Another sequencer held the lock: this round sealed nothing (size and head unknown).
+    skipped: bool = False
+
+
+SKIPPED = Sealed(0, 0, EMPTY_HEAD, skipped=True)
+
+
+class SealingBusy(TimeoutError):
+    """Another sequencer held the sealing lock for all of LOCK_WAIT_SECONDS."""
 
 
 def _chain(
@@ -56,8 +91,11 @@ def _chain(
     return seals, position, head
 
 
-async def seal_pending(session: AsyncSession, *, batch_size: int) -> Sealed:
-    """Seal up to ``batch_size`` queued events; the caller commits.
+async def seal_pending(session: AsyncSession, *, batch_size: int) -> Sealed | None:
+    """Seal up to ``batch_size`` queued events; the caller commits. None: another
+    sequencer holds the lock (on PostgreSQL), so this one skips its round rather than
+    wait for it (waits are bounded by ``lock_timeout``, and a sequencer that waited
+    would fail instead of sealing next round).
 
     Core statements, and the hashing in slices of HASH_SLICE events with the event
     loop given back between them: the sequencer shares its worker's loop with the
@@ -67,7 +105,11 @@ async def seal_pending(session: AsyncSession, *, batch_size: int) -> Sealed:
     """
     connection = await session.connection()
     if connection.dialect.name == "postgresql":
-        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SEAL_LOCK_KEY})
+        locked = await connection.scalar(
+            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SEAL_LOCK_KEY}
+        )
+        if not locked:
+            return None
     last = (
         await connection.execute(
             select(AuditSeal.position, AuditSeal.chain_hash)
@@ -95,13 +137,46 @@ async def seal_pending(session: AsyncSession, *, batch_size: int) -> Sealed:
             sliced, position, head = _chain(pending[start : start + HASH_SLICE], position, head)
             seals += sliced
             await asyncio.sleep(0)
-        await connection.execute(insert(AuditSeal.__table__), seals)
-        await connection.execute(
-            delete(AuditUnsealed.__table__).where(
-                AuditUnsealed.event_id.in_([event["id"] for event in pending])
-            )
-        )
+        # The database takes each sealed event off the queue (audit_seals_dequeue).
+        await _insert_seals(connection, seals)
     return Sealed(count=len(pending), size=position, head=head)
+
+
+# PostgreSQL: the whole batch in one statement, one array per column, so that the
+# trigger taking sealed events off the queue runs once per batch (it is a statement
+# trigger), and the statement is prepared once whatever the batch's size.
+_INSERT_SEALS = text(
+    "INSERT INTO audit_seals (position, event_id, leaf_hash, chain_hash, sealed_at) "
+    "SELECT position, event_id, leaf_hash, chain_hash, :sealed_at "
+    "FROM unnest(:positions, :event_ids, :leaf_hashes, :chain_hashes) "
+    "AS s (position, event_id, leaf_hash, chain_hash)"
+).bindparams(
+    bindparam("sealed_at", type_=UTCDateTime()),
+    bindparam("positions", type_=ARRAY(BigInteger)),
+    bindparam("event_ids", type_=ARRAY(Uuid)),
+    bindparam("leaf_hashes", type_=ARRAY(String)),
+    bindparam("chain_hashes", type_=ARRAY(String)),
+)
+
+
+async def _insert_seals(connection: AsyncConnection, seals: list[dict[str, Any]]) -> None:
+    sealed_at = utcnow()
+    if connection.dialect.name == "postgresql":
+        await connection.execute(
+            _INSERT_SEALS,
+            {
+                "sealed_at": sealed_at,
+                "positions": [seal["position"] for seal in seals],
+                "event_ids": [seal["event_id"] for seal in seals],
+                "leaf_hashes": [seal["leaf_hash"] for seal in seals],
+                "chain_hashes": [seal["chain_hash"] for seal in seals],
+            },
+        )
+        return
+    # SQLite: its trigger is per row anyway.
+    await connection.execute(
+        insert(AuditSeal.__table__), [{**seal, "sealed_at": sealed_at} for seal in seals]
+    )
 
 
 async def sign_checkpoint(
@@ -123,18 +198,65 @@ async def sign_checkpoint(
     return row
 
 
-def publish_checkpoint(directory: Path, note: str, size: int) -> None:
-    """Copy a checkpoint outside the database: one file per size, plus ``latest``."""
+def _write_atomically(path: Path, text: str) -> None:
+    """Written aside, flushed to the disk, then renamed into place: a reader sees the
+    old file or the new one, and a failed write (a full disk) leaves no debris."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with temporary.open("w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+def _stated_size(note: str) -> int | None:
+    """The size a checkpoint note states (its second line), signature unchecked."""
+    lines = note.split("\n")
+    try:
+        return int(lines[1]) if len(lines) > 1 else None
+    except ValueError:
+        return None
+
+
+def publish_checkpoints(directory: Path, checkpoints: Sequence[tuple[int, str]]) -> None:
+    """Copy checkpoints ``(size, note)``, oldest first, outside the database: one file
+    per size, and ``latest.txt`` for the newest, which is never replaced by an older
+    one (another replica may share the directory). Raises OSError when it cannot."""
+    if not checkpoints:
+        return
     directory.mkdir(parents=True, exist_ok=True)
-    for name in (f"checkpoint-{size:012d}.txt", "latest.txt"):
-        temporary = directory / f".{name}.tmp"
-        temporary.write_text(note)
-        os.replace(temporary, directory / name)
+    for size, note in checkpoints:
+        _write_atomically(directory / f"checkpoint-{size:012d}.txt", note)
+    size, note = checkpoints[-1]
+    latest = directory / "latest.txt"
+    try:
+        current = _stated_size(latest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        current = None  # none yet, or unreadable: write it
+    if current is None or current < size:
+        _write_atomically(latest, note)
+
+
+def publish_checkpoint(directory: Path, note: str, size: int) -> None:
+    """Copy one checkpoint outside the database (see publish_checkpoints)."""
+    publish_checkpoints(directory, [(size, note)])
+
+
+def _retrieve(task: "asyncio.Task[None]") -> None:
+    """A copy nobody waited for to the end: its failure is the next round's to see."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Sequencer:
     """Seals every ``sealing_interval_seconds``; signs a checkpoint at most every
-    ``checkpoint_interval_seconds`` while there is anything new, and on demand."""
+    ``checkpoint_interval_seconds`` while there is anything new, and on demand; and
+    keeps ``checkpoint_dir`` holding every checkpoint signed."""
 
     def __init__(
         self,
@@ -147,13 +269,59 @@ class Sequencer:
         self._settings = settings
         self._last_checkpoint = 0.0
         self._unsigned = True
+        # The copies: the newest checkpoint known to be stored (signed here, or seen in
+        # the database), the newest known to be in the directory (None until read), and
+        # since when (monotonic) the directory has lacked one.
+        self._stored = 0
+        self._copied: int | None = None
+        self._behind_since: float | None = None
+        self._looked_at = -math.inf
+        self._copy_error: str | None = None
+        self._copy_failures = 0
+        self._failure_logged_at = -math.inf
+        self._copy_task: asyncio.Task[None] | None = None
+        self._round = asyncio.Lock()
 
-    async def run_once(self, *, checkpoint: bool = False) -> tuple[Sealed, AuditCheckpoint | None]:
+    async def run_once(
+        self, *, checkpoint: bool = False, wait: bool = True
+    ) -> tuple[Sealed, AuditCheckpoint | None]:
+        """One round: seal everything queued, sign a checkpoint if due (or if
+        ``checkpoint``), copy what the checkpoint directory lacks.
+
+        While another replica's sequencer holds the sealing lock, the round is
+        skipped (SKIPPED) without waiting on the database: at once if not ``wait``
+        (the background loop, whose next round comes soon), else after retrying for
+        up to LOCK_WAIT_SECONDS, and then, if a checkpoint was asked for, SealingBusy.
+        A round of this sequencer's own that is under way is waited for (in memory).
+        """
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            async with self._round:
+                outcome = await self._seal(checkpoint=checkpoint)
+            if outcome is not None or not wait:
+                break
+            if time.monotonic() >= deadline:
+                if checkpoint:
+                    raise SealingBusy("another sequencer held the sealing lock")
+                break
+            await asyncio.sleep(LOCK_RETRY_SECONDS)
+        total, signed = outcome if outcome is not None else (SKIPPED, None)
+        if signed is not None:
+            self._last_checkpoint, self._unsigned = time.monotonic(), False
+        await self._copy_checkpoints(signed)
+        if total.count:
+            log.info("audit_sealed", count=total.count, size=total.size)
+        return total, signed
+
+    async def _seal(self, *, checkpoint: bool) -> tuple[Sealed, AuditCheckpoint | None] | None:
         settings = self._settings
         async with self._sessionmaker() as session:
             total = Sealed(0, 0, EMPTY_HEAD)
             while True:
                 sealed = await seal_pending(session, batch_size=settings.sealing_batch_size)
+                if sealed is None:
+                    await session.rollback()
+                    return None
                 total = Sealed(total.count + sealed.count, sealed.size, sealed.head)
                 if sealed.count < settings.sealing_batch_size:
                     break
@@ -165,19 +333,136 @@ class Sequencer:
                     session, self.signer, settings.audit_log_origin, total
                 )
             await session.commit()
-        if signed is not None:
-            self._last_checkpoint, self._unsigned = time.monotonic(), False
-            await asyncio.to_thread(
-                publish_checkpoint, settings.checkpoint_dir, signed.note, signed.size
-            )
-        if total.count:
-            log.info("audit_sealed", count=total.count, size=total.size)
         return total, signed
+
+    # --- copies outside the database ----------------------------------------------------
+
+    def checkpoint_copy_problem(self, now: float | None = None) -> str | None:
+        """Why the checkpoint directory is not to be trusted now, or None: it has
+        lacked a signed checkpoint for longer than twice the checkpoint interval.
+        Cheap (no I/O): for /readyz."""
+        since = self._behind_since
+        if since is None:
+            return None
+        waited = (time.monotonic() if now is None else now) - since
+        if waited <= 2 * self._settings.checkpoint_interval_seconds:
+            return None
+        cause = f" (copy failed: {self._copy_error})" if self._copy_error else ""
+        return (
+            f"Signed audit checkpoints have not reached the checkpoint directory "
+            f"for {waited:.0f} s{cause}."
+        )
+
+    async def _copy_checkpoints(self, signed: AuditCheckpoint | None) -> None:
+        """Copy what the directory lacks, waiting at most COPY_WAIT_SECONDS: a
+        directory that hangs (a stuck network mount) must not stop the sealing. One
+        copy at a time; one still running is waited for again next round."""
+        if signed is not None:
+            self._stored = max(self._stored, signed.size)
+        if self._copy_task is None or self._copy_task.done():
+            self._copy_task = asyncio.create_task(self._copy())
+            self._copy_task.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._copy_task), COPY_WAIT_SECONDS)
+        except TimeoutError:
+            self._copy_failed(TimeoutError("checkpoint copy still running"), time.monotonic())
+
+    async def _copy(self) -> None:
+        """Bring the directory up to the newest stored checkpoint. A failure of the
+        directory is logged as such, and retried next round; never raised (a failure
+        of the database is)."""
+        settings = self._settings
+        now = time.monotonic()
+        if self._copied is None or now - self._looked_at >= settings.checkpoint_interval_seconds:
+            # On start, and now and then: checkpoints signed before a restart, or by
+            # another replica, belong in this directory too.
+            self._looked_at = now
+            self._stored = max(self._stored, await self._newest_stored())
+        if self._copied is None or self._stored > self._copied:
+            # What the directory holds now (another replica may share it).
+            try:
+                held = await asyncio.to_thread(self._directory_size)
+            except OSError as exc:
+                self._copy_failed(exc, now)
+                return
+            self._copied = max(self._copied or 0, held)
+        if self._stored <= self._copied:
+            self._caught_up()
+            return
+        if self._behind_since is None:
+            self._behind_since = now
+        # From the database, not only what this sequencer signed: another replica's
+        # checkpoints, and every one signed while the directory was failing.
+        wanted = await self._stored_after(self._copied)
+        try:
+            await asyncio.to_thread(publish_checkpoints, settings.checkpoint_dir, wanted)
+        except Exception as exc:  # the directory, whatever went wrong with it
+            self._copy_failed(exc, now)
+            return
+        if wanted:
+            self._copied = max(self._copied, wanted[-1][0])
+        if self._stored <= self._copied:
+            self._caught_up()
+
+    def _directory_size(self) -> int:
+        """The size of the directory's ``latest.txt`` if it verifies; 0 if there is
+        none (or one that does not). OSError when the directory cannot be read."""
+        try:
+            note = (self._settings.checkpoint_dir / "latest.txt").read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return 0  # a new directory (made at the first copy) or an emptied one
+        except UnicodeDecodeError:
+            return 0
+        try:
+            return self.signer.verifier.open(note).size
+        except CheckpointError:
+            return 0
+
+    async def _newest_stored(self) -> int:
+        async with self._sessionmaker() as session:
+            await session.connection(execution_options={READ_ONLY_OPTION: True})
+            return int(await session.scalar(select(func.max(AuditCheckpoint.size))) or 0)
+
+    async def _stored_after(self, size: int) -> list[tuple[int, str]]:
+        async with self._sessionmaker() as session:
+            await session.connection(execution_options={READ_ONLY_OPTION: True})
+            rows = await session.execute(
+                select(AuditCheckpoint.size, AuditCheckpoint.note)
+                .where(AuditCheckpoint.size > size)
+                .order_by(AuditCheckpoint.size)
+                .limit(COPY_BATCH)
+            )
+            return [(row.size, row.note) for row in rows]
+
+    def _copy_failed(self, exc: BaseException, now: float) -> None:
+        if self._behind_since is None and self._stored > (self._copied or 0):
+            self._behind_since = now
+        self._copy_error = type(exc).__name__
+        self._copy_failures += 1
+        # Retried every round; said at most once a checkpoint interval.
+        if now - self._failure_logged_at >= self._settings.checkpoint_interval_seconds:
+            self._failure_logged_at = now
+            log.error(
+                "audit_checkpoint_copy_failed",
+                error_type=self._copy_error,
+                errno=getattr(exc, "errno", None),
+                size=self._stored,
+                copied=self._copied,
+                failures=self._copy_failures,
+            )
+
+    def _caught_up(self) -> None:
+        if self._copy_failures:
+            log.info(
+                "audit_checkpoint_copy_restored", size=self._copied, failures=self._copy_failures
+            )
+        self._behind_since, self._copy_error, self._copy_failures = None, None, 0
+        self._failure_logged_at = -math.inf
 
     async def run_forever(self) -> None:
         while True:
             try:
-                await self.run_once()
+                await self.run_once(wait=False)
             except Exception as exc:  # keep sealing after a passing database fault
                 log.error("audit_sealing_failed", error_type=type(exc).__name__)
             await asyncio.sleep(self._settings.sealing_interval_seconds)

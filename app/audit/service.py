@@ -1,17 +1,17 @@
 """Writing audit events. An event is durable before the answer it records leaves."""
 
 import uuid
+from contextlib import suppress
 from datetime import datetime
 from typing import Any, NoReturn
 
 import structlog
 from fastapi import Request
 from sqlalchemy import JSON, bindparam, func, insert, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEvent
-from app.db import DatabaseUnavailable, HotConnection, HotStatement, utcnow
+from app.db import DATABASE_ERRORS, DatabaseUnavailable, HotConnection, HotStatement, utcnow
 from app.errors import ProblemError
 
 log = structlog.get_logger()
@@ -49,9 +49,10 @@ async def commit_or_fail_closed(session: AsyncSession) -> None:
     """
     try:
         await session.commit()
-    except SQLAlchemyError as exc:
-        await session.rollback()
+    except DATABASE_ERRORS as exc:
         log.error("audit_write_failed", error_type=type(exc).__name__)
+        with suppress(*DATABASE_ERRORS):
+            await session.rollback()
         raise audit_unavailable() from exc
 
 
@@ -82,7 +83,7 @@ async def write_event(connection: HotConnection, event: dict[str, Any]) -> None:
     if event["occurred_at"] is None:
         event["occurred_at"] = utcnow()
     try:
-        await connection.execute(INSERT_EVENT, event)
+        await connection.insert_one(INSERT_EVENT, event)
         await connection.commit()
     except DatabaseUnavailable as exc:
         log.error("audit_write_failed", error_type=str(exc))

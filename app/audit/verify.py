@@ -1,15 +1,18 @@
 """The verifier: recompute every leaf, every head and every checkpoint signature.
 
 It names the first event that was altered, removed, reordered or inserted,
-every checkpoint that is forged or that the log no longer extends, and every
-event left unsealed past the sealing delay.
+every checkpoint that is forged or that the log no longer extends, every event
+left unsealed past the sealing delay (measured from when the database queued it,
+not from the event's own ``occurred_at``) or never queued at all, and every event
+dated in the future: later than the database's clock, or later than the signed
+time of the first checkpoint that covers it.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.chain import (
@@ -20,8 +23,14 @@ from app.audit.chain import (
     leaf_hash,
     next_head,
 )
-from app.audit.models import AuditCheckpoint, AuditEvent, AuditSeal
-from app.db import utcnow
+from app.audit.models import AuditCheckpoint, AuditEvent, AuditSeal, AuditUnsealed
+
+# How far an event's time may run ahead of the database's clock or of the checkpoint
+# that covers it: the clocks of the service's hosts and the database's differ a little,
+# and a checkpoint's time is whole seconds.
+FUTURE_TOLERANCE = timedelta(seconds=60)
+# Events named per kind of finding (unsealed, future_dated); the first are what matter.
+MAX_LISTED = 100
 
 
 @dataclass(frozen=True)
@@ -50,8 +59,14 @@ async def verify_log(
     *,
     sealing_delay: timedelta,
     held_checkpoints: Sequence[str] = (),
+    future_tolerance: timedelta = FUTURE_TOLERANCE,
 ) -> Report:
-    """Walk the whole chain; ``held_checkpoints`` are notes kept outside the database."""
+    """Walk the whole chain; ``held_checkpoints`` are notes kept outside the database.
+
+    A handful of statements whatever the log's size: the checkpoints, the walk of
+    every seal with its event, the database's clock, the events dated after it, and
+    the events without a seal; nothing is read per event.
+    """
     report = Report()
     wanted = _checkpoints(
         report,
@@ -62,6 +77,15 @@ async def verify_log(
         ],
         [("held checkpoint", note) for note in held_checkpoints],
     )
+
+    # For each checkpoint size, the earliest time it was signed: every event it covers
+    # was written before then.
+    covering = sorted(
+        (size, datetime.fromtimestamp(min(c.signed_at for _, c in labelled), UTC))
+        for size, labelled in wanted.items()
+    )
+    cover = 0
+    future: dict[str, Finding] = {}
 
     expected, head = 1, EMPTY_HEAD
     rows = await session.stream(
@@ -76,6 +100,18 @@ async def verify_log(
             report.findings.append(finding)
             break
         head = bytes.fromhex(seal.chain_hash)
+        while cover < len(covering) and covering[cover][0] < seal.position:
+            cover += 1
+        if cover < len(covering) and len(future) < MAX_LISTED:
+            size, signed = covering[cover]
+            if event.occurred_at > signed + future_tolerance:
+                future[str(event.id)] = Finding(
+                    "future_dated",
+                    f"the event is dated {event.occurred_at.isoformat()}, after the checkpoint "
+                    f"at size {size} that covers it was signed ({signed.isoformat()})",
+                    position=seal.position,
+                    event_id=str(event.id),
+                )
         for label, checkpoint in wanted.get(seal.position, ()):
             if checkpoint.head != head:
                 report.findings.append(
@@ -102,23 +138,66 @@ async def verify_log(
                     )
                 )
 
-    cutoff = utcnow() - sealing_delay
-    unsealed = await session.scalars(
-        select(AuditEvent.id)
+    now = await database_now(session)
+    ahead = await session.execute(
+        select(AuditEvent.id, AuditEvent.occurred_at, AuditSeal.position)
         .outerjoin(AuditSeal, AuditSeal.event_id == AuditEvent.id)
-        .where(AuditSeal.position.is_(None), AuditEvent.occurred_at < cutoff)
+        .where(AuditEvent.occurred_at > now + future_tolerance)
+        .order_by(AuditEvent.occurred_at.desc())
+        .limit(MAX_LISTED)
+    )
+    for row in ahead:
+        future.setdefault(
+            str(row.id),
+            Finding(
+                "future_dated",
+                f"the event is dated {row.occurred_at.isoformat()}, after the database's "
+                f"clock ({now.isoformat()})",
+                position=row.position,
+                event_id=str(row.id),
+            ),
+        )
+
+    # Unsealed: queued longer ago than the delay, by the database's clock; or not
+    # queued at all, which only sealing may end (or someone who went around the guards).
+    unsealed = await session.execute(
+        select(AuditEvent.id, AuditUnsealed.queued_at)
+        .outerjoin(AuditSeal, AuditSeal.event_id == AuditEvent.id)
+        .outerjoin(AuditUnsealed, AuditUnsealed.event_id == AuditEvent.id)
+        .where(
+            AuditSeal.position.is_(None),
+            or_(
+                AuditUnsealed.event_id.is_(None),
+                AuditUnsealed.queued_at < now - sealing_delay,
+            ),
+        )
         .order_by(AuditEvent.occurred_at)
-        .limit(100)
+        .limit(MAX_LISTED)
     )
     report.findings.extend(
         Finding(
             "unsealed",
-            "event never sealed: inserted around the sequencer, or it stopped",
-            event_id=str(event_id),
+            "event never sealed and no longer queued for sealing: its queue entry was "
+            "removed, or it was written around the sequencer"
+            if row.queued_at is None
+            else f"event queued at {row.queued_at.isoformat()} and still not sealed: the "
+            "sequencer stopped or cannot keep up",
+            event_id=str(row.id),
         )
-        for event_id in unsealed
+        for row in unsealed
     )
+    report.findings.extend(future.values())
     return report
+
+
+async def database_now(session: AsyncSession) -> datetime:
+    """The database's clock (not this host's), in UTC."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        value = await session.scalar(text("SELECT clock_timestamp()"))
+        return value.astimezone(UTC)
+    value = await session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 def _checkpoints(

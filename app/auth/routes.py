@@ -1,7 +1,9 @@
 """RFC 6749 token endpoint and the published key set.
 
 The token endpoint answers errors in RFC 6749 §5.2 form (``{"error": ...}``),
-as OAuth clients expect, rather than as problem documents.
+as OAuth clients expect, rather than as problem documents; except 503 (the sign-in
+could not be recorded, so no token is issued), which RFC 6749 has no code for and
+which is a problem document with Retry-After, as everywhere else in the service.
 """
 
 import base64
@@ -28,6 +30,7 @@ from app.auth.principals import KeyRingDep, SettingsDep
 from app.auth.tokens import issue_token
 from app.config import Settings
 from app.db import SessionDep, utcnow
+from app.errors import ProblemError
 
 router = APIRouter(tags=["auth"])
 
@@ -224,8 +227,11 @@ async def sign_in(
     secret: str,
     grant: Grant,
 ) -> TokenResponse | SignInRefused:
-    """Lock-out, the secret, the scopes, then a token recorded as issued. Failures and
-    lock-outs are audit events. The token endpoint and the web client's sign-in share it."""
+    """Lock-out, the secret, the scopes, then a token recorded as issued. Every outcome is
+    an audit event committed before the answer: failures, lock-outs, scopes refused, and
+    the token issued (``auth.signed_in``, with its jti), so that no token leaves while the
+    log cannot be written (503, ``sign_in_unavailable``). The token endpoint and the web
+    client's sign-in share it."""
     event = AuditEvent(
         principal=account.login_key,
         outcome="refused",
@@ -235,7 +241,7 @@ async def sign_in(
     locked_for = await _locked_for(session, settings, account)
     if locked_for:
         event.event_type, event.refusal = "auth.login_locked", "locked_out"
-        await record(session, event)
+        await _record(session, event)
         return SignInRefused(
             429,
             "slow_down",
@@ -245,15 +251,20 @@ async def sign_in(
     await session.commit()  # release SQLite's write lock before the slow hash check
     if not (await verify_secret(secret, account.secret_hash) and account.active):
         event.event_type, event.refusal = "auth.login_failed", grant.failure[1]
-        await record(session, event)
+        await _record(session, event)
         return SignInRefused(*grant.failure)
     assert account.subject is not None
     assert account.organisation is not None
 
     organisation = account.organisation
     grantable = account.scopes & SCOPES_BY_KIND[OrganisationKind(organisation.kind)]
+    # From here the caller is identified: the event names the principal, not the name tried.
+    event.principal, event.organisation_id = account.subject, organisation.id
     requested = set(grant.scope.split()) if grant.scope else None
     if requested is not None and not requested <= grantable:
+        event.event_type, event.refusal = "auth.login_refused", "invalid_scope"
+        event.detail = {**(event.detail or {}), "scopes_requested": _scope_names(requested)}
+        await _record(session, event)
         return SignInRefused(400, "invalid_scope", "A requested scope is not granted to you.")
     scopes = sorted(requested if requested is not None else grantable)
     issued = await issue_token(
@@ -270,9 +281,36 @@ async def sign_in(
             expires_at=datetime.fromtimestamp(issued.expires_at, UTC),
         )
     )
-    await session.commit()
+    # The sign-in is on record, in the same transaction as the token's jti, before the
+    # token leaves: if the log cannot be written, no token is issued (503).
+    event.event_type, event.outcome = "auth.signed_in", "issued"
+    event.detail = {**(event.detail or {}), "jti": issued.token_id, "scopes": scopes}
+    await _record(session, event)
     return TokenResponse(
         access_token=issued.token, expires_in=settings.token_ttl_seconds, scope=" ".join(scopes)
+    )
+
+
+async def _record(session: AsyncSession, event: AuditEvent) -> None:
+    """Commit the sign-in's event (and anything added with it), or refuse with 503."""
+    try:
+        await record(session, event)
+    except ProblemError as unavailable:
+        raise sign_in_unavailable() from unavailable
+
+
+def _scope_names(requested: set[str]) -> list[str]:
+    """The scopes asked for, as the event keeps them: the caller chose them, so bounded."""
+    return sorted(name[:64] for name in requested)[:10]
+
+
+def sign_in_unavailable() -> ProblemError:
+    """The answer when a sign-in cannot be recorded: 503 and no token."""
+    return ProblemError(
+        503,
+        "Service unavailable",
+        "The sign-in could not be recorded, so no token was issued. Try again shortly.",
+        headers={**NO_STORE, "Retry-After": "5"},
     )
 
 

@@ -25,7 +25,7 @@ from app.audit.review import (
     matched_entry_ids,
 )
 from app.audit.routes import Reviewer
-from app.audit.service import commit_or_fail_closed, request_context
+from app.audit.service import commit_or_fail_closed, refuse, request_context
 from app.auth.principals import Principal
 from app.cursors import bad_cursor, cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.db import SessionDep, utcnow
@@ -176,7 +176,20 @@ async def acknowledge(
         )
     ).first()
     if row is None:
-        raise ProblemError(404, "Not found", "No notification with that id for your authority.")
+        # Another authority's notification and an unknown id: the same 404, on record.
+        refused = AuditEvent(
+            event_type="notification.refused",
+            principal=reviewer.subject,
+            organisation_id=reviewer.organisation_id,
+            refusal="notification_not_found",
+            detail={"notification_id": str(notification_id), "path": request.url.path},
+            **request_context(request),
+        )
+        await refuse(
+            session,
+            refused,
+            ProblemError(404, "Not found", "No notification with that id for your authority."),
+        )
     notification, event, name = row
     if notification.acknowledged_at is None:
         notification.acknowledged_at = utcnow()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.templating import Jinja2Templates
@@ -17,7 +18,7 @@ from app.auth.keys import KeyRing
 from app.auth.principals import KeyRingDep, Principal, SettingsDep, authenticate
 from app.auth.routes import SignInRefused, sign_in_user
 from app.config import Settings
-from app.db import SessionDep
+from app.db import DATABASE_ERRORS, SessionDep
 from app.errors import ProblemError
 from app.lookup.routes import answer_enquiry
 from app.lookup.schemas import Purpose
@@ -56,7 +57,10 @@ STATUSES = {
 PURPOSES = [(purpose.value, purpose.value.replace("_", " ").capitalize()) for purpose in Purpose]
 LOOKUP_FIELDS = ("nhs_number", "given_name", "family_name", "date_of_birth", "purpose", "reason")
 
+SIGN_IN_RETRY_AFTER = "5"
+
 router = APIRouter(include_in_schema=False)
+log = structlog.get_logger()
 
 
 def _page(
@@ -142,7 +146,13 @@ async def sign_in(
     if (refused := _form_refused(request, settings, form.get(CSRF_FIELD))) is not None:
         return refused
     username, password = str(form.get("username", "")), str(form.get("password", ""))
-    result = await sign_in_user(request, session, settings, keyring, username, password)
+    try:
+        result = await sign_in_user(request, session, settings, keyring, username, password)
+    except (ProblemError, *DATABASE_ERRORS) as exc:
+        # The sign-in could not be recorded (the log or its database is unavailable):
+        # no session, and a page that says what to do instead of a JSON document.
+        log.error("web_sign_in_unavailable", error_type=type(exc).__name__)
+        return _sign_in_unavailable(request, settings, username)
     if isinstance(result, SignInRefused):
         error = {"title": "Not signed in", "detail": result.description}
         status = 429 if result.status == 429 else 401
@@ -159,6 +169,26 @@ async def sign_in(
     to = "/web/lookup" if "register:lookup" in scopes else "/web/audit"
     response = RedirectResponse(to, status_code=303, headers=SECURITY_HEADERS)
     start_session(response, result.access_token, result.expires_in, settings)
+    return response
+
+
+def _sign_in_unavailable(request: Request, settings: Settings, username: str) -> Response:
+    """503: a sign-in that cannot be recorded is not made; say what to do instead."""
+    detail = (
+        "The service cannot record sign-ins just now, so it cannot sign you in. Try again "
+        f"shortly. If you need an answer now, call {settings.duty_contact_name} "
+        f"on {settings.duty_contact_phone}."
+    )
+    response = _page(
+        request,
+        settings,
+        "sign_in.html",
+        status_code=503,
+        title="Sign in",
+        username=username,
+        error={"title": "Service unavailable", "detail": detail},
+    )
+    response.headers["Retry-After"] = SIGN_IN_RETRY_AFTER
     return response
 
 
