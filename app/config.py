@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # The deadline of the few requests that are long by nature: a register import
     # (up to 50,000 rows read, checked and written) and a verification of the whole log.
     long_request_timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
+    # A sign-in checks a slow hash (argon2, on purpose) that queues for the CPU under
+    # load; its database waits are bounded each as everywhere else.
+    sign_in_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
     # Stopping: the final seal and closing the pool, however the database is.
     shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
 

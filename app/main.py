@@ -104,7 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings,
         by_path=dict.fromkeys(
             ("/v1/register/imports", "/v1/audit/verify"), settings.long_request_timeout_seconds
-        ),
+        )
+        | dict.fromkeys(("/oauth/token", "/web/sign-in"), settings.sign_in_timeout_seconds),
     )
     app.add_middleware(
         BodyLimitMiddleware,
