@@ -25,6 +25,7 @@ from app.apiclient import problem_text, sign_in
 from app.audit.chain import CheckpointSigner, CheckpointVerifier
 from app.audit.sealing import Sequencer
 from app.audit.verify import verify_log
+from app.auth.lockout import unlock_event
 from app.auth.models import AccessToken
 from app.config import Settings, get_settings
 from app.db import create_engine, create_sessionmaker, utcnow
@@ -464,6 +465,27 @@ def user_disable(user_ref: str) -> None:
 def user_enable(user_ref: str) -> None:
     """Enable a disabled user (username or id)."""
     _set_user_active(user_ref, active=True, actor="cli:user-enable")
+
+
+@user.command("unlock")
+@click.argument("user_ref", metavar="USER")
+def user_unlock(user_ref: str) -> None:
+    """Lift a user's sign-in lockouts (username or id), per address and account-wide."""
+
+    async def work(session: AsyncSession) -> User:
+        found, organisation = await _user(session, user_ref)
+        session.add(
+            unlock_event(
+                login_key=f"user:{found.id}",
+                actor="cli:user-unlock",
+                organisation_id=organisation.id,
+                name=found.username,
+            )
+        )
+        return found
+
+    unlocked = _admin_work(work)
+    click.echo(f"unlocked {unlocked.username} ({unlocked.id})")
 
 
 @main.group("admin")

@@ -76,10 +76,25 @@ class Settings(BaseSettings):
     lookup_client_window_seconds: int = 60
     lookup_limit_per_enquirer: int = 30
     lookup_enquirer_window_seconds: int = 900
+    # Per client, whoever it names as enquirer: answers referred to a custodian (an NHS
+    # number whose entry disagrees with the names or date of birth sent, or several
+    # entries) within the window. Past it, 429 until the oldest leaves the window.
+    lookup_probing_limit_per_client: Annotated[int, Field(gt=0)] = 20
+    lookup_probing_window_seconds: Annotated[int, Field(gt=0)] = 3600
+    # Count and write each lookup under a lock per client and per enquirer, so that the
+    # limits hold exactly under any concurrency. Off only to measure what it costs.
+    lookup_limits_serialised: bool = True
     # Sign-in lockout: after this many failures, each further one doubles the wait.
     login_failures_before_lockout: int = 5
     login_lockout_base_seconds: int = 60
     login_lockout_max_seconds: int = 3600
+    # Failures are counted per account and source address (the limit above): one
+    # address failing locks out only itself. Across all addresses the account is
+    # locked after a higher count (a stranger spreading guesses over many addresses),
+    # each further failure again doubling the wait, from a longer base.
+    login_account_failures_before_lockout: Annotated[int, Field(gt=0)] = 50
+    login_account_lockout_base_seconds: Annotated[int, Field(gt=0)] = 300
+    login_account_lockout_max_seconds: Annotated[int, Field(gt=0)] = 3600
 
     # Whom a reference point calls when the child is not on a plan.
     duty_contact_name: str = "cp-register duty desk (demo)"
@@ -108,6 +123,13 @@ class Settings(BaseSettings):
     alert_not_found_window_minutes: Annotated[int, Field(gt=0)] = 60
     alert_repeat_sites_threshold: Annotated[int, Field(gt=1)] = 2
     alert_repeat_days: Annotated[int, Field(gt=0)] = 7
+    # Probing by one client (system client or user), counted whatever enquirer ids it
+    # names, since a system client may invent them: not-found answers, and answers
+    # referred to a custodian (an NHS number whose entry disagrees with the names or
+    # date of birth sent, as when guessing a child's birthday), within the window.
+    alert_client_window_minutes: Annotated[int, Field(gt=0)] = 60
+    alert_client_not_found_threshold: Annotated[int, Field(gt=0)] = 100
+    alert_client_mismatch_threshold: Annotated[int, Field(gt=0)] = 5
 
     # Notifications to the responsible authority (docs/audit-review.md): derived from
     # the sealed log by a background notifier, one per enquirer and child per period.

@@ -1,6 +1,7 @@
 """Engine and sessions. One engine per app; the request commits before it answers."""
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -338,6 +339,11 @@ class HotStatement:
         return self._compiled
 
 
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory lock key for ``name`` (every process agrees)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 class HotConnection:
     """The lookup's connection: fetch rows, insert one row, commit; any failure of the
     database is DatabaseUnavailable (the caller fails closed)."""
@@ -347,6 +353,12 @@ class HotConnection:
     async def fetch(
         self, statement: HotStatement, parameters: Mapping[str, Any]
     ) -> Sequence[Mapping[str, Any]]:
+        raise NotImplementedError
+
+    async def serialise(self, keys: Sequence[str], wait_seconds: float) -> None:
+        """Begin the transaction in which the rest runs, holding a lock on each key
+        until it commits: requests on the same key then count and write one at a time.
+        Waits at most ``wait_seconds`` for the locks (then DatabaseUnavailable)."""
         raise NotImplementedError
 
     async def insert_one(self, statement: HotStatement, parameters: Mapping[str, Any]) -> None:
@@ -366,6 +378,7 @@ class _AsyncpgConnection(HotConnection):
         self._dialect = dialect
         self.broken = False  # never to be handed out again
         self.lost = False  # the database ended it, and most likely its siblings too
+        self.serialised = False  # inside the transaction serialise() began
 
     def check_idle(self) -> None:
         """Autocommit is what makes each statement durable as it returns: on a
@@ -377,6 +390,23 @@ class _AsyncpgConnection(HotConnection):
 
     def terminate(self) -> None:
         self._driver.terminate()
+
+    async def serialise(self, keys: Sequence[str], wait_seconds: float) -> None:
+        # One round trip: BEGIN and the locks, as integer literals (no value from the
+        # caller is spliced into SQL), always in the same order, so no two requests
+        # wait for each other crosswise. The lock wait is bounded for this transaction.
+        locks = "; ".join(f"SELECT pg_advisory_xact_lock({lock_key(key)})" for key in sorted(keys))
+        wait = f"SET LOCAL lock_timeout = {max(1, round(wait_seconds * 1000))}"
+        try:
+            await self._driver.execute(f"BEGIN; {wait}; {locks}")
+        except asyncio.CancelledError:
+            self.broken = True
+            raise
+        except Exception as exc:
+            self.lost = self._driver.is_closed() or not isinstance(exc, asyncpg.PostgresError)
+            self.broken = True
+            raise DatabaseUnavailable(type(exc).__name__) from exc
+        self.serialised = True
 
     async def _run(
         self, method: str, statement: HotStatement, parameters: Mapping[str, Any]
@@ -412,8 +442,22 @@ class _AsyncpgConnection(HotConnection):
             raise DatabaseUnavailable(f"insert_reported_{status!r}")
 
     async def commit(self) -> None:
-        """Each statement committed as it ran, which holds only outside a transaction:
-        checked, not assumed."""
+        """Outside serialise(), each statement committed as it ran, which holds only
+        outside a transaction; inside it, COMMIT. Either way checked, not assumed: the
+        connection is outside a transaction afterwards."""
+        if self.serialised:
+            try:
+                status = await self._driver.execute("COMMIT")
+            except asyncio.CancelledError:
+                self.broken = True
+                raise
+            except Exception as exc:
+                self.broken = True
+                raise DatabaseUnavailable(type(exc).__name__) from exc
+            self.serialised = False
+            if status != "COMMIT":
+                self.broken = True
+                raise DatabaseUnavailable(f"commit_reported_{status!r}")
         if self._driver.is_closed() or self._driver.is_in_transaction():
             self.broken = True
             raise DatabaseUnavailable("not_committed")
@@ -425,10 +469,12 @@ class _CoreConnection(HotConnection):
     transaction of its own, so the database's one write lock is held for the INSERT
     and COMMIT only, not across the whole request while other requests run."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, writers: asyncio.Lock | None) -> None:
         self._connection = connection
         self.dialect_name = connection.dialect.name
         self._writing = False
+        self._writers = writers
+        self.holds_writers = False
 
     async def fetch(
         self, statement: HotStatement, parameters: Mapping[str, Any]
@@ -440,6 +486,21 @@ class _CoreConnection(HotConnection):
             return result.mappings().all()
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
+
+    async def serialise(self, keys: Sequence[str], wait_seconds: float) -> None:
+        """SQLite has one write lock: take it now (BEGIN IMMEDIATE), for the counts,
+        the reads and the write alike. The process's writers queue for it on ``writers``
+        first, handed over at once, rather than in SQLite's busy handler, which sleeps
+        up to 100 ms between tries; other processes still wait on the file's lock."""
+        if self._writers is not None:
+            await self._writers.acquire()
+            self.holds_writers = True
+        try:
+            await self._connection.execution_options(**{READ_ONLY_OPTION: False})
+            await self._connection.begin()
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(type(exc).__name__) from exc
+        self._writing = True
 
     async def insert_one(self, statement: HotStatement, parameters: Mapping[str, Any]) -> None:
         try:
@@ -459,23 +520,36 @@ class _CoreConnection(HotConnection):
             await self._connection.commit()
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self.holds_writers and self._writers is not None:
+            self.holds_writers = False
+            self._writers.release()
 
 
 @asynccontextmanager
 async def hot_connection(
-    sessionmaker: async_sessionmaker[AsyncSession],
+    sessionmaker: async_sessionmaker[AsyncSession], writers: asyncio.Lock | None = None
 ) -> AsyncIterator[HotConnection]:
     """A connection from the sessionmaker's engine's pool for the lookup's hot path.
-    Anything not committed when it goes back is rolled back."""
+    Anything not committed when it goes back is rolled back. ``writers``: on SQLite,
+    the process's queue for the write lock (see _CoreConnection.serialise)."""
     engine: AsyncEngine = sessionmaker.kw["bind"]
     if engine.dialect.name != "postgresql":
+        core: _CoreConnection | None = None
         try:
             async with engine.connect() as connection:
-                yield _CoreConnection(connection)
+                core = _CoreConnection(connection, writers)
+                yield core
         except DatabaseUnavailable:
             raise
         except DATABASE_ERRORS as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
+        finally:
+            if core is not None:
+                core.release()  # after the connection's rollback, if it did not commit
         return
     try:
         pooled = await engine.raw_connection()
@@ -486,6 +560,8 @@ async def hot_connection(
         hot.check_idle()
         yield hot
     finally:
+        if hot.serialised:
+            hot.broken = True  # left inside its transaction: rolled back by ending it
         if hot.broken or hot.lost:
             # Cut at once, not closed politely: a server that stopped answering would
             # hold the goodbye, and the caller's 503, for seconds.

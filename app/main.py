@@ -21,6 +21,7 @@ from app.audit.chain import CheckpointSigner
 from app.audit.sealing import Sequencer
 from app.auth import routes as auth_routes
 from app.auth.keys import KeyRing
+from app.auth.lockout import Gate
 from app.config import Environment, Settings, get_settings
 from app.db import (
     DATABASE_ERRORS,
@@ -58,6 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
             raise
         app.state.sessionmaker = create_sessionmaker(engine)
+        # This process's lookups queue here for SQLite's one write lock (app/db.py).
+        app.state.sqlite_writers = asyncio.Lock() if settings.is_sqlite else None
+        # This process's sign-ins queue here per account name (app/auth/lockout.py).
+        app.state.sign_in_gate = Gate()
         app.state.keyring = KeyRing(app.state.sessionmaker, settings.key_dir)
         app.state.sequencer = None
         sealing: asyncio.Task[None] | None = None

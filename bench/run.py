@@ -7,6 +7,8 @@ then drive wrk (bench/lookup.lua) at each of BENCH_CONNECTIONS against
 - the service as deployed (uvicorn, BENCH_WORKERS workers): POST /v1/lookups
   with sealing on, and GET /healthz (the framework floor);
 - the same service with sealing off (CPR_SEALING_ENABLED=false);
+- the same service with the volume limits counted without their per-client and
+  per-enquirer locks (CPR_LOOKUP_LIMITS_SERIALISED=false): what exact limits cost;
 - the ceiling (bench/ceiling.py): one indexed SELECT and one INSERT + COMMIT
   through the raw driver, nothing else.
 
@@ -77,6 +79,7 @@ from bench.profile import summarise_collapsed
 from bench.report import (
     CEILING,
     HEALTHZ,
+    LIMITS_UNLOCKED,
     SEALING_OFF,
     SEALING_ON,
     AuditCheck,
@@ -875,6 +878,14 @@ async def bench_backend(backend: str, config: BenchConfig) -> BackendReport:
                     config,
                     scenario=SEALING_OFF,
                     env=env | {"CPR_SEALING_ENABLED": "false"},
+                    bodies=bodies,
+                    engines=engines,
+                )
+                await service_instance(
+                    report,
+                    config,
+                    scenario=LIMITS_UNLOCKED,
+                    env=env | {"CPR_LOOKUP_LIMITS_SERIALISED": "false"},
                     bodies=bodies,
                     engines=engines,
                 )

@@ -36,7 +36,8 @@ REASON = "child attended with unexplained bruising"
 
 
 def new_enquirer() -> dict[str, str]:
-    return {"id": f"E{uuid.uuid4().hex[:12]}", "name": "Dr A Jones", "role": "ED registrar"}
+    # Lower case, as the service records it (enquirer ids are case-folded).
+    return {"id": f"e{uuid.uuid4().hex[:12]}", "name": "Dr A Jones", "role": "ED registrar"}
 
 
 def lookup_body(who: str, subject: dict[str, Any], /, **change: Any) -> dict[str, Any]:

@@ -591,7 +591,7 @@ async def test_a_webhook_receives_a_signed_notification_without_identifiers(site
     assert payload["event_id"] == lookup_id
     assert payload["authority_id"] == str(site.authority.id)
     assert payload["outcome"] == "on_plan"
-    assert payload["enquirer"]["id"] == "S1"
+    assert payload["enquirer"]["id"] == "s1"  # as recorded: case-folded
     assert len(payload["entry_ids"]) == 1
     assert "nhs_number" not in body.decode()
     assert "reason" not in payload

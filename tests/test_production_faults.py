@@ -117,11 +117,11 @@ class Deployment:
     logs: Path
     servers: itertools.count = field(default_factory=lambda: itertools.count(1))
 
-    def server(self, label: str) -> Server:
+    def server(self, label: str, **env: str) -> Server:
         return Server(
             ["app.main:create_app", "--factory"],
             workers=2,
-            env=self.env,
+            env=self.env | env,
             ready_path="/readyz",
             log_path=self.logs / f"{label}-{next(self.servers)}.log",
         )
@@ -932,3 +932,108 @@ async def test_sigterm_with_the_database_frozen_ends_within_a_bound(prod: Deploy
         f"cpr audit verify exited {verified.returncode}:\n"
         f"{verified.stdout}{verified.stderr[-2000:]}"
     )
+
+
+# --- exact volume limits: two instances of two workers, one database ----------------------
+
+
+async def _police_token(base_url: str, credentials: dict[str, Any]) -> str:
+    client = credentials["police_client"]
+    async with httpx.AsyncClient(base_url=base_url, timeout=HTTP_TIMEOUT_SECONDS) as http:
+        response = await http.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client["client_id"], client["client_secret"]),
+        )
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+async def test_volume_limits_hold_exactly_for_bursts_across_instances_and_workers(
+    prod: Deployment,
+) -> None:
+    """Review found 31-46 of 50 answered under a per-enquirer limit of 30, and 305-316
+    under a per-client limit of 300: each request counted before the others wrote.
+    Here a burst is split between two uvicorn instances of two workers each."""
+    limits = {"CPR_LOOKUP_LIMIT_PER_ENQUIRER": "30", "CPR_LOOKUP_LIMIT_PER_CLIENT": "100"}
+    async with prod.server("limits-a", **limits) as a, prod.server("limits-b", **limits) as b:
+        token = await _police_token(a.base_url, prod.credentials)
+        subject = SUBJECTS[0][0]
+        enquirer = f"L{uuid.uuid4().hex[:10]}"
+
+        async def ask(server: Server, http: httpx.AsyncClient, who: str) -> int:
+            response = await http.post(
+                f"{server.base_url}/v1/lookups",
+                json={
+                    "subject": {"nhs_number": subject},
+                    "purpose": "police_investigation",
+                    "reason": "limit test",
+                    "enquirer": {"id": who, "name": "DC Limit", "role": "detective"},
+                },
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            return response.status_code
+
+        limits_http = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, limits=limits_http) as http:
+            one_enquirer = await asyncio.gather(
+                *(ask((a, b)[n % 2], http, enquirer) for n in range(50))
+            )
+            # The client's 50 lookups so far count too (answered or refused): 50 more.
+            many_enquirers = await asyncio.gather(
+                *(ask((a, b)[n % 2], http, f"{enquirer}-{n}") for n in range(80))
+            )
+    prod.record(
+        f"limits: one enquirer {one_enquirer.count(200)}/50 answered (limit 30); "
+        f"one client {many_enquirers.count(200)}/80 answered (50 left of 100)"
+    )
+    assert one_enquirer.count(200) == 30, one_enquirer
+    assert set(one_enquirer) == {200, 429}
+    assert many_enquirers.count(200) == 50, many_enquirers
+    assert set(many_enquirers) == {200, 429}
+
+
+async def test_a_sign_in_burst_across_instances_and_workers_gets_at_most_the_limit_checked(
+    prod: Deployment,
+) -> None:
+    """Review found 20 of 20 concurrent wrong secrets checked, and the right one given
+    a token inside a burst of 24 wrong ones. Here: two uvicorn instances of two
+    workers, three bursts of 25 wrong secrets: at most the limit is ever checked, and
+    then the right secret is refused too. (The right one inside a burst: the in-process
+    tests, tests/security/test_sign_in_lockout.py.)"""
+    client = prod.credentials["police_client"]
+    principal = f"client:{client['client_id']}"
+    [[before]] = await prod.admin(
+        "SELECT count(*) FROM audit_events WHERE event_type = 'auth.login_failed' "
+        "AND principal = $1",
+        principal,
+    )
+    statuses: list[int] = []
+    async with (
+        prod.server("sign-in-a") as a,
+        prod.server("sign-in-b") as b,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http,
+    ):
+
+        async def sign_in(n: int, secret: str) -> int:
+            server = (a, b)[n % 2]
+            response = await http.post(
+                f"{server.base_url}/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=(client["client_id"], secret),
+            )
+            return response.status_code
+
+        for _ in range(3):
+            statuses += await asyncio.gather(*(sign_in(n, "wrong-secret") for n in range(25)))
+        locked = await sign_in(0, client["client_secret"])
+    [[after]] = await prod.admin(
+        "SELECT count(*) FROM audit_events WHERE event_type = 'auth.login_failed' "
+        "AND principal = $1",
+        principal,
+    )
+    checked = after - before
+    prod.record(f"sign-in bursts: {checked} wrong secrets checked of 75 sent (limit 5)")
+    assert checked <= 5, checked
+    assert 500 not in statuses
+    assert locked == 429  # the right secret too, once locked

@@ -15,6 +15,24 @@ Who sees which alert:
   not-found answer or a refusal names none). Every custodian sees them. They
   name the enquirer and organisation, never an identifier asked for or an
   entry, so they disclose nothing about another authority's children.
+- ``client_probing`` counts the not-found answers to one *client* (the event's
+  ``principal``: a system client, or a signed-in user), whatever enquirer ids it
+  named. A system client names its enquirers itself and can invent them, so the
+  per-enquirer ``not_found_spike`` alone would miss 150 not-found lookups spread
+  over 30 invented enquirers; this alert does not rely on the client's honesty.
+  Like ``not_found_spike`` it counts answers that belong to no authority, so
+  every custodian sees it.
+- ``client_mismatch`` counts one client's ``refer_to_custodian`` answers about
+  the reviewer's own children (an NHS number whose entry disagrees with the
+  names or date of birth sent — the answer that lets a caller confirm a guessed
+  birthday — or identifiers matching several entries; the event does not tell
+  the two apart, so both count). Such an answer concerns an authority's child:
+  only the authorities whose entries were matched see it, and each counts only
+  the answers about its own children, events it may already read in
+  ``/v1/audit/events``. An authority learns nothing about another's children.
+
+Neither client alert names an enquirer (the ids are the client's claim): the
+detail says how many different ids were named.
 """
 
 import uuid
@@ -31,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin.models import Organisation
 from app.audit.models import AuditEvent
-from app.audit.review import LOOKUP, EnquirerRead, begin_read_only
+from app.audit.review import LOOKUP, EnquirerRead, begin_read_only, concerns
 from app.audit.routes import Reviewer
 from app.auth.principals import Principal, SettingsDep
 from app.config import Settings
@@ -49,6 +67,8 @@ class AlertKind(StrEnum):
     volume_limit_client = "volume_limit_client"
     volume_limit_enquirer = "volume_limit_enquirer"
     purpose_not_allowed = "purpose_not_allowed"
+    client_probing = "client_probing"
+    client_mismatch = "client_mismatch"
 
 
 class AlertQuery(BaseModel):
@@ -77,7 +97,10 @@ class AlertRead(BaseModel):
     window_start: datetime
     window_end: datetime
     count: int = Field(
-        description="Not-found answers, distinct organisations, or refusals in the window."
+        description=(
+            "Not-found answers, referred answers, distinct organisations, or refusals "
+            "in the window."
+        )
     )
     threshold: int
     organisations: list[OrganisationRef] = Field(description="The enquiring organisations.")
@@ -196,6 +219,115 @@ async def _not_found_spikes(
                 entry_id=None,
             )
         )
+    return alerts
+
+
+async def _client_peaks(
+    session: AsyncSession, scope: list[Any], window: timedelta, threshold: int, since: datetime
+) -> list[tuple[uuid.UUID | None, str, int, datetime, datetime, int]]:
+    """Per client (organisation, principal), the busiest window of the events in
+    ``scope`` that reaches ``threshold``: (organisation, principal, count, first, last,
+    distinct enquirer ids in that window)."""
+    suspects = (
+        select(AuditEvent.organisation_id, AuditEvent.principal)
+        .where(*scope, AuditEvent.principal.is_not(None))
+        .group_by(AuditEvent.organisation_id, AuditEvent.principal)
+        .having(func.count() >= threshold)
+        .subquery()
+    )
+    rows = (
+        await session.execute(
+            select(
+                AuditEvent.organisation_id,
+                AuditEvent.principal,
+                AuditEvent.enquirer_id,
+                AuditEvent.occurred_at,
+            )
+            .join(
+                suspects,
+                (suspects.c.organisation_id == AuditEvent.organisation_id)
+                & (suspects.c.principal == AuditEvent.principal),
+            )
+            .where(*scope)
+            .order_by(AuditEvent.organisation_id, AuditEvent.principal, AuditEvent.occurred_at)
+        )
+    ).all()
+    groups: dict[tuple[Any, str], list[Any]] = {}
+    for row in rows:
+        groups.setdefault((row.organisation_id, row.principal), []).append(row)
+    peaks = []
+    for (organisation_id, principal), events in groups.items():
+        peak = peak_count([e.occurred_at for e in events], window, since)
+        if peak is None or peak[0] < threshold:
+            continue
+        count, first, last = peak
+        named = {e.enquirer_id for e in events if first <= e.occurred_at <= last}
+        peaks.append((organisation_id, principal, count, first, last, len(named)))
+    return peaks
+
+
+async def _client_probing(
+    session: AsyncSession,
+    settings: Settings,
+    reviewer: Principal,
+    since: datetime,
+    until: datetime,
+) -> list[AlertRead]:
+    """Not-found answers to one client (every custodian), and answers about the
+    reviewer's children referred to a custodian (that authority only)."""
+    minutes = settings.alert_client_window_minutes
+    window = timedelta(minutes=minutes)
+    span = _lookups_between(since - window, until)
+    alerts = []
+    for kind, scope, threshold in (
+        (
+            AlertKind.client_probing,
+            [*span, AuditEvent.outcome == "not_on_plan"],
+            settings.alert_client_not_found_threshold,
+        ),
+        (
+            AlertKind.client_mismatch,
+            [
+                *span,
+                AuditEvent.outcome == "refer_to_custodian",
+                concerns(reviewer.organisation_id),
+            ],
+            settings.alert_client_mismatch_threshold,
+        ),
+    ):
+        for organisation_id, principal, count, first, last, named in await _client_peaks(
+            session, scope, window, threshold, since
+        ):
+            who = "system" if principal.startswith("client:") else "user"
+            if kind is AlertKind.client_probing:
+                detail = (
+                    f"{count} lookups by one {who} found no plan within {minutes} minutes "
+                    f"(threshold {threshold}), naming {named} different enquirer ids: "
+                    "possible enumeration."
+                )
+            else:
+                detail = (
+                    f"{count} lookups by one {who} about your children were referred to a "
+                    f"custodian within {minutes} minutes (threshold {threshold}), naming "
+                    f"{named} different enquirer ids: identifiers that disagree with the "
+                    "entry, as when guessing a child's names or date of birth."
+                )
+            alerts.append(
+                AlertRead(
+                    kind=kind,
+                    detail=detail,
+                    window_start=first,
+                    window_end=last,
+                    count=count,
+                    threshold=threshold,
+                    organisations=(
+                        [OrganisationRef(id=organisation_id, name=None)] if organisation_id else []
+                    ),
+                    principal=principal,
+                    enquirer=None,
+                    entry_id=None,
+                )
+            )
     return alerts
 
 
@@ -346,7 +478,10 @@ async def _name_organisations(session: AsyncSession, alerts: list[AlertRead]) ->
     "/alerts",
     response_model=AlertReport,
     responses=responses(401, 403, 422),
-    summary="Alerts from the log: enumeration, volume and purpose refusals, repeat presentation",
+    summary=(
+        "Alerts from the log: enumeration and probing, volume and purpose refusals, "
+        "repeat presentation"
+    ),
 )
 async def alerts(
     reviewer: Reviewer,
@@ -362,6 +497,7 @@ async def alerts(
     found = [
         *await _repeat_presentations(session, settings, reviewer, since, until),
         *await _not_found_spikes(session, settings, since, until),
+        *await _client_probing(session, settings, reviewer, since, until),
         *await _refusals(session, since, until),
     ]
     await _name_organisations(session, found)

@@ -36,7 +36,7 @@ from app.auth.principals import Principal
 from app.cursors import cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.db import READ_ONLY_OPTION, SessionDep, utcnow
 from app.errors import ProblemError, responses
-from app.lookup.schemas import Purpose
+from app.lookup.schemas import Purpose, enquirer_key
 from app.register.identifiers import normalise_nhs_number
 from app.register.models import RegisterEntry
 from app.spreadsheet import safe_cell
@@ -60,7 +60,12 @@ class Outcome(StrEnum):
 
 
 NhsNumber = Annotated[str, StringConstraints(max_length=14), AfterValidator(normalise_nhs_number)]
-EnquirerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+# Normalised as the lookup records it (app/lookup/schemas.py), so any spelling finds it.
+EnquirerId = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+    AfterValidator(enquirer_key),
+]
 Cursor = Annotated[str, StringConstraints(max_length=400, pattern=r"^[A-Za-z0-9_-]+$")]
 Limit = Annotated[int, Field(ge=1, le=MAX_PAGE)]
 

@@ -8,28 +8,30 @@ which is a problem document with Retry-After, as everywhere else in the service.
 
 import base64
 import binascii
-import math
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin.models import SCOPES_BY_KIND, Client, Organisation, OrganisationKind, User
 from app.audit.models import AuditEvent
-from app.audit.service import recent_events, record, request_context
+from app.audit.service import record, request_context
+from app.auth import lockout
 from app.auth.hashing import verify_secret
 from app.auth.keys import KeyRing
 from app.auth.models import AccessToken
 from app.auth.principals import KeyRingDep, SettingsDep
 from app.auth.tokens import issue_token
 from app.config import Settings
-from app.db import SessionDep, utcnow
+from app.db import SessionDep
 from app.errors import ProblemError
 
 router = APIRouter(tags=["auth"])
@@ -122,30 +124,6 @@ async def _find_user(session: AsyncSession, username: str) -> _Account:
     )
 
 
-async def _locked_for(session: AsyncSession, settings: Settings, account: _Account) -> int:
-    """Seconds until the next sign-in attempt is allowed (0: now).
-
-    Failures since the last token issued (or within a day) count; past the
-    threshold each further failure doubles the wait, up to the maximum.
-    """
-    now = utcnow()
-    since = now - timedelta(days=1)
-    if account.subject is not None:
-        last_issued = await session.scalar(
-            select(func.max(AccessToken.issued_at)).where(AccessToken.subject == account.subject)
-        )
-        if last_issued is not None:
-            since = max(since, last_issued)
-    failures, _, newest = await recent_events(
-        session, principal=account.login_key, event_type="auth.login_failed", since=since
-    )
-    excess = failures - settings.login_failures_before_lockout
-    if excess < 0 or newest is None:
-        return 0
-    wait = min(settings.login_lockout_base_seconds * 2**excess, settings.login_lockout_max_seconds)
-    return max(0, math.ceil((newest + timedelta(seconds=wait) - now).total_seconds()))
-
-
 @router.post(
     "/oauth/token",
     response_model=TokenResponse,
@@ -172,7 +150,7 @@ async def token(
             return _oauth_error(
                 401, "invalid_client", "Client authentication failed.", _BASIC_CHALLENGE
             )
-        account, secret, name = await _find_client(session, client_id), client_secret, client_id
+        find, secret, name = _finder(_find_client, session, client_id), client_secret, client_id
         failure: tuple[int, str, str, dict[str, str] | None] = (
             401,
             "invalid_client",
@@ -182,17 +160,17 @@ async def token(
     elif grant_type == "password":
         if not username or not password:
             return _oauth_error(400, "invalid_request", "username and password are required.")
-        account, secret, name = await _find_user(session, username), password, username
+        find, secret, name = _finder(_find_user, session, username), password, username
         failure = _WRONG_PASSWORD
     else:
         return _oauth_error(400, "unsupported_grant_type", "Use client_credentials or password.")
 
-    result = await sign_in(
+    result = await sign_in_one_at_a_time(
         request,
         session,
         settings,
         keyring,
-        account=account,
+        find=find,
         secret=secret,
         grant=Grant(grant_type, name, scope, failure),
     )
@@ -217,6 +195,71 @@ class Grant:
     failure: tuple[int, str, str, dict[str, str] | None]  # the answer to a wrong secret
 
 
+def _finder(
+    find: Callable[[AsyncSession, str], Awaitable[_Account]], session: AsyncSession, name: str
+) -> Callable[[], Awaitable[_Account]]:
+    return lambda: find(session, name)
+
+
+async def sign_in_one_at_a_time(
+    request: Request,
+    session: AsyncSession,
+    settings: Settings,
+    keyring: KeyRing,
+    *,
+    find: Callable[[], Awaitable[_Account]],
+    secret: str,
+    grant: Grant,
+) -> TokenResponse | SignInRefused:
+    """``sign_in``, one at a time per account name in this process (app/auth/lockout.py,
+    ``Gate``): a burst against one account waits here, holding no connection, rather
+    than taking the pool's connections to wait on the database's lock. A sign-in that
+    waits longer than lock_timeout, or finds the queue full, is refused unchecked."""
+    started = time.monotonic()
+    gate: lockout.Gate = request.app.state.sign_in_gate
+    async with gate.turn(
+        f"{grant.grant_type}:{grant.name[:100]}", settings.database_lock_timeout_seconds
+    ) as admitted:
+        account = await find()
+        if not admitted:
+            return await _refuse_busy(request, session, account, grant, "queue")
+        return await sign_in(
+            request,
+            session,
+            settings,
+            keyring,
+            account=account,
+            secret=secret,
+            grant=grant,
+            started=started,
+        )
+
+
+async def _refuse_busy(
+    request: Request, session: AsyncSession, account: _Account, grant: Grant, why: str
+) -> SignInRefused:
+    """Another sign-in of the account is being checked: refused, on record, unchecked."""
+    event = _event(request, account, grant)
+    event.event_type, event.refusal = lockout.BUSY, "busy"
+    event.detail = {**(event.detail or {}), "waited": why}
+    await _record(session, event)
+    return SignInRefused(
+        429,
+        "slow_down",
+        "Another sign-in to this account is in progress; try again shortly.",
+        {"Retry-After": "1"},
+    )
+
+
+def _event(request: Request, account: _Account, grant: Grant) -> AuditEvent:
+    return AuditEvent(
+        principal=account.login_key,
+        outcome="refused",
+        **request_context(request),
+        detail={"grant_type": grant.grant_type, "name": grant.name[:100]},
+    )
+
+
 async def sign_in(
     request: Request,
     session: AsyncSession,
@@ -226,31 +269,56 @@ async def sign_in(
     account: _Account,
     secret: str,
     grant: Grant,
+    started: float | None = None,
 ) -> TokenResponse | SignInRefused:
     """Lock-out, the secret, the scopes, then a token recorded as issued. Every outcome is
     an audit event committed before the answer: failures, lock-outs, scopes refused, and
     the token issued (``auth.signed_in``, with its jti), so that no token leaves while the
     log cannot be written (503, ``sign_in_unavailable``). The token endpoint and the web
-    client's sign-in share it."""
-    event = AuditEvent(
-        principal=account.login_key,
-        outcome="refused",
-        **request_context(request),
-        detail={"grant_type": grant.grant_type, "name": grant.name[:100]},
-    )
-    locked_for = await _locked_for(session, settings, account)
-    if locked_for:
-        event.event_type, event.refusal = "auth.login_locked", "locked_out"
+    client's sign-in share it.
+
+    The count of failures, the lockout decision, the secret's check and the event that
+    records its outcome are one transaction, serialised per account (app/auth/lockout.py):
+    however many sign-ins of one account arrive at once, on however many workers and
+    replicas, each sees every failure before it, so no burst gets more guesses than the
+    limit. A sign-in that cannot get the account's lock within lock_timeout (``started``:
+    when it began to wait) is refused (429 ``slow_down``, ``auth.login_busy``) without its
+    secret being checked."""
+    source = request.client.host if request.client else None
+    event = _event(request, account, grant)
+    try:
+        await lockout.serialise(session, account.login_key)
+    except lockout.SignInBusy:
+        await session.rollback()
+        return await _refuse_busy(request, session, account, grant, "lock_timeout")
+    if started is not None and time.monotonic() - started > settings.database_lock_timeout_seconds:
+        # Waited as long as PostgreSQL's lock_timeout allows, in the queue, for a pooled
+        # connection or (SQLite) for the write lock: refused as a lock timeout is, so that
+        # the check still to come does not take the answer past the request's deadline.
+        return await _refuse_busy(request, session, account, grant, "too_long")
+    counts = await lockout.lockout(session, settings, account.login_key, source)
+    if counts.wait:
+        event.event_type, event.refusal = lockout.LOCKED, f"locked_out_{counts.scope}"
+        event.detail = {
+            **(event.detail or {}),
+            **counts.detail(),
+            "lockout": counts.scope,
+            "retry_after": counts.wait,
+        }
         await _record(session, event)
         return SignInRefused(
             429,
             "slow_down",
             "Too many failed attempts; try again later.",
-            {"Retry-After": str(locked_for)},
+            {"Retry-After": str(counts.wait)},
         )
-    await session.commit()  # release SQLite's write lock before the slow hash check
+    # No commit before the check: the lock (on SQLite, the write lock) is held through
+    # it, until the outcome's event is committed.
     if not (await verify_secret(secret, account.secret_hash) and account.active):
-        event.event_type, event.refusal = "auth.login_failed", grant.failure[1]
+        event.event_type, event.refusal = lockout.FAILED, grant.failure[1]
+        event.detail = {**(event.detail or {}), **counts.detail(counting=1)}
+        if reached := counts.locks_after_failure(settings):
+            event.detail["locks"] = reached
         await _record(session, event)
         return SignInRefused(*grant.failure)
     assert account.subject is not None
@@ -323,12 +391,12 @@ async def sign_in_user(
     password: str,
 ) -> TokenResponse | SignInRefused:
     """The password grant, for the web client's sign-in form."""
-    return await sign_in(
+    return await sign_in_one_at_a_time(
         request,
         session,
         settings,
         keyring,
-        account=await _find_user(session, username),
+        find=_finder(_find_user, session, username),
         secret=password,
         grant=Grant("password", username, None, _WRONG_PASSWORD),
     )

@@ -12,6 +12,11 @@ that walks at most ``limit`` entries of a partial index of lookups (migration
 occurred_at)`` for the enquirer, so the enquirer's count reads only that
 enquirer's lookups. Both ride along in the statement that loads the principal
 (``app/auth/principals.py``), so the limits cost no round trip of their own.
+
+Exact under concurrency: the count and the event's INSERT run in one transaction
+holding a lock per client and per enquirer (PostgreSQL advisory locks, on SQLite
+the write lock), so a burst is counted one lookup at a time, whichever worker or
+replica answers it, and the log stays the one record of what was counted.
 """
 
 import math
@@ -27,6 +32,11 @@ from app.config import Settings
 
 CLIENT_FULL_AT = "client_limit_reached_at"
 ENQUIRER_FULL_AT = "enquirer_limit_reached_at"
+PROBING_FULL_AT = "probing_limit_reached_at"
+# The answers that betray probing whatever enquirer a client names: an NHS number
+# whose entry disagrees with the names or date of birth sent (guessing a child's
+# birthday confirms it by the answer changing), or several entries matched.
+PROBING_OUTCOME = "refer_to_custodian"
 
 
 @dataclass(frozen=True)
@@ -35,8 +45,11 @@ class OverLimit:
     retry_after_seconds: int
 
 
-def _nth_newest_lookup(*, by_enquirer: bool, prefix: str, dialect: str) -> ScalarSelect[datetime]:
-    """The time of the caller's ``{prefix}_nth``-th newest lookup since ``{prefix}_since``."""
+def _nth_newest_lookup(
+    *, by_enquirer: bool, prefix: str, dialect: str, outcome: str | None = None
+) -> ScalarSelect[datetime]:
+    """The time of the caller's ``{prefix}_nth``-th newest lookup since ``{prefix}_since``
+    (only those answered ``outcome``, if given)."""
     principal = bindparam("limit_principal", type_=AuditEvent.principal.type)
     since = bindparam(f"{prefix}_since", type_=AuditEvent.occurred_at.type)
     keys = [AuditEvent.principal]
@@ -64,6 +77,9 @@ def _nth_newest_lookup(*, by_enquirer: bool, prefix: str, dialect: str) -> Scala
         AuditEvent.event_type == literal_column("'lookup'"),
         window,
     )
+    if outcome is not None:
+        # A literal too: migration 0009's partial index holds only these answers.
+        statement = statement.where(AuditEvent.outcome == literal_column(f"'{outcome}'"))
     return (
         statement.order_by(AuditEvent.occurred_at.desc())
         .offset(bindparam(f"{prefix}_offset"))
@@ -72,7 +88,7 @@ def _nth_newest_lookup(*, by_enquirer: bool, prefix: str, dialect: str) -> Scala
     )
 
 
-def limit_columns(dialect: str) -> tuple[Label[datetime], Label[datetime]]:
+def limit_columns(dialect: str) -> tuple[Label[datetime], ...]:
     """Columns to add to the principal's statement (parameters from limit_parameters)."""
     return (
         _nth_newest_lookup(by_enquirer=False, prefix="client", dialect=dialect).label(
@@ -81,7 +97,18 @@ def limit_columns(dialect: str) -> tuple[Label[datetime], Label[datetime]]:
         _nth_newest_lookup(by_enquirer=True, prefix="enquirer", dialect=dialect).label(
             ENQUIRER_FULL_AT
         ),
+        _nth_newest_lookup(
+            by_enquirer=False, prefix="probing", dialect=dialect, outcome=PROBING_OUTCOME
+        ).label(PROBING_FULL_AT),
     )
+
+
+def limit_lock_names(principal: str, enquirer_id: str | None) -> list[str]:
+    """What a lookup locks while it counts and writes (app/db.py HotConnection.serialise)."""
+    names = [f"lookup-limit:client:{principal}"]
+    if enquirer_id is not None:
+        names.append(f"lookup-limit:enquirer:{principal}:{enquirer_id}")
+    return names
 
 
 def limit_parameters(
@@ -96,6 +123,8 @@ def limit_parameters(
         "client_offset": max(settings.lookup_limit_per_client - 1, 0),
         "enquirer_since": now - timedelta(seconds=settings.lookup_enquirer_window_seconds),
         "enquirer_offset": max(settings.lookup_limit_per_enquirer - 1, 0),
+        "probing_since": now - timedelta(seconds=settings.lookup_probing_window_seconds),
+        "probing_offset": max(settings.lookup_probing_limit_per_client - 1, 0),
     }
 
 
@@ -104,6 +133,7 @@ def over_limit(settings: Settings, row: Mapping[str, Any], now: datetime) -> Ove
     limits = (
         ("volume_limit_client", CLIENT_FULL_AT, settings.lookup_client_window_seconds),
         ("volume_limit_enquirer", ENQUIRER_FULL_AT, settings.lookup_enquirer_window_seconds),
+        ("probing_limit_client", PROBING_FULL_AT, settings.lookup_probing_window_seconds),
     )
     for refusal, column, window in limits:
         reached_at: datetime | None = row[column]

@@ -27,7 +27,7 @@ from app.auth.tokens import InvalidToken, TokenClaims, verify_token
 from app.config import Settings
 from app.db import DatabaseUnavailable, HotConnection, HotStatement, hot_connection, utcnow
 from app.errors import ProblemError, responses, safe_validation_errors
-from app.lookup.limits import limit_columns, limit_parameters, over_limit
+from app.lookup.limits import limit_columns, limit_lock_names, limit_parameters, over_limit
 from app.lookup.schemas import Contact, LookupAnswer, LookupRequest
 from app.register.identifiers import normalise_name
 from app.register.matching import Decision, Status, SubjectQuery, decide, find_candidates
@@ -82,7 +82,7 @@ async def answer_enquiry(request: Request, token: str, body: bytes | None) -> Lo
     except InvalidToken as exc:
         claims = exc
     try:
-        async with hot_connection(state.sessionmaker) as connection:
+        async with hot_connection(state.sessionmaker, state.sqlite_writers) as connection:
             return await _lookup(request, body, state.settings, connection, claims)
     except DatabaseUnavailable as exc:
         # A read failed (a write failure is already a 503 from write_event): nothing
@@ -124,6 +124,15 @@ async def _lookup(
         parameters = query.parameters | limit_parameters(
             settings, principal=query.subject, enquirer_id=enquirer_id, now=now
         )
+        if settings.lookup_limits_serialised:
+            # Count and write under a lock per client and per enquirer, held until the
+            # event commits: two lookups of one caller never both count below a limit
+            # before either is written, across workers and replicas alike.
+            # A burst from one caller queues here, for most of the request's deadline.
+            await connection.serialise(
+                limit_lock_names(query.subject, enquirer_id),
+                wait_seconds=settings.request_timeout_seconds * 0.75,
+            )
         row = await principal_and_limits(connection, query, parameters)
     principal = principal_from_row(query, row, claims) if query is not None else None
     if principal is None:
@@ -209,8 +218,9 @@ async def _lookup(
             ProblemError(
                 429,
                 "Too many lookups",
-                "The volume limit for this enquirer or system has been reached; "
-                "the custodians have been alerted.",
+                f"{_LIMIT_REACHED[over.refusal]}; the custodians have been alerted. If a "
+                f"child is at risk now, call {settings.duty_contact_name} on "
+                f"{settings.duty_contact_phone}.",
                 headers={"Retry-After": str(over.retry_after_seconds)},
             ),
         )
@@ -250,6 +260,15 @@ async def principal_and_limits(
     rows = await connection.fetch(statement, parameters)
     return rows[0] if rows else None
 
+
+_LIMIT_REACHED = {
+    "volume_limit_client": "This system has reached its volume limit",
+    "volume_limit_enquirer": "This enquirer has reached the volume limit",
+    "probing_limit_client": (
+        "This system has had too many answers referred to a custodian (identifiers that "
+        "disagree with the register)"
+    ),
+}
 
 _ENQUIRER_RULE = (
     "A system client must name the member of staff who asked (enquirer id, name, role); "

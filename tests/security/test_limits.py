@@ -4,9 +4,11 @@ Limits are counted in the shared database, so a second app instance (another
 replica) over the same database sees the same counts.
 """
 
+import asyncio
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -19,7 +21,7 @@ from app.admin.service import create_client
 from app.audit.models import AuditEvent
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import World
+from tests.conftest import NHS, World
 
 VALID_UNKNOWN_NHS = ["9990001901", "9990001979", "9990002045"]
 
@@ -165,3 +167,88 @@ async def test_unknown_usernames_lock_out_the_same_way(
     async with _http(first) as http:
         statuses = [(await http.post("/oauth/token", data=data)).status_code for _ in range(4)]
     assert statuses == [400, 400, 400, 429]
+
+
+# --- exact under concurrency: a burst split between two replicas --------------------------
+
+
+async def _burst(
+    replicas: tuple[FastAPI, FastAPI], headers: dict[str, str], enquirers: list[str]
+) -> list[int]:
+    """Every lookup at once, alternating between the two instances."""
+    first, second = replicas
+    async with _http(first) as a, _http(second) as b:
+        responses = await asyncio.gather(
+            *(
+                (a, b)[n % 2].post(
+                    "/v1/lookups",
+                    json=_lookup(VALID_UNKNOWN_NHS[n % 3], enquirer),
+                    headers=headers,
+                )
+                for n, enquirer in enumerate(enquirers)
+            )
+        )
+    return [response.status_code for response in responses]
+
+
+async def test_a_burst_for_one_enquirer_gets_exactly_the_limit_across_replicas(
+    replicas: tuple[FastAPI, FastAPI],
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Review found 31-46 of 50 answered under a limit of 30: each lookup counted
+    before the burst's events were written. Counted under a lock, exactly the limit."""
+    headers = await _fresh_client(sessionmaker, world, replicas[0])
+    statuses = await _burst(replicas, headers, ["BURST"] * 20)
+    assert statuses.count(200) == 3, statuses  # lookup_limit_per_enquirer
+    assert set(statuses) == {200, 429}
+
+
+async def test_a_burst_for_one_client_gets_exactly_its_limit_whoever_it_names(
+    replicas: tuple[FastAPI, FastAPI],
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    headers = await _fresh_client(sessionmaker, world, replicas[0])
+    statuses = await _burst(replicas, headers, [f"E{n}" for n in range(24)])
+    assert statuses.count(200) == 5, statuses  # lookup_limit_per_client
+    assert set(statuses) == {200, 429}
+
+
+async def test_guessing_a_childs_date_of_birth_meets_the_per_client_probing_limit(
+    settings: Settings, world: World, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Beside a known NHS number, a wrong date of birth answers refer_to_custodian and a
+    right one on_plan: ~6,600 guesses confirmed a birthday. Referrals now count per
+    client whatever enquirer it names, and past the limit the client is refused."""
+    app = create_app(settings.model_copy(update={"lookup_probing_limit_per_client": 3}))
+    async with app.router.lifespan_context(app):
+        headers = await _fresh_client(sessionmaker, world, app)
+        born = world.entries["neglect"].child_date_of_birth
+        assert born is not None
+
+        def guess(days: int, enquirer: str) -> dict[str, object]:
+            body = _lookup(NHS["neglect"], enquirer)
+            body["subject"] = {
+                "nhs_number": NHS["neglect"],
+                "given_name": "Amara",
+                "family_name": "Quinn-Lowe",
+                "date_of_birth": (born + timedelta(days=days)).isoformat(),
+            }
+            return body
+
+        async with _http(app) as http:
+            statuses = []
+            for n in range(1, 5):
+                response = await http.post(
+                    "/v1/lookups", json=guess(n, f"invented-{n}"), headers=headers
+                )
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    assert response.json()["status"] == "refer_to_custodian"
+            # the right guess is refused too: the limit is the client's, not the guess's
+            right = await http.post("/v1/lookups", json=guess(0, "invented-5"), headers=headers)
+    assert statuses == [200, 200, 200, 429]
+    assert right.status_code == 429
+    assert "categories" not in right.text
+    assert (await _event(sessionmaker, right)).refusal == "probing_limit_client"
