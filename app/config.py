@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     # A delivery attempt claims its row for this long, so replicas do not send it twice.
     webhook_claim_seconds: Annotated[float, Field(gt=0)] = 60.0
     webhook_batch_size: Annotated[int, Field(gt=0)] = 50
+    # Host names (exactly as in the URL) a webhook may point at although they are, or
+    # resolve to, loopback, private or otherwise non-public addresses (an operator's
+    # receiver inside the network). Anything else must be public (targets.py).
+    webhook_allowed_hosts: frozenset[str] = frozenset()
 
     # Purposes of use each kind of reference point may give (DESIGN.md, check 5).
     purposes_by_kind: dict[str, frozenset[str]] = {

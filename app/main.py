@@ -101,6 +101,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=API_VERSION,
         summary="Is this child subject to a child protection plan, and under which category?",
         lifespan=lifespan,
+        # The interactive pages load their scripts from a CDN, outside the site's CSP:
+        # not served in production (the document itself is, at /openapi.json).
+        docs_url=None if settings.environment is Environment.production else "/docs",
+        redoc_url=None if settings.environment is Environment.production else "/redoc",
     )
     app.state.settings = settings
     install_handlers(app)

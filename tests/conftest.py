@@ -111,6 +111,10 @@ def _test_settings(
         checkpoint_dir=checkpoints,
         duty_contact_name="Test duty desk",
         duty_contact_phone="020 7946 0999",
+        # The tests' webhook receivers listen on loopback, and one test names a host
+        # that resolves nowhere (tests/security/test_webhook_targets.py shows what is
+        # refused without this).
+        webhook_allowed_hosts=frozenset({"127.0.0.1", "receiver.example.org"}),
         **overrides,
     )
     upgrade_database(settings.model_copy(update={"database_url": database.owner_url}))

@@ -28,13 +28,21 @@ PURPOSE = {
 }
 
 
+# Numbers handed out in this test run: the 999 range has under a million valid ones,
+# and a run asks for thousands, so random picks alone collided (a flaky "already
+# registered" now and then). The databases are the run's own, so the run is the scope.
+_ISSUED: set[str] = set(NHS.values())
+
+
 def fresh_nhs() -> str:
-    """A valid NHS number in the 999 test range that no fixture child has."""
+    """A valid NHS number in the 999 test range that no other child of this run has."""
     while True:
         digits = "999" + "".join(secrets.choice("0123456789") for _ in range(6))
         for check in "0123456789":
-            if nhs_number_check_digit_ok(digits + check) and digits + check not in NHS.values():
-                return digits + check
+            number = digits + check
+            if nhs_number_check_digit_ok(number) and number not in _ISSUED:
+                _ISSUED.add(number)
+                return number
 
 
 def enquirer_id() -> str:

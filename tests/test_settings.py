@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -66,3 +67,23 @@ def test_tokens_may_not_live_longer_than_fifteen_minutes() -> None:
 
 def test_development_runs_without_keys_yet(tmp_path: Path) -> None:
     assert Settings(key_dir=tmp_path / "none").environment is Environment.development
+
+
+async def test_production_serves_no_interactive_docs(tmp_path: Path) -> None:
+    """/docs and /redoc load their scripts from a CDN, outside the site's CSP."""
+    (tmp_path / "k.pem").write_text("key")
+    (tmp_path / "checkpoint.key").write_text("key")
+    production = create_app(
+        Settings(
+            environment=Environment.production,
+            key_dir=tmp_path,
+            checkpoint_key_path=tmp_path / "checkpoint.key",
+        )
+    )
+    development = create_app(Settings(key_dir=tmp_path))
+    for app, expected in ((production, 404), (development, 200)):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            assert (await http.get("/docs")).status_code == expected
+            assert (await http.get("/redoc")).status_code == expected
+            assert (await http.get("/openapi.json")).status_code == 200

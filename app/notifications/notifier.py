@@ -41,6 +41,7 @@ from app.notifications.models import (
     NotificationWebhook,
     NotifierCursor,
 )
+from app.notifications.targets import RefusedTarget, vet
 
 log = structlog.get_logger()
 
@@ -416,9 +417,18 @@ class Notifier:
             headers["X-CPR-Signature"] = signature(row.signing_secret, timestamp, body)
         try:
             # The whole attempt, not each read, is bounded: a receiver that trickles
-            # its answer must not outlast the claim.
+            # its answer must not outlast the claim. Vetted again now, and sent to the
+            # address vetted (app/notifications/targets.py); no redirect is followed.
             async with asyncio.timeout(settings.webhook_timeout_seconds):
-                response = await http.post(row.url, content=body, headers=headers)
+                target = await vet(row.url, settings.webhook_allowed_hosts)
+                response = await http.post(
+                    target.url,
+                    content=body,
+                    headers=headers | {"Host": target.host_header},
+                    extensions={"sni_hostname": target.host},
+                )
+        except RefusedTarget:
+            return None, "webhook target refused"
         except (httpx.HTTPError, TimeoutError) as exc:
             return None, type(exc).__name__
         if 200 <= response.status_code < 300:

@@ -10,12 +10,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
 
 from app.audit.models import AuditEvent
 from app.audit.routes import Reviewer
-from app.audit.service import commit_or_fail_closed, request_context
+from app.audit.service import commit_or_fail_closed, refuse, request_context
 from app.auth.principals import Principal, SettingsDep
 from app.config import Environment
 from app.db import SessionDep, utcnow
 from app.errors import ProblemError, responses
 from app.notifications.models import NotificationWebhook
+from app.notifications.targets import RefusedTarget, vet
 
 router = APIRouter(prefix="/v1/notifications/webhook", tags=["notifications"])
 
@@ -74,6 +75,21 @@ async def set_webhook(
     url = str(webhook.url)
     if settings.environment is Environment.production and webhook.url.scheme != "https":
         raise ProblemError(422, "Invalid webhook", "Notifications are only sent over https.")
+    try:
+        await vet(url, settings.webhook_allowed_hosts)
+    except RefusedTarget as exc:
+        # On record: pointing the notifier inside the network is worth a custodian's look.
+        refused = _event(request, reviewer, "notification.webhook_refused", url)
+        refused.refusal = "webhook_target_refused"
+        await refuse(
+            session,
+            refused,
+            ProblemError(
+                422,
+                "Invalid webhook",
+                errors=[{"loc": ["body", "url"], "msg": str(exc), "type": "value_error"}],
+            ),
+        )
     row = await session.get(NotificationWebhook, reviewer.organisation_id)
     if row is None:
         row = NotificationWebhook(organisation_id=reviewer.organisation_id)
