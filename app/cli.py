@@ -299,7 +299,7 @@ def org_list(kind: str | None) -> None:
 def _set_organisation_active(reference: str, *, active: bool, actor: str) -> None:
     async def work(session: AsyncSession) -> Organisation:
         organisation = await _organisation(session, reference)
-        return admin.update_organisation(
+        return await admin.update_organisation(
             session, actor=actor, organisation=organisation, changes={"active": active}
         )
 
@@ -445,7 +445,7 @@ def user_create(
 def _set_user_active(reference: str, *, active: bool, actor: str) -> None:
     async def work(session: AsyncSession) -> User:
         found, organisation = await _user(session, reference)
-        return admin.set_user_active(
+        return await admin.set_user_active(
             session, actor=actor, user=found, organisation=organisation, active=active
         )
 

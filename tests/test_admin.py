@@ -202,7 +202,7 @@ async def test_revoked_client_cannot_be_given_a_new_secret(
     assert response.headers["content-type"] == "application/problem+json"
 
 
-async def test_disabled_user_token_fails_on_next_request_and_enabling_restores_it(
+async def test_disabled_user_token_fails_on_next_request_and_enabling_does_not_revive_it(
     client: httpx.AsyncClient, world: World
 ) -> None:
     org = await create_org(client, world, "out_of_hours_social_care")
@@ -220,6 +220,9 @@ async def test_disabled_user_token_fails_on_next_request_and_enabling_restores_i
 
     enabled = await client.post(f"/v1/admin/users/{user['id']}/enable", headers=headers)
     assert enabled.json()["active"] is True
+    # The token issued before the disable stays revoked; the user signs in afresh.
+    assert (await lookup(client, token, kind, as_client=False)).status_code == 401
+    token = await password_token(client, user["username"], password)
     assert (await lookup(client, token, kind, as_client=False)).status_code == 200
 
 
@@ -235,7 +238,8 @@ async def test_deactivated_organisation_revokes_its_clients_on_next_request(
     assert (await lookup(client, token, as_client=True)).status_code == 401
 
     await client.patch(path, json={"active": True}, headers=headers)
-    assert (await lookup(client, token, as_client=True)).status_code == 200
+    # Reactivated, the organisation's clients sign in afresh: old tokens stay revoked.
+    assert (await lookup(client, token, as_client=True)).status_code == 401
 
 
 async def test_rotated_secret_replaces_the_old_one(client: httpx.AsyncClient, world: World) -> None:

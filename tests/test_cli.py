@@ -155,6 +155,9 @@ async def test_cli_org_list_and_disable_revokes_its_clients(
 
     await cpr("org", "enable", org_id)
     answer = await lookup(client, access_token, purpose="police_investigation", enquirer=ENQUIRER)
+    assert answer.status_code == 401  # the old token stays revoked
+    access_token = (await client_token(client, client_id, secret)).json()["access_token"]
+    answer = await lookup(client, access_token, purpose="police_investigation", enquirer=ENQUIRER)
     assert answer.status_code == 200
 
 

@@ -166,7 +166,7 @@ async def update_organisation(
     if body.active is False and organisation.id == operator.organisation_id:
         # The operator would lock itself out; the CLI can still do it deliberately.
         raise ProblemError(409, "Conflict", "You may not deactivate your own organisation.")
-    service.update_organisation(
+    await service.update_organisation(
         session,
         actor=operator.subject,
         organisation=organisation,
@@ -350,7 +350,7 @@ async def _set_user_active(
     if not active and operator.kind == "user" and operator.id == str(user.id):
         raise ProblemError(409, "Conflict", "You may not disable yourself.")
     organisation = await _get(session, Organisation, user.organisation_id, "organisation")
-    service.set_user_active(
+    await service.set_user_active(
         session,
         actor=operator.subject,
         user=user,

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin.models import (
@@ -23,6 +24,8 @@ from app.admin.models import (
 )
 from app.audit.models import AuditEvent
 from app.auth.hashing import hash_secret
+from app.auth.models import AccessToken
+from app.db import utcnow
 
 ROLE_SCOPES: dict[UserRole, frozenset[Scope]] = {
     UserRole.operator: frozenset({Scope.admin}),
@@ -142,7 +145,21 @@ def create_organisation(
 ORGANISATION_CHANGEABLE = frozenset({"name", "contact_name", "contact_phone", "active"})
 
 
-def update_organisation(
+async def revoke_tokens(session: AsyncSession, subjects: list[str]) -> None:
+    """Revoke every unexpired token of these subjects now: a principal disabled and
+    enabled again starts over with new tokens, never the ones issued before."""
+    await session.execute(
+        update(AccessToken)
+        .where(
+            AccessToken.subject.in_(subjects),
+            AccessToken.revoked_at.is_(None),
+            AccessToken.expires_at > utcnow(),
+        )
+        .values(revoked_at=utcnow())
+    )
+
+
+async def update_organisation(
     session: AsyncSession,
     *,
     actor: str,
@@ -162,6 +179,16 @@ def update_organisation(
     if "active" in changes and changes["active"] != before["active"]:
         deactivated = not changes["active"]
         event_type = f"admin.organisation_{'deactivated' if deactivated else 'reactivated'}"
+        if deactivated:
+            users = await session.scalars(
+                select(User.id).where(User.organisation_id == organisation.id)
+            )
+            clients = await session.scalars(
+                select(Client.id).where(Client.organisation_id == organisation.id)
+            )
+            await revoke_tokens(
+                session, [f"user:{u}" for u in users] + [f"client:{c}" for c in clients]
+            )
     session.add(
         _event(
             actor,
@@ -318,7 +345,7 @@ def reset_password(
     )
 
 
-def set_user_active(
+async def set_user_active(
     session: AsyncSession,
     *,
     actor: str,
@@ -327,9 +354,12 @@ def set_user_active(
     active: bool,
     context: Mapping[str, Any] | None = None,
 ) -> User:
-    """Disable or enable a user. Disabling takes effect on the user's next request."""
+    """Disable or enable a user. Disabling takes effect on the user's next request, and
+    revokes the user's tokens, so that enabling the user again does not revive them."""
     was_active = user.active
     user.active = active
+    if not active:
+        await revoke_tokens(session, [f"user:{user.id}"])
     session.add(
         _event(
             actor,

@@ -10,15 +10,20 @@ import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit.models import AuditEvent
 from app.audit.review import EnquiryListQuery, list_enquiries
 from app.audit.routes import admit_reviewer
+from app.audit.service import commit_or_fail_closed, request_context
 from app.auth.keys import KeyRing
+from app.auth.models import AccessToken
 from app.auth.principals import KeyRingDep, Principal, SettingsDep, authenticate
 from app.auth.routes import SignInRefused, sign_in_user
+from app.auth.tokens import verify_token
 from app.config import Settings
-from app.db import DATABASE_ERRORS, SessionDep
+from app.db import DATABASE_ERRORS, SessionDep, utcnow
 from app.errors import ProblemError
 from app.lookup.routes import answer_enquiry
 from app.lookup.schemas import Purpose
@@ -193,10 +198,34 @@ def _sign_in_unavailable(request: Request, settings: Settings, username: str) ->
 
 
 @router.post("/web/sign-out")
-async def sign_out(request: Request, settings: SettingsDep) -> Response:
+async def sign_out(
+    request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
+) -> Response:
+    """Ends the session for good: the token is revoked server-side (it would otherwise
+    work on /web and as a bearer token until it expires), and that is on record."""
     form = await request.form()
     if (refused := _form_refused(request, settings, form.get(CSRF_FIELD))) is not None:
         return refused
+    signed_in = await _signed_in(request, session, settings, keyring)
+    if signed_in is not None:
+        token, principal = signed_in
+        claims = await verify_token(keyring, settings, token)
+        await session.execute(
+            update(AccessToken)
+            .where(AccessToken.jti == claims.token_id, AccessToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        session.add(
+            AuditEvent(
+                event_type="auth.signed_out",
+                principal=principal.subject,
+                organisation_id=principal.organisation_id,
+                outcome="revoked",
+                detail={"jti": claims.token_id},
+                **request_context(request),
+            )
+        )
+        await commit_or_fail_closed(session)
     return _to_sign_in(settings)
 
 
