@@ -38,6 +38,7 @@ detail says how many different ids were named.
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Self
@@ -46,6 +47,7 @@ from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from app.admin.models import Organisation
 from app.audit.models import AuditEvent
@@ -158,18 +160,30 @@ def peak_distinct(
     return best
 
 
-async def _not_found_spikes(
-    session: AsyncSession, settings: Settings, since: datetime, until: datetime
-) -> list[AlertRead]:
-    window = timedelta(minutes=settings.alert_not_found_window_minutes)
-    threshold = settings.alert_not_found_threshold
-    scope = [*_lookups_between(since - window, until), AuditEvent.outcome == "not_on_plan"]
-    # Only an enquirer with enough not-found answers in the whole span can reach the
-    # threshold in one window: the timestamps of the others are never read.
+@dataclass(frozen=True)
+class _Busiest:
+    organisation_id: uuid.UUID | None
+    events: list[Any]  # the group's events in scope, oldest first
+    count: int  # in its busiest window, from first to last
+    first: datetime
+    last: datetime
+
+
+async def _busiest_windows(
+    session: AsyncSession,
+    scope: list[Any],
+    key: InstrumentedAttribute[Any],
+    window: timedelta,
+    threshold: int,
+    since: datetime,
+) -> list[_Busiest]:
+    """Per (organisation, ``key``), the busiest window of the events in ``scope``, where
+    it reaches ``threshold``. Only a group with enough events in the whole span can
+    reach it in one window: the timestamps of the others are never read."""
     suspects = (
-        select(AuditEvent.organisation_id, AuditEvent.enquirer_id)
-        .where(*scope, AuditEvent.enquirer_id.is_not(None))
-        .group_by(AuditEvent.organisation_id, AuditEvent.enquirer_id)
+        select(AuditEvent.organisation_id, key)
+        .where(*scope, key.is_not(None))
+        .group_by(AuditEvent.organisation_id, key)
         .having(func.count() >= threshold)
         .subquery()
     )
@@ -177,93 +191,62 @@ async def _not_found_spikes(
         await session.execute(
             select(
                 AuditEvent.organisation_id,
-                AuditEvent.enquirer_id,
+                key.label("key"),
                 AuditEvent.principal,
+                AuditEvent.enquirer_id,
                 AuditEvent.enquirer,
                 AuditEvent.occurred_at,
             )
             .join(
                 suspects,
                 (suspects.c.organisation_id == AuditEvent.organisation_id)
-                & (suspects.c.enquirer_id == AuditEvent.enquirer_id),
+                & (suspects.c[key.key] == key),
             )
             .where(*scope)
-            .order_by(AuditEvent.organisation_id, AuditEvent.enquirer_id, AuditEvent.occurred_at)
+            .order_by(AuditEvent.organisation_id, key, AuditEvent.occurred_at)
         )
     ).all()
     groups: dict[tuple[Any, Any], list[Any]] = {}
     for row in rows:
-        groups.setdefault((row.organisation_id, row.enquirer_id), []).append(row)
-    alerts = []
+        groups.setdefault((row.organisation_id, row.key), []).append(row)
+    busiest = []
     for (organisation_id, _), events in groups.items():
         peak = peak_count([e.occurred_at for e in events], window, since)
-        if peak is None or peak[0] < threshold:
-            continue
-        count, first, last = peak
-        latest = events[-1]
+        if peak is not None and peak[0] >= threshold:
+            busiest.append(_Busiest(organisation_id, events, *peak))
+    return busiest
+
+
+async def _not_found_spikes(
+    session: AsyncSession, settings: Settings, since: datetime, until: datetime
+) -> list[AlertRead]:
+    window = timedelta(minutes=settings.alert_not_found_window_minutes)
+    threshold = settings.alert_not_found_threshold
+    scope = [*_lookups_between(since - window, until), AuditEvent.outcome == "not_on_plan"]
+    alerts = []
+    for busiest in await _busiest_windows(
+        session, scope, AuditEvent.enquirer_id, window, threshold, since
+    ):
+        latest = busiest.events[-1]
         alerts.append(
             AlertRead(
                 kind=AlertKind.not_found_spike,
                 detail=(
-                    f"{count} lookups by one enquirer found no plan within "
+                    f"{busiest.count} lookups by one enquirer found no plan within "
                     f"{settings.alert_not_found_window_minutes} minutes "
                     f"(threshold {threshold}): possible enumeration."
                 ),
-                window_start=first,
-                window_end=last,
-                count=count,
+                window_start=busiest.first,
+                window_end=busiest.last,
+                count=busiest.count,
                 threshold=threshold,
-                organisations=[OrganisationRef(id=organisation_id, name=None)],
+                organisations=[OrganisationRef(id=busiest.organisation_id, name=None)],
                 principal=latest.principal,
                 enquirer=EnquirerRead.model_validate(latest.enquirer) if latest.enquirer else None,
                 entry_id=None,
             )
         )
     return alerts
-
-
-async def _client_peaks(
-    session: AsyncSession, scope: list[Any], window: timedelta, threshold: int, since: datetime
-) -> list[tuple[uuid.UUID | None, str, int, datetime, datetime, int]]:
-    """Per client (organisation, principal), the busiest window of the events in
-    ``scope`` that reaches ``threshold``: (organisation, principal, count, first, last,
-    distinct enquirer ids in that window)."""
-    suspects = (
-        select(AuditEvent.organisation_id, AuditEvent.principal)
-        .where(*scope, AuditEvent.principal.is_not(None))
-        .group_by(AuditEvent.organisation_id, AuditEvent.principal)
-        .having(func.count() >= threshold)
-        .subquery()
-    )
-    rows = (
-        await session.execute(
-            select(
-                AuditEvent.organisation_id,
-                AuditEvent.principal,
-                AuditEvent.enquirer_id,
-                AuditEvent.occurred_at,
-            )
-            .join(
-                suspects,
-                (suspects.c.organisation_id == AuditEvent.organisation_id)
-                & (suspects.c.principal == AuditEvent.principal),
-            )
-            .where(*scope)
-            .order_by(AuditEvent.organisation_id, AuditEvent.principal, AuditEvent.occurred_at)
-        )
-    ).all()
-    groups: dict[tuple[Any, str], list[Any]] = {}
-    for row in rows:
-        groups.setdefault((row.organisation_id, row.principal), []).append(row)
-    peaks = []
-    for (organisation_id, principal), events in groups.items():
-        peak = peak_count([e.occurred_at for e in events], window, since)
-        if peak is None or peak[0] < threshold:
-            continue
-        count, first, last = peak
-        named = {e.enquirer_id for e in events if first <= e.occurred_at <= last}
-        peaks.append((organisation_id, principal, count, first, last, len(named)))
-    return peaks
 
 
 async def _client_probing(
@@ -295,9 +278,13 @@ async def _client_probing(
             settings.alert_client_mismatch_threshold,
         ),
     ):
-        for organisation_id, principal, count, first, last, named in await _client_peaks(
-            session, scope, window, threshold, since
+        for busiest in await _busiest_windows(
+            session, scope, AuditEvent.principal, window, threshold, since
         ):
+            organisation_id, count = busiest.organisation_id, busiest.count
+            first, last = busiest.first, busiest.last
+            principal = busiest.events[-1].principal
+            named = len({e.enquirer_id for e in busiest.events if first <= e.occurred_at <= last})
             who = "system" if principal.startswith("client:") else "user"
             if kind is AlertKind.client_probing:
                 detail = (
