@@ -31,11 +31,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.admin.models import Organisation
 from app.audit.models import AuditEvent, AuditEventAuthority
 from app.audit.routes import Reviewer
-from app.audit.service import commit_or_fail_closed, refuse, request_context
+from app.audit.service import commit_or_fail_closed, refuse_not_found, request_context
 from app.auth.principals import Principal
 from app.cursors import cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.db import READ_ONLY_OPTION, SessionDep, utcnow
-from app.errors import ProblemError, responses
+from app.errors import responses
 from app.lookup.schemas import Purpose, enquirer_key
 from app.register.identifiers import normalise_nhs_number
 from app.register.models import RegisterEntry
@@ -389,20 +389,14 @@ async def enquiries_about_entry(
         )
     ).first()
     if found is None:
-        # Another authority's entry and an id that names none get the same 404, and
-        # both are on record: probing for other authorities' children shows in the log.
-        event = AuditEvent(
-            event_type="audit.refused",
-            principal=reviewer.subject,
-            organisation_id=reviewer.organisation_id,
-            refusal="entry_not_found",
-            detail={"entry_id": str(entry_id), "path": request.url.path},
-            **request_context(request),
-        )
-        await refuse(
+        await refuse_not_found(
             session,
-            event,
-            ProblemError(404, "Not found", "No entry with that id in your authority's register."),
+            request,
+            reviewer,
+            event_type="audit.refused",
+            refusal="entry_not_found",
+            detail={"entry_id": str(entry_id)},
+            message="No entry with that id in your authority's register.",
         )
     about_child = AuditEvent.entry_id == entry_id
     if found.subject_nhs_number is not None:

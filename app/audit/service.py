@@ -3,7 +3,7 @@
 import uuid
 from contextlib import suppress
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 from fastapi import Request
@@ -13,6 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit.models import AuditEvent
 from app.db import DATABASE_ERRORS, DatabaseUnavailable, HotConnection, HotStatement, utcnow
 from app.errors import ProblemError
+
+if TYPE_CHECKING:  # principals records its refusals through this module
+    from app.auth.principals import Principal
 
 log = structlog.get_logger()
 
@@ -103,6 +106,29 @@ async def refuse(session: AsyncSession, event: AuditEvent, problem: ProblemError
     await record(session, event)
     log.info("request_refused", refusal=event.refusal, event_id=str(event.id))
     raise problem
+
+
+async def refuse_not_found(
+    session: AsyncSession,
+    request: Request,
+    principal: "Principal",
+    *,
+    event_type: str,
+    refusal: str,
+    detail: dict[str, Any],
+    message: str,
+) -> NoReturn:
+    """404 for what the caller may not see and for what does not exist alike, and on
+    record either way: probing for another authority's records shows in the log."""
+    event = AuditEvent(
+        event_type=event_type,
+        principal=principal.subject,
+        organisation_id=principal.organisation_id,
+        refusal=refusal,
+        detail=detail | {"path": request.url.path},
+        **request_context(request),
+    )
+    await refuse(session, event, ProblemError(404, "Not found", message))
 
 
 async def recent_events(

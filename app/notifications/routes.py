@@ -25,11 +25,11 @@ from app.audit.review import (
     matched_entry_ids,
 )
 from app.audit.routes import Reviewer
-from app.audit.service import commit_or_fail_closed, refuse, request_context
+from app.audit.service import commit_or_fail_closed, refuse_not_found, request_context
 from app.auth.principals import Principal
 from app.cursors import bad_cursor, cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.db import SessionDep, utcnow
-from app.errors import ProblemError, responses
+from app.errors import responses
 from app.notifications.models import Notification
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
@@ -176,19 +176,14 @@ async def acknowledge(
         )
     ).first()
     if row is None:
-        # Another authority's notification and an unknown id: the same 404, on record.
-        refused = AuditEvent(
-            event_type="notification.refused",
-            principal=reviewer.subject,
-            organisation_id=reviewer.organisation_id,
-            refusal="notification_not_found",
-            detail={"notification_id": str(notification_id), "path": request.url.path},
-            **request_context(request),
-        )
-        await refuse(
+        await refuse_not_found(
             session,
-            refused,
-            ProblemError(404, "Not found", "No notification with that id for your authority."),
+            request,
+            reviewer,
+            event_type="notification.refused",
+            refusal="notification_not_found",
+            detail={"notification_id": str(notification_id)},
+            message="No notification with that id for your authority.",
         )
     notification, event, name = row
     if notification.acknowledged_at is None:
