@@ -162,25 +162,19 @@ def backend_markdown(report: BackendReport, connections: tuple[int, ...]) -> lis
             run = report.run(scenario, count)
             if run is not None:
                 lines.append(_row(run, report.result(CEILING, count)))
-    lines += ["", "Sealing on / off (lookup req/s):", ""]
-    for count in connections:
-        on, off = report.result(SEALING_ON, count), report.result(SEALING_OFF, count)
-        if on and off:
-            lines.append(
-                f"- {count} connections: {on.requests_per_second:.0f} / "
-                f"{off.requests_per_second:.0f} = {_percent(_share(on, off))}; "
-                f"p99 {_ms(on.p99_us)} / "
-                f"{_ms(off.p99_us)} ms"
-            )
-    lines += ["", "Exact volume limits: serialised / not (lookup req/s, sealing on):", ""]
-    for count in connections:
-        on, unlocked = report.result(SEALING_ON, count), report.result(LIMITS_UNLOCKED, count)
-        if on and unlocked:
-            lines.append(
-                f"- {count} connections: {on.requests_per_second:.0f} / "
-                f"{unlocked.requests_per_second:.0f} = {_percent(_share(on, unlocked))}; "
-                f"p99 {_ms(on.p99_us)} / {_ms(unlocked.p99_us)} ms"
-            )
+    for heading, other in (
+        ("Sealing on / off (lookup req/s):", SEALING_OFF),
+        ("Exact volume limits: serialised / not (lookup req/s, sealing on):", LIMITS_UNLOCKED),
+    ):
+        lines += ["", heading, ""]
+        for count in connections:
+            on, off = report.result(SEALING_ON, count), report.result(other, count)
+            if on and off:
+                lines.append(
+                    f"- {count} connections: {on.requests_per_second:.0f} / "
+                    f"{off.requests_per_second:.0f} = {_percent(_share(on, off))}; "
+                    f"p99 {_ms(on.p99_us)} / {_ms(off.p99_us)} ms"
+                )
     opened = [run for run in report.runs if run.sessions_opened is not None]
     if opened:
         lines += ["", "PostgreSQL connections opened during each run (pool growth and churn):", ""]

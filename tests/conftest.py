@@ -30,7 +30,7 @@ from app.admin.models import Organisation, OrganisationKind, Scope, UserRole
 from app.admin.service import create_client, create_organisation, create_user
 from app.auth.keys import ensure_signing_key
 from app.cli import upgrade_database
-from app.config import Environment, Settings
+from app.config import Environment, Settings, get_settings
 from app.db import create_engine, create_sessionmaker
 from app.main import create_app
 from app.register.models import Category, RegisterEntry
@@ -126,6 +126,20 @@ def settings(database: DatabaseUnderTest, tmp_path_factory: pytest.TempPathFacto
     return _test_settings(
         database, tmp_path_factory.mktemp("keys"), tmp_path_factory.mktemp("checkpoints")
     )
+
+
+@pytest.fixture
+def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Point the `cpr` command at the test database and keys, as the service's own
+    environment would; settings are cached, so clear them."""
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    if settings.database_role is not None:
+        monkeypatch.setenv("CPR_DATABASE_ROLE", settings.database_role)
+    monkeypatch.setenv("CPR_KEY_DIR", str(settings.key_dir))
+    monkeypatch.setenv("CPR_ENVIRONMENT", settings.environment.value)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ test database, and what it made is then used through real HTTP.
 import asyncio
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,23 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditEvent
 from app.cli import main
-from app.config import Settings, get_settings
 from tests.conftest import NHS, World
 
 ENQUIRER = {"id": "C123456", "name": "Dr A Jones", "role": "ED registrar"}
 
 
-@pytest.fixture(autouse=True)
-def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Point the command at the test database and keys; settings are cached, so clear them."""
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    if settings.database_role is not None:
-        monkeypatch.setenv("CPR_DATABASE_ROLE", settings.database_role)
-    monkeypatch.setenv("CPR_KEY_DIR", str(settings.key_dir))
-    monkeypatch.setenv("CPR_ENVIRONMENT", settings.environment.value)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 async def cpr(*args: str, input: str | None = None) -> Result:

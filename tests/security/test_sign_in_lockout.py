@@ -13,7 +13,7 @@ import asyncio
 import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from itertools import cycle
@@ -29,7 +29,7 @@ from app.admin.models import UserRole
 from app.admin.service import create_user
 from app.audit.models import AuditEvent
 from app.cli import main
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.main import create_app
 from tests.conftest import World
 
@@ -320,19 +320,6 @@ async def test_bursts_split_between_two_instances_stay_within_the_limit(
 
 
 # --- The operator lifts it ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Point `cpr` at the test database (as tests/test_cli.py does)."""
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    if settings.database_role is not None:
-        monkeypatch.setenv("CPR_DATABASE_ROLE", settings.database_role)
-    monkeypatch.setenv("CPR_KEY_DIR", str(settings.key_dir))
-    monkeypatch.setenv("CPR_ENVIRONMENT", settings.environment.value)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 async def test_cpr_user_unlock_lifts_both_lockouts_and_is_audited(
