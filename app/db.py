@@ -496,6 +496,8 @@ class _CoreConnection(HotConnection):
             await self._writers.acquire()
             self.holds_writers = True
         try:
+            if self._connection.in_transaction():
+                await self._connection.commit()  # the reads' deferred transaction
             await self._connection.execution_options(**{READ_ONLY_OPTION: False})
             await self._connection.begin()
         except SQLAlchemyError as exc:

@@ -30,7 +30,14 @@ from app.errors import ProblemError, responses, safe_validation_errors
 from app.lookup.limits import limit_columns, limit_lock_names, limit_parameters, over_limit
 from app.lookup.schemas import Contact, LookupAnswer, LookupRequest
 from app.register.identifiers import normalise_name
-from app.register.matching import Decision, Status, SubjectQuery, decide, find_candidates
+from app.register.matching import (
+    Candidate,
+    Decision,
+    Status,
+    SubjectQuery,
+    decide,
+    find_candidates,
+)
 
 log = structlog.get_logger()
 router = APIRouter(tags=["lookup"])
@@ -117,6 +124,7 @@ async def _lookup(
     query = principal_query(claims)
     now = utcnow()
     row = None
+    candidates: list[Candidate] = []
     if query is not None:
         enquirer_id = query.subject if query.kind == "user" else None
         if query.kind == "client" and command is not None and command.enquirer is not None:
@@ -124,14 +132,19 @@ async def _lookup(
         parameters = query.parameters | limit_parameters(
             settings, principal=query.subject, enquirer_id=enquirer_id, now=now
         )
+        if command is not None:
+            # The register is read before the limits' locks are taken, so that they are
+            # held for the count and the write only: a client's lookups queue on them.
+            # Nothing read here is disclosed unless every check below passes.
+            candidates = await find_candidates(connection, _subject_query(command), date.today())
         if settings.lookup_limits_serialised:
             # Count and write under a lock per client and per enquirer, held until the
             # event commits: two lookups of one caller never both count below a limit
             # before either is written, across workers and replicas alike.
-            # A burst from one caller queues here, for most of the request's deadline.
+            # A burst from one caller queues here, until just before the request's deadline.
             await connection.serialise(
                 limit_lock_names(query.subject, enquirer_id),
-                wait_seconds=settings.request_timeout_seconds * 0.75,
+                wait_seconds=max(settings.request_timeout_seconds - 0.25, 0.1),
             )
         row = await principal_and_limits(connection, query, parameters)
     principal = principal_from_row(query, row, claims) if query is not None else None
@@ -226,7 +239,7 @@ async def _lookup(
         )
 
     # 6. A unique exact match, or nothing.
-    decision = decide(subject, await find_candidates(connection, subject, date.today()))
+    decision = decide(subject, candidates)
     answer = _answer(event["id"], decision, settings)
     _record_answer(event, decision, answer)
     await write_event(connection, event)
