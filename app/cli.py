@@ -8,7 +8,7 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,8 +22,14 @@ from app.admin import service as admin
 from app.admin.models import Client, Organisation, OrganisationKind, Scope, User, UserRole
 from app.admin.schemas import Name, OrganisationCreate, Username
 from app.apiclient import problem_text, sign_in
-from app.audit.chain import CheckpointSigner, CheckpointVerifier
-from app.audit.sealing import Sequencer
+from app.audit.chain import (
+    CheckpointError,
+    CheckpointSigner,
+    CheckpointVerifier,
+    ensure_key,
+    rotate_key,
+)
+from app.audit.sealing import Sequencer, verifier_keys_path
 from app.audit.verify import verify_log
 from app.auth.lockout import unlock_event
 from app.auth.models import AccessToken
@@ -165,6 +171,36 @@ def openapi(output: Path) -> None:
     document = create_app(get_settings()).openapi()
     output.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     click.echo(f"wrote {output}")
+
+
+@main.command("worker")
+def worker() -> None:
+    """Seal and checkpoint the log, derive notifications, deliver webhooks: one worker
+    active at a time across replicas, the others standing by (app/worker.py). Its probes
+    answer on CPR_WORKER_HEALTH_HOST:CPR_WORKER_HEALTH_PORT (GET /livez, /readyz)."""
+    import uvicorn
+
+    from app.worker import create_worker_app
+
+    settings = get_settings()
+    try:
+        app = create_worker_app(settings)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.worker_health_host,
+            port=settings.worker_health_port,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    )
+    server.run()
+    if not server.started:
+        sys.exit(3)
 
 
 # --- organisations, clients, users -----------------------------------------------------
@@ -555,17 +591,50 @@ def audit_group() -> None:
 
 def _signer(settings: Settings, *, create: bool = False) -> CheckpointSigner:
     return CheckpointSigner.from_file(
-        settings.checkpoint_key_path, settings.audit_log_origin, create=create
+        settings.checkpoint_key_path,
+        settings.audit_log_origin,
+        create=create,
+        verifier_keys=verifier_keys_path(settings),
     )
 
 
 @audit_group.command("keygen")
-def audit_keygen() -> None:
-    """Create the Ed25519 checkpoint signing key (if missing) and print its verifier key."""
+@click.option(
+    "--rotate",
+    is_flag=True,
+    help="Replace the key with a new one. The old one stays in the verifier-key history "
+    "(its public half only), valid for what it signed until it retires.",
+)
+@click.option(
+    "--overlap-seconds",
+    type=click.IntRange(min=0),
+    default=600,
+    show_default=True,
+    help="With --rotate: how long the old key may still sign, for replicas that have not "
+    "seen the new key yet. 0 when the old key may be compromised.",
+)
+def audit_keygen(rotate: bool, overlap_seconds: int) -> None:
+    """Create the Ed25519 checkpoint key and its verifier-key history (if missing), or
+    rotate the key; print the verifier key and the history to publish."""
     settings = get_settings()
-    signer = _signer(settings, create=True)
-    click.echo(f"checkpoint key: {settings.checkpoint_key_path}")
-    click.echo(f"verifier key (give this to auditors): {signer.verifier.vkey}")
+    key_path, history_path = settings.checkpoint_key_path, verifier_keys_path(settings)
+    try:
+        if rotate:
+            history, resumed = rotate_key(
+                key_path, settings.audit_log_origin, history_path, overlap=overlap_seconds
+            )
+        else:
+            history, resumed = ensure_key(key_path, settings.audit_log_origin, history_path), False
+    except (CheckpointError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"checkpoint key: {key_path}")
+    click.echo(f"verifier keys (public; publish to auditors): {history_path}")
+    if rotate:
+        retired = history.keys[-2]
+        when = datetime.fromtimestamp(retired.retired_at or 0, UTC).isoformat()
+        done = "finished the interrupted rotation" if resumed else "rotated"
+        click.echo(f"{done}: retired key (signs until {when}): {retired.vkey}")
+    click.echo(f"verifier key (give this to auditors): {history.vkey}")
 
 
 @audit_group.command("checkpoint")
@@ -596,14 +665,26 @@ def audit_checkpoint() -> None:
 @click.option(
     "--verifier-key",
     default=None,
-    help="Check signatures with this key (name+hash+key) instead of the local one.",
+    help="Check signatures with this key (name+hash+key) instead of the local one; with "
+    "--verifier-keys, the key the history must contain (the one you were first given).",
 )
-def audit_verify(held: tuple[Path, ...], verifier_key: str | None) -> None:
+@click.option(
+    "--verifier-keys",
+    "verifier_keys",
+    default=None,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A published verifier-key history (JSON): each checkpoint is checked with the key "
+    "that signed it, within that key's validity. Public keys only: no private key needed.",
+)
+def audit_verify(
+    held: tuple[Path, ...], verifier_key: str | None, verifier_keys: Path | None
+) -> None:
     """Recompute every hash and signature; exit 1 naming the first problem."""
     settings = get_settings()
-    verifier = (
-        CheckpointVerifier.from_vkey(verifier_key) if verifier_key else _signer(settings).verifier
-    )
+    try:
+        verifier = _audit_verifier(settings, verifier_key, verifier_keys)
+    except (CheckpointError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
     notes = [path.read_text() for path in held]
     notes += [p.read_text() for p in sorted(settings.checkpoint_dir.glob("checkpoint-*.txt"))[-1:]]
 
@@ -625,8 +706,29 @@ def audit_verify(held: tuple[Path, ...], verifier_key: str | None) -> None:
     for finding in report.findings:
         where = f"position {finding.position}" if finding.position else ""
         event = f"event {finding.event_id}" if finding.event_id else ""
-        click.echo(f"FAILED {finding.kind} {where} {event}: {finding.detail}".replace("  ", " "))
+        named = " ".join(part for part in (finding.kind, where, event) if part)
+        click.echo(f"FAILED {named}: {finding.detail}")
     sys.exit(1)
+
+
+def _audit_verifier(
+    settings: Settings, verifier_key: str | None, verifier_keys: Path | None
+) -> CheckpointVerifier:
+    """What `cpr audit verify` checks signatures with: what it was given, else the local
+    history (public), else the local key."""
+    if verifier_keys is not None:
+        history = CheckpointVerifier.from_file(verifier_keys)
+        if verifier_key is not None:
+            pinned = CheckpointVerifier.from_vkey(verifier_key).current
+            if history.key_for(pinned.name, pinned.public_key) is None:
+                raise CheckpointError(f"{verifier_keys} does not contain the key {verifier_key}")
+        return history
+    if verifier_key is not None:
+        return CheckpointVerifier.from_vkey(verifier_key)
+    local = verifier_keys_path(settings)
+    if local.exists():
+        return CheckpointVerifier.from_file(local)
+    return _signer(settings).verifier
 
 
 @main.group("tokens")

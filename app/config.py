@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     login_account_lockout_base_seconds: Annotated[int, Field(gt=0)] = 300
     login_account_lockout_max_seconds: Annotated[int, Field(gt=0)] = 3600
 
+    # Mutual TLS at the front (app/auth/certificates.py, deploy/): the header in which
+    # the front passes the client certificate it verified (URL-escaped PEM), and the one
+    # with its verification result. Unset: no certificate is read and no token bound.
+    # Set it only behind a front that overwrites both headers on every request.
+    client_cert_header: str | None = None
+    client_verify_header: str = "X-Client-Verify"
+
     # Whom a reference point calls when the child is not on a plan.
     duty_contact_name: str = "cp-register duty desk (demo)"
     duty_contact_phone: str = "020 7946 0999"
@@ -104,6 +111,10 @@ class Settings(BaseSettings):
     # each checkpoint is also written to checkpoint_dir, outside the database.
     audit_log_origin: str = "cp-register.local/audit"
     checkpoint_key_path: Path = Path("var/keys/audit-checkpoint.ed25519.pem")
+    # The checkpoint key's verifier-key history (public keys with their validity, written
+    # by `cpr audit keygen [--rotate]`): what checkpoints are verified with, and what the
+    # sequencer may sign with. None: beside the key, <key stem>.verifiers.json.
+    checkpoint_verifier_keys_path: Path | None = None
     checkpoint_dir: Path = Path("var/checkpoints")
     sealing_enabled: bool = True
     sealing_interval_seconds: Annotated[float, Field(gt=0)] = 0.5
@@ -113,6 +124,21 @@ class Settings(BaseSettings):
     checkpoint_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
     # The verifier reports any event still unsealed this long after it was written.
     sealing_delay_seconds: Annotated[int, Field(gt=0)] = 30
+
+    # Where the background work (sealing, checkpoints, notifications, webhooks) runs:
+    # in each API process (the embedded default, `make run`), or only in `cpr worker`,
+    # one active at a time across its replicas (production: CPR_BACKGROUND_IN_API=false).
+    background_in_api: bool = True
+    # `cpr worker`'s probes: GET /livez and /readyz on this address.
+    worker_health_host: str = "127.0.0.1"
+    worker_health_port: Annotated[int, Field(ge=1, le=65535)] = 8081
+    # The active worker holds a PostgreSQL advisory lock on a connection of its own and
+    # checks it this often; the database ends that session after
+    # worker_leader_timeout_seconds without a check (a frozen or cut-off worker), which
+    # frees the lock for a standby. Every sealing round also takes its own lock, so two
+    # workers that both believe they are active still seal one chain.
+    worker_leader_check_seconds: Annotated[float, Field(gt=0)] = 1.0
+    worker_leader_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
 
     # Custodians' alerts (GET /v1/audit/alerts), computed from the log over the period
     # asked for (by default the last alert_lookback_hours). Many not-found answers to one
@@ -194,7 +220,12 @@ class Settings(BaseSettings):
             return
         if not any(self.key_dir.glob("*.pem")):
             raise ValueError(f"no signing key in {self.key_dir}; create one with `cpr keys rotate`")
-        if not self.checkpoint_key_path.exists():
+        if self.background_in_api and self.sealing_enabled:
+            self.check_checkpoint_key()
+
+    def check_checkpoint_key(self) -> None:
+        """Whoever seals (the API in-process, or `cpr worker`) signs with this key."""
+        if self.environment is Environment.production and not self.checkpoint_key_path.exists():
             raise ValueError(
                 f"no checkpoint key at {self.checkpoint_key_path}; create one with "
                 "`cpr audit keygen`"

@@ -26,7 +26,7 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Health,
     response_model_exclude_none=True,
-    responses=responses(503),
+    responses=responses("not_ready"),
     summary="The database is reachable, acts as the configured role, and the audit log is writable",
 )
 async def readyz(request: Request) -> Health:
@@ -40,13 +40,18 @@ async def readyz(request: Request) -> Health:
                 acting = await session.scalar(text("SELECT current_user"))
                 if acting != settings.database_role:
                     raise ProblemError(
-                        503, "Not ready", "The database connection does not act as its role."
+                        503,
+                        "Not ready",
+                        "The database connection does not act as its role.",
+                        code="not_ready",
                     )
             session.add(AuditEvent(event_type="readiness_probe", outcome="probe"))
             await session.flush()
             await session.rollback()
     except DATABASE_ERRORS as exc:
-        raise ProblemError(503, "Not ready", "The audit log is not writable.") from exc
+        raise ProblemError(
+            503, "Not ready", "The audit log is not writable.", code="not_ready"
+        ) from exc
     # Checkpoints not reaching their directory are said, not failed: every replica out
     # of the load balancer would stop the lookups, and the checkpoints are safe in the
     # database meanwhile (the sequencer copies them as soon as it can).

@@ -9,7 +9,6 @@ from typing import Any
 import asyncpg
 import structlog
 from fastapi import FastAPI
-from pydantic.json_schema import models_json_schema
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import health
@@ -17,11 +16,10 @@ from app.admin import routes as admin_routes
 from app.audit import alerts as audit_alerts
 from app.audit import review as audit_review
 from app.audit import routes as audit_routes
-from app.audit.chain import CheckpointSigner
-from app.audit.sealing import Sequencer
 from app.auth import routes as auth_routes
 from app.auth.keys import KeyRing
 from app.auth.lockout import Gate
+from app.background import Background, checkpoint_verifier
 from app.config import Environment, Settings, get_settings
 from app.db import (
     DATABASE_ERRORS,
@@ -37,7 +35,7 @@ from app.lookup.schemas import LookupRequest
 from app.middleware import BodyLimitMiddleware, DeadlineMiddleware, RequestContextMiddleware
 from app.notifications import routes as notification_routes
 from app.notifications import webhooks as notification_webhooks
-from app.notifications.notifier import Notifier
+from app.openapi import build_document
 from app.register import routes as register_routes
 from app.web import routes as web_routes
 
@@ -64,20 +62,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # This process's sign-ins queue here per account name (app/auth/lockout.py).
         app.state.sign_in_gate = Gate()
         app.state.keyring = KeyRing(app.state.sessionmaker, settings.key_dir)
-        app.state.sequencer = None
-        sealing: asyncio.Task[None] | None = None
-        if settings.sealing_enabled:
-            signer = CheckpointSigner.from_file(
-                settings.checkpoint_key_path,
-                settings.audit_log_origin,
-                create=settings.environment is not Environment.production,
-            )
-            app.state.sequencer = Sequencer(app.state.sessionmaker, signer, settings)
-            sealing = asyncio.create_task(app.state.sequencer.run_forever())
-        app.state.notifier = Notifier.with_own_engine(settings)
-        notifying: asyncio.Task[None] | None = None
-        if settings.notifications_enabled:
-            notifying = asyncio.create_task(app.state.notifier.run_forever())
+        # Sealing and notifying here, unless `cpr worker` does them (app/worker.py).
+        background = (
+            Background(settings, app.state.sessionmaker) if settings.background_in_api else None
+        )
+        app.state.sequencer = background.sequencer if background is not None else None
+        app.state.notifier = background.notifier if background is not None else None
+        app.state.checkpoint_verifier = checkpoint_verifier(settings, app.state.sequencer)
+        if background is not None:
+            background.start()
         # What exists now (modules, the app, its routes and schemas) lives as long as the
         # worker: keep it out of the cyclic collector's full passes, which otherwise stop
         # the worker for 30-120 ms every few seconds under load, the lookups' p99.
@@ -89,7 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Bounded, whatever the database does: a hung one must not hold the stop.
             try:
                 async with asyncio.timeout(settings.shutdown_timeout_seconds):
-                    await _stop(app, notifying, sealing)
+                    if background is not None:
+                        await background.stop()
             except TimeoutError:
                 log.error("shutdown_timed_out", seconds=settings.shutdown_timeout_seconds)
             with suppress(TimeoutError):
@@ -177,35 +171,9 @@ def _misconfigured(exc: BaseException | None) -> bool:
     return False
 
 
-async def _stop(
-    app: FastAPI, notifying: "asyncio.Task[None] | None", sealing: "asyncio.Task[None] | None"
-) -> None:
-    """Stop the background work, then seal what is left and sign a final checkpoint."""
-    for task in (notifying, sealing):
-        if task is not None:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
-    await app.state.notifier.close()
-    if sealing is not None:
-        try:
-            await app.state.sequencer.run_once(checkpoint=True)
-        except DATABASE_ERRORS as exc:
-            # The next start's sequencer seals it; nothing is lost.
-            log.error("final_seal_failed", error_type=type(exc).__name__)
-
-
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document plus the schemas of bodies that routes parse themselves."""
+    """FastAPI's document plus what it cannot see (app/openapi.py): the schemas of bodies
+    that routes parse themselves, each operation's security and every problem it answers."""
     if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-
-        schema = get_openapi(
-            title=app.title, version=app.version, summary=app.summary, routes=app.routes
-        )
-        _, definitions = models_json_schema(
-            [(LookupRequest, "validation")], ref_template="#/components/schemas/{model}"
-        )
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
-        app.openapi_schema = schema
+        app.openapi_schema = build_document(app, extra_models=(LookupRequest,))
     return app.openapi_schema

@@ -34,7 +34,8 @@ def free_port() -> int:
 
 
 class Server:
-    """``uvicorn APP --workers N`` on a free loopback port, in a process group of its own.
+    """``uvicorn APP --workers N`` on a free loopback port, in a process group of its own;
+    or, with ``port_env``, the command ``app`` itself, told its port in that variable.
 
     Entering waits until ``ready_path`` answers 200; leaving sends SIGTERM to the
     uvicorn master (which stops its workers gracefully) and, only if the group
@@ -45,22 +46,27 @@ class Server:
         self,
         app: list[str],
         *,
-        workers: int,
+        workers: int = 1,
         env: dict[str, str],
         ready_path: str,
         log_path: Path,
+        port_env: str | None = None,
     ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self._command = [
-            str(BIN / "uvicorn"),
-            *app,
-            "--host=127.0.0.1",
-            f"--port={self.port}",
-            f"--workers={workers}",
-            "--no-access-log",
-            "--log-level=warning",
-        ]
+        if port_env is not None:
+            self._command = app
+            env = env | {port_env: str(self.port)}
+        else:
+            self._command = [
+                str(BIN / "uvicorn"),
+                *app,
+                "--host=127.0.0.1",
+                f"--port={self.port}",
+                f"--workers={workers}",
+                "--no-access-log",
+                "--log-level=warning",
+            ]
         self._env = env
         self._ready_path = ready_path
         self._log_path = log_path

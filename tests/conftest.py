@@ -81,16 +81,28 @@ def _new_database(backend: str, directory: Path) -> Iterator[DatabaseUnderTest]:
         )
 
 
+def _require_postgres() -> None:
+    problem = asyncio.run(_postgres_reachable())
+    if problem is not None:
+        message = f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable ({problem})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + "; under CI the PostgreSQL tests must run")
+        pytest.skip(message + "; PostgreSQL tests skipped")
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest) -> str:
     if request.param == "postgresql":
-        problem = asyncio.run(_postgres_reachable())
-        if problem is not None:
-            message = f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable ({problem})"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message + "; under CI the PostgreSQL tests must run")
-            pytest.skip(message + "; PostgreSQL tests skipped")
+        _require_postgres()
     return request.param
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """The shared server's superuser: for tests that deploy the service on it themselves
+    (tests/deployment.py), in the production role set-up."""
+    _require_postgres()
+    return POSTGRES_ADMIN_URL
 
 
 @pytest.fixture(scope="session")

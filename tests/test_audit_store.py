@@ -235,7 +235,8 @@ async def test_lookup_fails_closed_when_the_audit_log_cannot_be_written(
     # The problem document's own "status" is the HTTP status, never a lookup status.
     assert body["status"] == 503
     assert "categories" not in body
-    assert set(body) <= {"type", "title", "status", "detail", "instance"}
+    assert set(body) <= {"type", "title", "status", "code", "detail", "instance"}
+    assert body["code"] == "service_unavailable"
     for marker in ("on_plan", "neglect", "unborn", "lookup_id", "contact", NHS["neglect"]):
         assert marker not in response.text
     async with sessionmaker() as session:

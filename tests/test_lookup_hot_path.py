@@ -51,7 +51,7 @@ async def test_a_verified_token_is_cached_and_its_times_still_checked(
 ) -> None:
     keyring: KeyRing = app.state.keyring
     token = world["hospital_client"].token
-    claims = await verify_token(keyring, settings, token)
+    claims = await verify_token(keyring, settings, token, certificate=None)
     cached = keyring.verified_tokens[_cache_key(token, settings)]
     assert cached.claims == claims
     assert cached.kid == jwt.get_unverified_header(token)["kid"]
@@ -67,14 +67,14 @@ async def test_a_verified_token_is_cached_and_its_times_still_checked(
     )
     keyring.verified_tokens[_cache_key("not-a-jwt", settings)] = stale
     with pytest.raises(InvalidToken):
-        await verify_token(keyring, settings, "not-a-jwt")
+        await verify_token(keyring, settings, "not-a-jwt", certificate=None)
     assert _cache_key("not-a-jwt", settings) not in keyring.verified_tokens
 
     early = dataclasses.replace(stale, not_before=now + settings.token_leeway_seconds + 60)
     early = dataclasses.replace(early, claims=claims)
     keyring.verified_tokens[_cache_key("not-a-jwt", settings)] = early
     with pytest.raises(InvalidToken):
-        await verify_token(keyring, settings, "not-a-jwt")
+        await verify_token(keyring, settings, "not-a-jwt", certificate=None)
 
 
 async def test_a_cached_token_whose_key_is_not_current_is_refused(
@@ -82,12 +82,12 @@ async def test_a_cached_token_whose_key_is_not_current_is_refused(
 ) -> None:
     keyring: KeyRing = app.state.keyring
     token = world["hospital_client"].token
-    claims = await verify_token(keyring, settings, token)
+    claims = await verify_token(keyring, settings, token, certificate=None)
     now = int(time.time())
     unknown_key = VerifiedToken(claims=claims, kid="retired-kid", not_before=now, issued_at=now)
     keyring.verified_tokens[_cache_key("not-a-jwt", settings)] = unknown_key
     with pytest.raises(InvalidToken):
-        await verify_token(keyring, settings, "not-a-jwt")
+        await verify_token(keyring, settings, "not-a-jwt", certificate=None)
 
 
 async def test_a_database_that_cannot_be_read_fails_the_lookup_closed(

@@ -31,17 +31,15 @@ faults, more load) are marked ``chaos`` and run with ``make chaos``.
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +47,15 @@ import asyncpg
 import httpx
 import pytest
 
-from app.audit.chain import CheckpointSigner
-from app.cli import upgrade_database
-from app.config import Environment, Settings
 from bench.servers import Server
+from tests.deployment import (
+    HTTP_TIMEOUT_SECONDS,
+    Deployment,
+    deploy,
+    tokens,
+)
 from tests.pgcluster import PgCluster
-from tests.production import APP_ROLE, ProductionDatabase, asyncpg_dsn, production_database
-
-BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parent.parent
+from tests.production import APP_ROLE
 
 # DESIGN/issue 11: 503 within ~3 s (the service's request deadline is 2.5 s by default);
 # measured at the client, so a little slack for the client sharing the machine.
@@ -65,9 +63,6 @@ CLIENT_BOUND_SECONDS = 3.5
 RECOVERY_BOUND_SECONDS = 5.0
 SHUTDOWN_BOUND_SECONDS = 15.0
 DRAIN_BOUND_SECONDS = 20.0
-# No request may take longer than this at all: a hang is measured, not waited out.
-HTTP_TIMEOUT_SECONDS = 10.0
-CLI_TIMEOUT_SECONDS = 120.0
 
 REGISTER_KEYS = {"lookup_id", "categories", "contact", "unborn"}
 # (subject, status expected on a healthy database), from the demo register (app/demo.py)
@@ -108,71 +103,6 @@ PROFILES = [
 # --- the deployment ---------------------------------------------------------------------
 
 
-@dataclass
-class Deployment:
-    cluster: PgCluster
-    database: ProductionDatabase
-    env: dict[str, str]
-    credentials: dict[str, Any]
-    logs: Path
-    servers: itertools.count = field(default_factory=lambda: itertools.count(1))
-
-    def server(self, label: str, **env: str) -> Server:
-        return Server(
-            ["app.main:create_app", "--factory"],
-            workers=2,
-            env=self.env | env,
-            ready_path="/readyz",
-            log_path=self.logs / f"{label}-{next(self.servers)}.log",
-        )
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """`cpr ARGS` with the service's environment (its login role, CPR_DATABASE_ROLE)."""
-        return subprocess.run(  # noqa: S603 (our own command)
-            [str(BIN / "cpr"), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=CLI_TIMEOUT_SECONDS,
-            cwd=ROOT,
-        )
-
-    def record(self, line: str) -> None:
-        """What a test measured, kept beside the servers' logs (and shown with -s)."""
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with (self.logs / "summary.txt").open("a") as summary_file:
-            summary_file.write(line + "\n")
-        print(line)
-
-    async def admin(self, sql: str, *args: Any, wait: float = 5) -> list[asyncpg.Record]:
-        """As the superuser, in the service's database: the test's own eyes."""
-        connection = await asyncpg.connect(asyncpg_dsn(self.database.admin_url), timeout=wait)
-        try:
-            return await connection.fetch(sql, *args, timeout=30)
-        finally:
-            await connection.close(timeout=5)
-
-
-def service_env(database: ProductionDatabase, work: Path) -> dict[str, str]:
-    inherited = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("CPR_") and key != "DATABASE_URL"
-    }
-    return inherited | {
-        "DATABASE_URL": database.service_url,
-        "CPR_DATABASE_ROLE": APP_ROLE,
-        "CPR_ENVIRONMENT": "test",
-        "CPR_KEY_DIR": str(work / "keys"),
-        "CPR_CHECKPOINT_KEY_PATH": str(work / "keys" / "audit-checkpoint.ed25519.pem"),
-        "CPR_CHECKPOINT_DIR": str(work / "checkpoints"),
-        "CPR_LOOKUP_LIMIT_PER_CLIENT": "100000000",
-        "CPR_LOOKUP_LIMIT_PER_ENQUIRER": "100000000",
-        "CPR_LOG_LEVEL": "WARNING",
-    }
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PgCluster]:
     with PgCluster.create() as made:
@@ -183,33 +113,9 @@ def cluster() -> Iterator[PgCluster]:
 def deployment(
     cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    """One database for the module, set up as an operator would: the roles, the
-    migrations as the schema owner, the checkpoint key, then the demo organisations,
-    clients and register through `cpr demo bootstrap` acting as the service."""
-    work = tmp_path_factory.mktemp("production")
-    with production_database(cluster.admin_url) as database:
-        env = service_env(database, work)
-        owner = Settings(
-            environment=Environment.test,
-            database_url=database.owner_url,
-            key_dir=Path(env["CPR_KEY_DIR"]),
-            checkpoint_key_path=Path(env["CPR_CHECKPOINT_KEY_PATH"]),
-            checkpoint_dir=Path(env["CPR_CHECKPOINT_DIR"]),
-        )
-        upgrade_database(owner)
-        # before any worker starts: racing workers would each create one (as `cpr audit keygen`)
-        CheckpointSigner.from_file(owner.checkpoint_key_path, owner.audit_log_origin, create=True)
-        # the servers' logs outlive pytest's rotation of its temporary directories
-        logs = ROOT / "var" / "fault-tests" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        deployed = Deployment(cluster, database, env, {}, logs)
-        credentials = work / "demo-credentials.json"
-        done = deployed.cli("demo", "bootstrap", "--credentials", str(credentials))
-        assert done.returncode == 0, (
-            f"cpr demo bootstrap as the service failed:\n{done.stdout}\n{done.stderr}"
-        )
-        deployed.credentials = json.loads(credentials.read_text())
+    with deploy(cluster.admin_url, tmp_path_factory.mktemp("production"), cluster) as deployed:
         yield deployed
-        # production_database drops the database: the cluster must be up for that
+        # dropping the database needs the cluster up
         cluster.thaw()
         if cluster.postmaster_pid() is None:
             cluster.start()
@@ -522,23 +428,11 @@ async def until_recovered(load: Load, back: float, steady: float = 1.0) -> None:
             return
 
 
-async def tokens(base_url: str, credentials: dict[str, Any]) -> list[str]:
-    client = credentials["emergency_department_client"]
-    async with httpx.AsyncClient(base_url=base_url, timeout=HTTP_TIMEOUT_SECONDS) as http:
-        response = await http.post(
-            "/oauth/token",
-            data={"grant_type": "client_credentials"},
-            auth=(client["client_id"], client["client_secret"]),
-        )
-    assert response.status_code == 200, f"no token: {response.status_code} {response.text}"
-    return [response.json()["access_token"]]
-
-
 @contextlib.asynccontextmanager
 async def serving(
-    prod: Deployment, label: str, concurrency: int
+    prod: Deployment, label: str, concurrency: int, **env: str
 ) -> AsyncIterator[tuple[Server, Load]]:
-    async with prod.server(label) as server:
+    async with prod.server(label, **env) as server:
         load = Load(server.base_url, await tokens(server.base_url, prod.credentials), concurrency)
         async with load:
             yield server, load
@@ -1037,3 +931,61 @@ async def test_a_sign_in_burst_across_instances_and_workers_gets_at_most_the_lim
     assert checked <= 5, checked
     assert 500 not in statuses
     assert locked == 429  # the right secret too, once locked
+
+
+# --- the worker (production: CPR_BACKGROUND_IN_API=false, `cpr worker`) -----------------
+
+
+async def _worker_status(worker: Server) -> str:
+    async with httpx.AsyncClient(base_url=worker.base_url, timeout=2) as http:
+        try:
+            return str((await http.get("/readyz")).json()["status"])
+        except (httpx.TransportError, ValueError):
+            return "down"
+
+
+async def _until_worker(worker: Server, status: str, bound: float) -> float:
+    started = time.monotonic()
+    while (seen := await _worker_status(worker)) != status:
+        assert time.monotonic() - started < bound, f"worker {seen!r}, not {status!r}"
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("how", ["stopped", pytest.param("frozen", marks=pytest.mark.chaos)])
+async def test_the_worker_stands_by_through_a_database_outage_and_seals_after_it(
+    prod: Deployment, how: str
+) -> None:
+    """The database goes away under the active worker: it says so (503 on /readyz within
+    the client bound) and stops working; when the database is back it is active again by
+    itself, and seals what the API answered meanwhile and after."""
+    cluster = prod.cluster
+    assert cluster is not None
+    async with (
+        serving(prod, f"worker-outage-{how}", 4, CPR_BACKGROUND_IN_API="false") as (_, load),
+        prod.worker(f"worker-outage-{how}") as worker,
+    ):
+        assert await _worker_status(worker) == "active"
+        await load.burst(20)
+        assert await unsealed_drains(prod) == 0
+        if how == "stopped":
+            await asyncio.to_thread(cluster.stop, "immediate")
+        else:
+            cluster.freeze()
+        try:
+            went = await _until_worker(worker, "unavailable", CLIENT_BOUND_SECONDS + 2)
+        finally:
+            if how == "stopped":
+                await asyncio.to_thread(cluster.start)
+            else:
+                cluster.thaw()
+        back = await _until_worker(worker, "active", RECOVERY_BOUND_SECONDS + 10)
+        prod.record(
+            f"worker, database {how}: unready after {went:.2f} s, active {back:.2f} s after"
+        )
+        await until_recovered(load, time.monotonic())
+        answered = await load.burst(20)
+        assert all(o.status == 200 for o in answered), summary(answered)
+        assert await unsealed_drains(prod) == 0
+    done = verify(prod)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -200,7 +200,8 @@ async def test_no_token_is_issued_while_the_audit_log_cannot_be_written(
     assert int(response.headers["retry-after"]) > 0
     assert response.headers["cache-control"] == "no-store"
     assert "access_token" not in response.text
-    assert set(response.json()) <= {"type", "title", "status", "detail", "instance"}
+    assert set(response.json()) <= {"type", "title", "status", "code", "detail", "instance"}
+    assert response.json()["code"] == "service_unavailable"
     assert await tokens_stored() == before
     async with sessionmaker() as session:
         written = await session.scalar(
@@ -385,3 +386,52 @@ async def test_token_errors_are_not_cached(client: httpx.AsyncClient) -> None:
     response = await client.post("/oauth/token", data={"grant_type": "implicit"})
     assert response.status_code == 400
     assert response.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        pytest.param(b"", {"Content-Type": "application/x-www-form-urlencoded"}, id="empty"),
+        pytest.param(b"scope=register%3Alookup", None, id="no-grant-type"),
+        pytest.param(b"grant_type=", None, id="blank-grant-type"),
+        pytest.param(
+            b'{"grant_type": "client_credentials"}',
+            {"Content-Type": "application/json"},
+            id="json",
+        ),
+        pytest.param(b"grant_type=password", {"Content-Type": "text/plain"}, id="text"),
+        pytest.param(
+            b"grant_type=password&grant_type=client_credentials", None, id="grant-type-twice"
+        ),
+        pytest.param(b"grant_type=password&username=a%00b&password=x", None, id="nul"),
+        pytest.param(b"grant_type=password&username=%ff&password=x", None, id="not-utf-8"),
+        pytest.param(b"grant_type=password&username=duty", None, id="no-password"),
+    ],
+)
+async def test_a_malformed_token_request_is_an_rfc_6749_invalid_request(
+    client: httpx.AsyncClient, body: bytes, headers: dict[str, str] | None
+) -> None:
+    """RFC 6749 §5.2, not a problem document (FastAPI's 422) for a missing grant_type."""
+    response = await client.post(
+        "/oauth/token",
+        content=body,
+        headers=headers or {"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["cache-control"] == "no-store"
+    assert set(response.json()) == {"error", "error_description"}
+    assert response.json()["error"] == "invalid_request"
+
+
+async def test_client_authentication_failure_is_a_401_with_a_basic_challenge(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": "Basic !!not-base64!!"},
+    )
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"
+    assert response.headers["www-authenticate"].startswith("Basic ")

@@ -43,7 +43,10 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(req
 
 Row = TypeVar("Row", Organisation, Client, User)
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
+# Far beyond any list the operator keeps, and far inside the databases' 64-bit OFFSET:
+# unbounded, 2**63 overflowed the driver (a 500) rather than being refused.
+MAX_OFFSET = 1_000_000
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
 # --- loading and committing ------------------------------------------------------------
@@ -52,17 +55,17 @@ Offset = Annotated[int, Query(ge=0)]
 async def _get(session: AsyncSession, model: type[Row], row_id: Any, what: str) -> Row:
     row = await session.get(model, row_id)
     if row is None:
-        raise ProblemError(404, "Not found", f"No {what} with that id.")
+        raise ProblemError(404, "Not found", f"No {what} with that id.", code=f"{what}_not_found")
     return row
 
 
-async def _flush_or_conflict(session: AsyncSession, detail: str) -> None:
+async def _flush_or_conflict(session: AsyncSession, detail: str, code: str) -> None:
     """Surface a unique violation as 409 before the commit that would turn it into 503."""
     try:
         await session.flush()
     except IntegrityError as exc:
         await session.rollback()
-        raise ProblemError(409, "Conflict", detail) from exc
+        raise ProblemError(409, "Conflict", detail, code=code) from exc
 
 
 async def _page(session: AsyncSession, statement: Select[tuple[Row]]) -> list[Row]:
@@ -71,8 +74,9 @@ async def _page(session: AsyncSession, statement: Select[tuple[Row]]) -> list[Ro
 
 def _unprocessable(exc: ValueError) -> ProblemError:
     """A rule of the service refused the request (a scope, a role, a password)."""
-    title = "Weak password" if isinstance(exc, service.WeakPassword) else "Not permitted"
-    return ProblemError(422, title, str(exc))
+    if isinstance(exc, service.WeakPassword):
+        return ProblemError(422, "Weak password", str(exc), code="weak_password")
+    return ProblemError(422, "Not permitted", str(exc), code="not_permitted")
 
 
 def _client_read(client: Client) -> ClientRead:
@@ -99,7 +103,7 @@ _ORG_CONFLICT = "An organisation with that name or ODS code already exists."
     "/organisations",
     response_model=OrganisationRead,
     status_code=status.HTTP_201_CREATED,
-    responses=responses(401, 403, 409, 413, 422, 503),
+    responses=responses("organisation_exists"),
     summary="Register an organisation",
 )
 async def create_organisation(
@@ -111,7 +115,7 @@ async def create_organisation(
         context=request_context(request),
         **body.model_dump(),
     )
-    await _flush_or_conflict(session, _ORG_CONFLICT)
+    await _flush_or_conflict(session, _ORG_CONFLICT, "organisation_exists")
     await commit_or_fail_closed(session)
     return OrganisationRead.model_validate(organisation, from_attributes=True)
 
@@ -119,7 +123,6 @@ async def create_organisation(
 @router.get(
     "/organisations",
     response_model=list[OrganisationRead],
-    responses=responses(401, 403, 422),
     summary="List organisations",
 )
 async def list_organisations(
@@ -141,7 +144,7 @@ async def list_organisations(
 @router.get(
     "/organisations/{organisation_id}",
     response_model=OrganisationRead,
-    responses=responses(401, 403, 404, 422),
+    responses=responses("organisation_not_found"),
     summary="Read an organisation",
 )
 async def read_organisation(organisation_id: uuid.UUID, session: SessionDep) -> OrganisationRead:
@@ -152,7 +155,7 @@ async def read_organisation(organisation_id: uuid.UUID, session: SessionDep) -> 
 @router.patch(
     "/organisations/{organisation_id}",
     response_model=OrganisationRead,
-    responses=responses(401, 403, 404, 409, 413, 422, 503),
+    responses=responses("organisation_not_found", "own_organisation", "organisation_exists"),
     summary="Change an organisation's name or contact, or deactivate it (revokes it at once)",
 )
 async def update_organisation(
@@ -165,7 +168,12 @@ async def update_organisation(
     organisation = await _get(session, Organisation, organisation_id, "organisation")
     if body.active is False and organisation.id == operator.organisation_id:
         # The operator would lock itself out; the CLI can still do it deliberately.
-        raise ProblemError(409, "Conflict", "You may not deactivate your own organisation.")
+        raise ProblemError(
+            409,
+            "Conflict",
+            "You may not deactivate your own organisation.",
+            code="own_organisation",
+        )
     await service.update_organisation(
         session,
         actor=operator.subject,
@@ -173,7 +181,7 @@ async def update_organisation(
         changes=body.changes(),
         context=request_context(request),
     )
-    await _flush_or_conflict(session, _ORG_CONFLICT)
+    await _flush_or_conflict(session, _ORG_CONFLICT, "organisation_exists")
     await commit_or_fail_closed(session)
     return OrganisationRead.model_validate(organisation, from_attributes=True)
 
@@ -184,7 +192,9 @@ async def update_organisation(
 async def _active_organisation(session: AsyncSession, organisation_id: uuid.UUID) -> Organisation:
     organisation = await _get(session, Organisation, organisation_id, "organisation")
     if not organisation.active:
-        raise ProblemError(409, "Conflict", "The organisation is deactivated.")
+        raise ProblemError(
+            409, "Conflict", "The organisation is deactivated.", code="organisation_inactive"
+        )
     return organisation
 
 
@@ -192,7 +202,7 @@ async def _active_organisation(session: AsyncSession, organisation_id: uuid.UUID
     "/clients",
     response_model=ClientCreated,
     status_code=status.HTTP_201_CREATED,
-    responses=responses(401, 403, 404, 409, 413, 422, 503),
+    responses=responses("organisation_not_found", "organisation_inactive", "not_permitted"),
     summary="Register a system client; its secret is in this answer only",
 )
 async def create_client(
@@ -217,7 +227,6 @@ async def create_client(
 @router.get(
     "/clients",
     response_model=list[ClientRead],
-    responses=responses(401, 403, 422),
     summary="List system clients (never their secrets)",
 )
 async def list_clients(
@@ -246,7 +255,7 @@ async def _client_and_organisation(
 @router.post(
     "/clients/{client_id}/rotate-secret",
     response_model=ClientCreated,
-    responses=responses(401, 403, 404, 409, 503),
+    responses=responses("client_not_found", "organisation_not_found", "client_revoked"),
     summary="Give a client a new secret (in this answer only); the old one stops working",
 )
 async def rotate_client_secret(
@@ -254,7 +263,9 @@ async def rotate_client_secret(
 ) -> ClientCreated:
     client, organisation = await _client_and_organisation(session, client_id)
     if not client.active:
-        raise ProblemError(409, "Conflict", "The client is revoked; register a new one.")
+        raise ProblemError(
+            409, "Conflict", "The client is revoked; register a new one.", code="client_revoked"
+        )
     secret = service.reset_client_secret(
         session,
         actor=operator.subject,
@@ -269,7 +280,7 @@ async def rotate_client_secret(
 @router.post(
     "/clients/{client_id}/revoke",
     response_model=ClientRead,
-    responses=responses(401, 403, 404, 503),
+    responses=responses("client_not_found", "organisation_not_found"),
     summary="Revoke a client for good; its tokens fail on their next request",
 )
 async def revoke_client(
@@ -294,7 +305,13 @@ async def revoke_client(
     "/users",
     response_model=UserRead,
     status_code=status.HTTP_201_CREATED,
-    responses=responses(401, 403, 404, 409, 413, 422, 503),
+    responses=responses(
+        "organisation_not_found",
+        "organisation_inactive",
+        "not_permitted",
+        "weak_password",
+        "username_taken",
+    ),
     summary="Register a user; scopes follow from the role",
 )
 async def create_user(
@@ -314,7 +331,7 @@ async def create_user(
         )
     except (service.NotPermitted, service.WeakPassword) as exc:
         raise _unprocessable(exc) from exc
-    await _flush_or_conflict(session, "A user with that username already exists.")
+    await _flush_or_conflict(session, "A user with that username already exists.", "username_taken")
     await commit_or_fail_closed(session)
     return UserRead.model_validate(user, from_attributes=True)
 
@@ -322,7 +339,6 @@ async def create_user(
 @router.get(
     "/users",
     response_model=list[UserRead],
-    responses=responses(401, 403, 422),
     summary="List users (never their passwords)",
 )
 async def list_users(
@@ -348,7 +364,7 @@ async def _set_user_active(
 ) -> UserRead:
     user = await _get(session, User, user_id, "user")
     if not active and operator.kind == "user" and operator.id == str(user.id):
-        raise ProblemError(409, "Conflict", "You may not disable yourself.")
+        raise ProblemError(409, "Conflict", "You may not disable yourself.", code="own_account")
     organisation = await _get(session, Organisation, user.organisation_id, "organisation")
     await service.set_user_active(
         session,
@@ -365,7 +381,7 @@ async def _set_user_active(
 @router.post(
     "/users/{user_id}/disable",
     response_model=UserRead,
-    responses=responses(401, 403, 404, 409, 422, 503),
+    responses=responses("user_not_found", "organisation_not_found", "own_account"),
     summary="Disable a user; their tokens fail on their next request",
 )
 async def disable_user(
@@ -377,7 +393,7 @@ async def disable_user(
 @router.post(
     "/users/{user_id}/enable",
     response_model=UserRead,
-    responses=responses(401, 403, 404, 422, 503),
+    responses=responses("user_not_found", "organisation_not_found"),
     summary="Enable a disabled user",
 )
 async def enable_user(

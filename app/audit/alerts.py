@@ -35,16 +35,25 @@ Neither client alert names an enquirer (the ids are the client's claim): the
 detail says how many different ids were named.
 """
 
+import re
 import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -56,7 +65,8 @@ from app.audit.routes import Reviewer
 from app.auth.principals import Principal, SettingsDep
 from app.config import Settings
 from app.db import SessionDep, utcnow
-from app.errors import ProblemError, responses
+from app.errors import ProblemError
+from app.register.schemas import plausible_date
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -73,13 +83,41 @@ class AlertKind(StrEnum):
     client_mismatch = "client_mismatch"
 
 
+_RFC_3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc_3339_only(value: object) -> object:
+    """An RFC 3339 time with its offset, nothing looser: pydantic would also read
+    ``0.5`` or ``1700000000`` as seconds since 1970."""
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC_3339.fullmatch(value)):
+        return value
+    raise ValueError("must be a time as YYYY-MM-DDTHH:MM:SS with Z or an offset")
+
+
+def _plausible_utc(value: datetime) -> datetime:
+    """In UTC and within the register's window of dates, so that no window arithmetic
+    on it (or the driver's conversion) runs off the calendar."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("must be a time within the register's dates") from exc
+    plausible_date(utc.date(), date.today())
+    return utc
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc_3339_only), AfterValidator(_plausible_utc)]
+
+
 class AlertQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    period_from: AwareDatetime | None = Field(
+    period_from: Instant | None = Field(
         default=None, alias="from", description="Default: alert_lookback_hours ago."
     )
-    period_to: AwareDatetime | None = Field(default=None, alias="to", description="Default: now.")
+    period_to: Instant | None = Field(default=None, alias="to", description="Default: now.")
 
     @model_validator(mode="after")
     def _period_in_order(self) -> Self:
@@ -464,7 +502,6 @@ async def _name_organisations(session: AsyncSession, alerts: list[AlertRead]) ->
 @router.get(
     "/alerts",
     response_model=AlertReport,
-    responses=responses(401, 403, 422),
     summary=(
         "Alerts from the log: enumeration and probing, volume and purpose refusals, "
         "repeat presentation"

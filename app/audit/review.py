@@ -341,7 +341,6 @@ async def _page(
 @router.get(
     "/events",
     response_model=AuditEventPage,
-    responses=responses(401, 403, 422),
     summary="Enquiries about your authority's children, newest first",
 )
 async def list_enquiries(
@@ -357,7 +356,6 @@ async def list_enquiries(
 @router.post(
     "/events/search",
     response_model=AuditEventPage,
-    responses=responses(401, 403, 422),
     summary="Enquiries about your authority's children, filtered by the child's NHS number too",
 )
 async def search_enquiries(
@@ -370,7 +368,7 @@ async def search_enquiries(
 @router.get(
     "/entries/{entry_id}/enquiries",
     response_model=AuditEventPage,
-    responses=responses(401, 403, 404, 422),
+    responses=responses("entry_not_found"),
     summary="Who has asked about this child",
 )
 async def enquiries_about_entry(
@@ -496,7 +494,6 @@ async def _csv(
             "content": {"text/csv": {"schema": {"type": "string"}}},
             "description": "One header line, then one line per enquiry, newest first.",
         },
-        **responses(401, 403, 422, 503),
     },
     summary="Export enquiries about your authority's children as CSV (itself audited)",
 )

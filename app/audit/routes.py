@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from app.admin.models import OrganisationKind, Scope
+from app.audit.chain import CheckpointVerifier, SigningRefused
 from app.audit.models import AuditCheckpoint
 from app.audit.sealing import Sequencer
 from app.audit.verify import verify_log
@@ -31,11 +32,33 @@ Reviewer = Annotated[Principal, Depends(admit_reviewer)]
 async def get_sequencer(request: Request) -> Sequencer:
     sequencer: Sequencer | None = request.app.state.sequencer
     if sequencer is None:
-        raise ProblemError(503, "Sealing is off", "This instance runs no sequencer.")
+        # Production seals in `cpr worker`, which signs a checkpoint every few seconds
+        # while there is anything new: GET /v1/audit/checkpoints/latest has it.
+        raise ProblemError(
+            503,
+            "Sealing is off",
+            "This instance runs no sequencer: checkpoints are signed by the worker.",
+            code="sealing_off",
+        )
     return sequencer
 
 
 SequencerDep = Annotated[Sequencer, Depends(get_sequencer)]
+
+
+async def get_checkpoint_verifier(request: Request) -> CheckpointVerifier:
+    verifier: CheckpointVerifier | None = request.app.state.checkpoint_verifier
+    if verifier is None:
+        raise ProblemError(
+            503,
+            "No checkpoint key",
+            "This instance holds no key to verify checkpoints with.",
+            code="no_checkpoint_key",
+        )
+    return verifier
+
+
+VerifierDep = Annotated[CheckpointVerifier, Depends(get_checkpoint_verifier)]
 
 
 class FindingRead(BaseModel):
@@ -63,7 +86,7 @@ class CheckpointRead(BaseModel):
 @router.get(
     "/verify",
     response_model=VerifyReport,
-    responses=responses(401, 403, 503),
+    responses=responses("no_checkpoint_key"),
     summary="Recompute every hash and checkpoint signature",
 )
 async def verify(
@@ -71,7 +94,7 @@ async def verify(
     _reviewer: Reviewer,
     session: SessionDep,
     settings: SettingsDep,
-    sequencer: SequencerDep,
+    verifier: VerifierDep,
 ) -> VerifyReport:
     # The walk reads the whole log: end the request's transaction (on SQLite it holds
     # the write lock) and read in a deferred transaction that blocks no lookup.
@@ -81,7 +104,7 @@ async def verify(
         await reader.connection(execution_options={READ_ONLY_OPTION: True})
         result = await verify_log(
             reader,
-            sequencer.signer.verifier,
+            verifier,
             sealing_delay=timedelta(seconds=settings.sealing_delay_seconds),
             held_checkpoints=[path.read_text() for path in held],
         )
@@ -97,40 +120,47 @@ async def verify(
 @router.get(
     "/checkpoints/latest",
     response_model=CheckpointRead,
-    responses=responses(401, 403, 404, 503),
+    responses=responses("no_checkpoint", "no_checkpoint_key"),
     summary="The newest signed checkpoint",
 )
 async def latest_checkpoint(
-    _reviewer: Reviewer, session: SessionDep, sequencer: SequencerDep
+    _reviewer: Reviewer, session: SessionDep, verifier: VerifierDep
 ) -> CheckpointRead:
     row = await session.scalar(
         select(AuditCheckpoint).order_by(AuditCheckpoint.size.desc()).limit(1)
     )
     if row is None:
-        raise ProblemError(404, "Not found", "No checkpoint has been signed yet.")
-    return _read(row, sequencer)
+        raise ProblemError(
+            404, "Not found", "No checkpoint has been signed yet.", code="no_checkpoint"
+        )
+    return _read(row, verifier)
 
 
 @router.post(
     "/checkpoints",
     response_model=CheckpointRead,
-    responses=responses(401, 403, 404, 503),
+    responses=responses("no_checkpoint", "sealing_off", "signing_refused"),
     summary="Seal what is pending and sign a checkpoint now",
 )
 async def checkpoint_now(
     _reviewer: Reviewer, session: SessionDep, sequencer: SequencerDep
 ) -> CheckpointRead:
     await session.commit()  # the sequencer takes the write lock in its own transaction
-    _, signed = await sequencer.run_once(checkpoint=True)
+    try:
+        _, signed = await sequencer.run_once(checkpoint=True)
+    except SigningRefused as exc:
+        raise ProblemError(
+            503, "Checkpoint signing refused", str(exc), code="signing_refused"
+        ) from exc
     if signed is None:
-        raise ProblemError(404, "Not found", "The log is empty.")
-    return _read(signed, sequencer)
+        raise ProblemError(404, "Not found", "The log is empty.", code="no_checkpoint")
+    return _read(signed, sequencer.signer.verifier)
 
 
-def _read(row: AuditCheckpoint, sequencer: Sequencer) -> CheckpointRead:
+def _read(row: AuditCheckpoint, verifier: CheckpointVerifier) -> CheckpointRead:
     return CheckpointRead(
         size=row.size,
         head=row.head_hash,
         note=row.note,
-        verifier_key=sequencer.signer.verifier.vkey,
+        verifier_key=verifier.vkey,
     )

@@ -10,6 +10,11 @@ sequencer never deletes from it, and the application role cannot.
 Each checkpoint is then copied to ``checkpoint_dir``. A copy that fails (the
 directory full, read-only, gone) is retried every round until the directory
 holds every checkpoint signed since its last good copy; sealing goes on meanwhile.
+
+The checkpoint key can be rotated under a running sequencer (`cpr audit keygen
+--rotate`): every round it looks at the key file and its verifier-key history, takes the
+new key once the history lets it sign, and never signs with a key the history has
+retired (SigningRefused): the round seals, and the checkpoint waits for a key that may.
 """
 
 import asyncio
@@ -33,6 +38,8 @@ from app.audit.chain import (
     Checkpoint,
     CheckpointError,
     CheckpointSigner,
+    SigningRefused,
+    default_verifier_keys_path,
     leaf_hash,
     next_head,
 )
@@ -53,6 +60,18 @@ LOCK_RETRY_SECONDS = 0.02
 COPY_BATCH = 100
 # How long a round waits for its copy before sealing on (the copy goes on meanwhile).
 COPY_WAIT_SECONDS = 1.0
+# How long a round waits for the key files to be looked at (a hung mount holds up only
+# the look, which goes on in the background; the key held meanwhile signs, if it may).
+KEY_WAIT_SECONDS = 1.0
+# Background rounds look at the key files at most this often, and only when a checkpoint
+# is due; a checkpoint asked for always looks first.
+KEY_LOOK_SECONDS = 1.0
+
+
+def verifier_keys_path(settings: Settings) -> Path:
+    """The checkpoint key's verifier-key history: as configured, else beside the key."""
+    configured = settings.checkpoint_verifier_keys_path
+    return configured or default_verifier_keys_path(settings.checkpoint_key_path)
 
 
 @dataclass(frozen=True)
@@ -247,7 +266,7 @@ def publish_checkpoint(directory: Path, note: str, size: int) -> None:
     publish_checkpoints(directory, [(size, note)])
 
 
-def _retrieve(task: "asyncio.Task[None]") -> None:
+def _retrieve(task: "asyncio.Task[Any]") -> None:
     """A copy nobody waited for to the end: its failure is the next round's to see."""
     if not task.cancelled():
         task.exception()
@@ -256,7 +275,10 @@ def _retrieve(task: "asyncio.Task[None]") -> None:
 class Sequencer:
     """Seals every ``sealing_interval_seconds``; signs a checkpoint at most every
     ``checkpoint_interval_seconds`` while there is anything new, and on demand; and
-    keeps ``checkpoint_dir`` holding every checkpoint signed."""
+    keeps ``checkpoint_dir`` holding every checkpoint signed.
+
+    Refuses to start (SigningRefused) with a key that its verifier-key history does not
+    let sign now; a key the history retires while it runs signs nothing after that."""
 
     def __init__(
         self,
@@ -265,8 +287,16 @@ class Sequencer:
         settings: Settings,
     ) -> None:
         self._sessionmaker = sessionmaker
+        # The files as configured, whatever file the signer was first read from.
+        signer.follow(settings.checkpoint_key_path, verifier_keys_path(settings))
+        refusal = signer.refusal(int(time.time()))
+        if refusal is not None:
+            raise SigningRefused(f"{refusal}: the sequencer will not sign with it")
         self.signer = signer
         self._settings = settings
+        self._key_task: asyncio.Task[None] | None = None
+        self._key_looked_at = -math.inf
+        self._key_logged_at = -math.inf
         self._last_checkpoint = 0.0
         self._unsigned = True
         # The copies: the newest checkpoint known to be stored (signed here, or seen in
@@ -295,6 +325,8 @@ class Sequencer:
         A round of this sequencer's own that is under way is waited for (in memory).
         """
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        if checkpoint or self._checkpoint_due():
+            await self._reload_key(always=checkpoint)  # the key matters only to sign
         while True:
             async with self._round:
                 outcome = await self._seal(checkpoint=checkpoint)
@@ -326,21 +358,77 @@ class Sequencer:
                 if sealed.count < settings.sealing_batch_size:
                     break
             self._unsigned = self._unsigned or total.count > 0
-            due = time.monotonic() - self._last_checkpoint >= settings.checkpoint_interval_seconds
-            signed = None
-            if checkpoint or (self._unsigned and due):
-                signed = await sign_checkpoint(
-                    session, self.signer, settings.audit_log_origin, total
-                )
+            signed, refused = None, None
+            if checkpoint or (self._unsigned and self._checkpoint_due()):
+                try:
+                    signed = await sign_checkpoint(
+                        session, self.signer, settings.audit_log_origin, total
+                    )
+                except SigningRefused as exc:
+                    refused = exc  # the seals are committed all the same
             await session.commit()
+        if refused is not None:
+            self._key_trouble("audit_checkpoint_signing_refused", refused)
+            if checkpoint:
+                raise refused
         return total, signed
+
+    def _checkpoint_due(self) -> bool:
+        """A checkpoint interval has passed since the last one signed (after a refusal,
+        every round until one is)."""
+        interval = self._settings.checkpoint_interval_seconds
+        return time.monotonic() - self._last_checkpoint >= interval
+
+    # --- the checkpoint key -------------------------------------------------------------
+
+    async def _reload_key(self, *, always: bool) -> None:
+        """Look at the key file and its history (a rotation) before signing, in a thread,
+        waiting at most KEY_WAIT_SECONDS; one look at a time."""
+        now = time.monotonic()
+        if self.signer.key_path is None or (
+            not always and now - self._key_looked_at < KEY_LOOK_SECONDS
+        ):
+            return
+        self._key_looked_at = now
+        if self._key_task is None or self._key_task.done():
+            self._key_task = asyncio.create_task(asyncio.to_thread(self._reload_key_files))
+            self._key_task.add_done_callback(_retrieve)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that
+        # lands as its timeout fires (all timers fire at once after a freeze).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(KEY_WAIT_SECONDS):
+                await asyncio.shield(self._key_task)
+
+    def _reload_key_files(self) -> None:
+        try:
+            changed = self.signer.reload()
+        except (OSError, ValueError) as exc:  # a history that does not verify is a ValueError
+            self._key_trouble("audit_checkpoint_key_unreadable", exc)
+            return
+        if changed:
+            log.info(
+                "audit_checkpoint_key_loaded",
+                verifier_key=self.signer.vkey,
+                current=self.signer.vkey == self.signer.verifier.vkey,
+            )
+
+    def _key_trouble(self, event: str, exc: Exception) -> None:
+        """Said at most once a checkpoint interval while it lasts."""
+        now = time.monotonic()
+        if now - self._key_logged_at >= self._settings.checkpoint_interval_seconds:
+            self._key_logged_at = now
+            log.error(event, error_type=type(exc).__name__, detail=str(exc))
 
     # --- copies outside the database ----------------------------------------------------
 
     def checkpoint_copy_problem(self, now: float | None = None) -> str | None:
         """Why the checkpoint directory is not to be trusted now, or None: it has
         lacked a signed checkpoint for longer than twice the checkpoint interval.
-        Cheap (no I/O): for /readyz."""
+        Cheap (no I/O): for /readyz. Also when no checkpoint can be signed: the key held
+        may no longer sign, and no key that may has been found."""
+        refusal = self.signer.refusal(int(time.time()))
+        if refusal is not None:
+            return f"No audit checkpoint can be signed: {refusal}."
         since = self._behind_since
         if since is None:
             return None
@@ -363,7 +451,8 @@ class Sequencer:
             self._copy_task = asyncio.create_task(self._copy())
             self._copy_task.add_done_callback(_retrieve)
         try:
-            await asyncio.wait_for(asyncio.shield(self._copy_task), COPY_WAIT_SECONDS)
+            async with asyncio.timeout(COPY_WAIT_SECONDS):
+                await asyncio.shield(self._copy_task)
         except TimeoutError:
             self._copy_failed(TimeoutError("checkpoint copy still running"), time.monotonic())
 

@@ -128,7 +128,7 @@ async def refuse_not_found(
         detail=detail | {"path": request.url.path},
         **request_context(request),
     )
-    await refuse(session, event, ProblemError(404, "Not found", message))
+    await refuse(session, event, ProblemError(404, "Not found", message, code=refusal))
 
 
 async def recent_events(

@@ -6,8 +6,14 @@ left unsealed past the sealing delay (measured from when the database queued it,
 not from the event's own ``occurred_at``) or never queued at all, and every event
 dated in the future: later than the database's clock, or later than the signed
 time of the first checkpoint that covers it.
+
+Each checkpoint is checked with the key that signed it, from the checkpoint key's
+verifier-key history, and only if it was signed (the time inside the signed note) while
+that key was valid: a checkpoint signed by a retired key after its retirement is
+``retired_key``, one by a key the history does not name ``forged_checkpoint``.
 """
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -68,6 +74,17 @@ async def verify_log(
     the events without a seal; nothing is read per event.
     """
     report = Report()
+    try:
+        # A history bound to its file is read again if it changed: a rotation since.
+        await asyncio.to_thread(verifier.refresh)
+    except (OSError, ValueError) as exc:
+        report.findings.append(
+            Finding(
+                "verifier_keys_unreadable",
+                f"the verifier-key history cannot be read again ({exc}); checked with the "
+                "keys read before",
+            )
+        )
     wanted = _checkpoints(
         report,
         verifier,
@@ -209,7 +226,7 @@ def _checkpoints(
             try:
                 checkpoint = verifier.open(note)
             except CheckpointError as exc:
-                report.findings.append(Finding("forged_checkpoint", f"{label}: {exc}"))
+                report.findings.append(Finding(exc.finding, f"{label}: {exc}"))
                 continue
             report.checkpoints_checked += 1
             wanted.setdefault(checkpoint.size, []).append((label, checkpoint))

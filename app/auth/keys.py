@@ -64,6 +64,8 @@ class TokenClaims:
     scopes: frozenset[str]
     token_id: str
     expires_at: int
+    # RFC 8705: the SHA-256 thumbprint of the client certificate the token is bound to.
+    certificate: str | None = None
 
 
 @dataclass(frozen=True)

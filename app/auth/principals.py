@@ -16,12 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.admin.models import SCOPES_BY_KIND, Client, Organisation, OrganisationKind, Scope, User
 from app.audit.models import AuditEvent
 from app.audit.service import refuse, request_context
+from app.auth.certificates import presented_thumbprint
 from app.auth.keys import KeyRing
 from app.auth.models import AccessToken
 from app.auth.tokens import InvalidToken, TokenClaims, verify_token
 from app.config import Settings
 from app.db import READ_ONLY_OPTION, SessionDep
-from app.errors import ProblemError
+from app.errors import ProblemError, raises
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ _UNAUTHENTICATED = ProblemError(
     401,
     "Unauthorized",
     "A valid bearer access token is required.",
+    code="invalid_token",
     headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
 )
 
@@ -73,6 +75,7 @@ def bearer_token(request: Request) -> str:
             401,
             "Unauthorized",
             "A bearer access token is required.",
+            code="token_required",
             headers={"WWW-Authenticate": "Bearer"},
         )
     return token.strip()
@@ -161,6 +164,7 @@ def principal_from_row(
     )
 
 
+@raises("token_required", "invalid_token")
 async def get_principal(
     request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
 ) -> Principal:
@@ -174,7 +178,9 @@ async def authenticate(
     from the Authorization header, the web client from its session cookie."""
     event = AuditEvent(event_type="auth.refused", outcome="refused", **request_context(request))
     try:
-        claims = await verify_token(keyring, settings, token)
+        claims = await verify_token(
+            keyring, settings, token, certificate=presented_thumbprint(request, settings)
+        )
     except InvalidToken as exc:
         event.refusal = "invalid_token"
         event.detail = {"problem": str(exc), "path": request.url.path}
@@ -222,6 +228,7 @@ def require_scope(
     """
     kinds_text = " or ".join(sorted(kind.value.replace("_", " ") for kind in kinds))
 
+    @raises(kind_refusal, "missing_scope")
     async def dependency(
         request: Request, principal: CurrentPrincipal, session: SessionDep
     ) -> Principal:
@@ -235,11 +242,13 @@ def require_scope(
         if principal.organisation_kind not in kinds:
             event.refusal = kind_refusal
             detail = f"Only {kinds_text} organisations may do this."
-            await refuse(session, event, ProblemError(403, "Forbidden", detail))
+            await refuse(session, event, ProblemError(403, "Forbidden", detail, code=kind_refusal))
         if scope.value not in principal.scopes:
             event.refusal = "missing_scope"
             detail = f"The token does not carry the {scope.value} scope."
-            await refuse(session, event, ProblemError(403, "Forbidden", detail))
+            problem = ProblemError(403, "Forbidden", detail, code="missing_scope")
+            await refuse(session, event, problem)
         return principal
 
+    dependency.required_scope = scope.value  # type: ignore[attr-defined]  # for OpenAPI
     return dependency

@@ -1,9 +1,12 @@
 """RFC 6749 token endpoint and the published key set.
 
-The token endpoint answers errors in RFC 6749 §5.2 form (``{"error": ...}``),
-as OAuth clients expect, rather than as problem documents; except 503 (the sign-in
-could not be recorded, so no token is issued), which RFC 6749 has no code for and
-which is a problem document with Retry-After, as everywhere else in the service.
+The token endpoint answers every refusal in RFC 6749 §5.2 form
+(``{"error": ..., "error_description": ...}``, 400, 401, or 429 for a lockout), as
+OAuth clients expect, a malformed request (a missing grant_type, a body that is not
+a form) included; not as problem documents. The exceptions are what RFC 6749 has no
+code for and the whole service answers alike, as problem documents: 413 (a body over
+the limit, refused before it is read) and 503 (the sign-in could not be recorded, so
+no token is issued; or the database is unavailable), with Retry-After.
 """
 
 import base64
@@ -12,10 +15,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
-from urllib.parse import unquote
+from typing import Any
+from urllib.parse import parse_qsl, unquote
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -25,6 +28,7 @@ from app.admin.models import SCOPES_BY_KIND, Client, Organisation, OrganisationK
 from app.audit.models import AuditEvent
 from app.audit.service import record, request_context
 from app.auth import lockout
+from app.auth.certificates import presented_thumbprint
 from app.auth.hashing import verify_secret
 from app.auth.keys import KeyRing
 from app.auth.models import AccessToken
@@ -46,11 +50,6 @@ class TokenResponse(BaseModel):
     token_type: str = "Bearer"  # noqa: S105  (not a secret)
     expires_in: int
     scope: str
-
-
-class OAuthError(BaseModel):
-    error: str
-    error_description: str | None = None
 
 
 class JWKS(BaseModel):
@@ -124,25 +123,103 @@ async def _find_user(session: AsyncSession, username: str) -> _Account:
     )
 
 
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+GRANT_TYPES = ("client_credentials", "password")
+_MAX_PARAMETERS = 20
+_PARAMETERS = ("grant_type", "scope", "client_id", "client_secret", "username", "password")
+
+
+class TokenRequestInvalid(Exception):
+    """The request is not one RFC 6749 §3.2 admits: answered ``invalid_request``."""
+
+
+def _oauth_error_schema(*errors: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string", "enum": list(errors)},
+            "error_description": {"type": "string"},
+        },
+    }
+
+
+def _oauth_error_response(description: str, *errors: str, **headers: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": f"RFC 6749 §5.2 error ({', '.join(errors)}). {description}",
+        "content": {"application/json": {"schema": _oauth_error_schema(*errors)}},
+    }
+    if headers:
+        response["headers"] = {
+            name.replace("_", "-"): {"description": text, "schema": {"type": "string"}}
+            for name, text in headers.items()
+        }
+    return response
+
+
+_TOKEN_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["grant_type"],
+    "properties": {
+        "grant_type": {"type": "string", "enum": list(GRANT_TYPES)},
+        "scope": {"type": "string", "description": "Space-separated; default: all granted."},
+        "client_id": {"type": "string", "description": "Or HTTP Basic (clientSecretBasic)."},
+        "client_secret": {"type": "string"},
+        "username": {"type": "string", "description": "The password grant's user."},
+        "password": {"type": "string", "format": "password"},
+    },
+}
+
+
 @router.post(
     "/oauth/token",
     response_model=TokenResponse,
-    responses={400: {"model": OAuthError}, 401: {"model": OAuthError}, 429: {"model": OAuthError}},
+    responses={
+        200: {"headers": {"Cache-Control": {"description": "no-store"}}},
+        400: _oauth_error_response(
+            "A malformed request (not form-encoded, a parameter twice, one missing), an "
+            "unknown grant type, a wrong username or password, or a scope not granted.",
+            "invalid_request",
+            "unsupported_grant_type",
+            "invalid_grant",
+            "invalid_scope",
+        ),
+        401: _oauth_error_response(
+            "The system client's id or secret is missing or wrong, or it is revoked.",
+            "invalid_client",
+            WWW_Authenticate='Basic realm="cp-register"',
+        ),
+        429: _oauth_error_response(
+            "Locked out after failed attempts, or another sign-in of the account is in "
+            "progress (app/auth/lockout.py).",
+            "slow_down",
+            Retry_After="Seconds to wait.",
+        ),
+    },
     summary="Issue an access token (client_credentials or password grant)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {FORM_MEDIA_TYPE: {"schema": _TOKEN_FORM_SCHEMA}},
+        },
+        # Client authentication (RFC 6749 §2.3.1): HTTP Basic, or the form's parameters.
+        "security": [{}, {"clientSecretBasic": []}],
+    },
 )
 async def token(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    keyring: KeyRingDep,
-    grant_type: Annotated[str, Form()],
-    scope: Annotated[str | None, Form()] = None,
-    client_id: Annotated[str | None, Form()] = None,
-    client_secret: Annotated[str | None, Form()] = None,
-    username: Annotated[str | None, Form()] = None,
-    password: Annotated[str | None, Form()] = None,
+    request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
 ) -> Any:
+    # The form is read here, not by FastAPI: every failure, a missing grant_type
+    # included, is an RFC 6749 §5.2 error, never a problem document (a 422).
+    try:
+        form = await _token_parameters(request)
+    except TokenRequestInvalid as exc:
+        return _oauth_error(400, "invalid_request", str(exc))
+    grant_type, scope = form.get("grant_type"), form.get("scope")
+    if grant_type is None:
+        return _oauth_error(400, "invalid_request", "grant_type is required.")
     if grant_type == "client_credentials":
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
         basic = _basic_credentials(request)
         if basic is not None:
             client_id, client_secret = basic
@@ -158,6 +235,7 @@ async def token(
             _BASIC_CHALLENGE,
         )
     elif grant_type == "password":
+        username, password = form.get("username"), form.get("password")
         if not username or not password:
             return _oauth_error(400, "invalid_request", "username and password are required.")
         find, secret, name = _finder(_find_user, session, username), password, username
@@ -177,6 +255,34 @@ async def token(
     if isinstance(result, SignInRefused):
         return _oauth_error(result.status, result.error, result.description, result.headers)
     return JSONResponse(result.model_dump(), headers=NO_STORE)
+
+
+async def _token_parameters(request: Request) -> dict[str, str]:
+    """The token request's parameters (RFC 6749 §3.2): form-encoded UTF-8, none twice,
+    none holding a NUL (no database stores one). An empty one counts as absent and an
+    unknown one is ignored, as §3.1 says."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != FORM_MEDIA_TYPE:
+        raise TokenRequestInvalid(f"Send the parameters as {FORM_MEDIA_TYPE}.")
+    try:
+        pairs = parse_qsl(
+            (await request.body()).decode("utf-8"),
+            keep_blank_values=True,
+            errors="strict",
+            max_num_fields=_MAX_PARAMETERS,
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TokenRequestInvalid("The parameters are not a UTF-8 form.") from exc
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in _PARAMETERS:
+            continue
+        if name in form:
+            raise TokenRequestInvalid(f"{name} is sent more than once.")
+        if "\x00" in value:
+            raise TokenRequestInvalid(f"{name} holds a NUL character.")
+        form[name] = value
+    return {name: value for name, value in form.items() if value}
 
 
 @dataclass(frozen=True)
@@ -341,6 +447,7 @@ async def sign_in(
         subject=account.subject,
         organisation_id=str(organisation.id),
         scopes=scopes,
+        certificate=presented_thumbprint(request, settings),
     )
     session.add(
         AccessToken(

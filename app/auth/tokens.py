@@ -28,11 +28,19 @@ class IssuedToken:
 
 
 async def issue_token(
-    keyring: KeyRing, settings: Settings, *, subject: str, organisation_id: str, scopes: list[str]
+    keyring: KeyRing,
+    settings: Settings,
+    *,
+    subject: str,
+    organisation_id: str,
+    scopes: list[str],
+    certificate: str | None = None,
 ) -> IssuedToken:
+    """``certificate``: the thumbprint of the client certificate to bind the token to."""
     kid, key = await keyring.signer()
     now = int(time.time())
-    claims = {
+    token_id, expires_at = secrets.token_urlsafe(16), now + settings.token_ttl_seconds
+    claims: dict[str, object] = {
         "iss": settings.token_issuer,
         "aud": settings.token_audience,
         "sub": subject,
@@ -40,15 +48,23 @@ async def issue_token(
         "scope": " ".join(sorted(scopes)),
         "iat": now,
         "nbf": now,
-        "exp": now + settings.token_ttl_seconds,
-        "jti": secrets.token_urlsafe(16),
+        "exp": expires_at,
+        "jti": token_id,
     }
+    if certificate is not None:
+        claims["cnf"] = {"x5t#S256": certificate}
     token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": "at+jwt"})
-    return IssuedToken(token=token, token_id=claims["jti"], expires_at=claims["exp"])
+    return IssuedToken(
+        token=token, token_id=str(claims["jti"]), expires_at=now + settings.token_ttl_seconds
+    )
 
 
-async def verify_token(keyring: KeyRing, settings: Settings, token: str) -> TokenClaims:
-    """The claims of a token this service issued, signed by a current key and valid now.
+async def verify_token(
+    keyring: KeyRing, settings: Settings, token: str, *, certificate: str | None
+) -> TokenClaims:
+    """The claims of a token this service issued, signed by a current key and valid now,
+    presented with the client certificate it is bound to, if it is bound to one
+    (``certificate``: the thumbprint of the one presented with it, or None).
 
     A token whose signature and fixed claims (issuer, audience, lifetime, types) this
     process has verified before is not verified again while it stays in the keyring's
@@ -61,12 +77,19 @@ async def verify_token(keyring: KeyRing, settings: Settings, token: str) -> Toke
     cached = keyring.verified_tokens.get(cache_key)
     if cached is not None:
         if _times_valid(cached, settings) and await keyring.verifier(cached.kid) is not None:
-            return cached.claims
+            return _bound(cached.claims, certificate)
         # Expired, not yet valid or its key retired: verify in full, which says why.
         keyring.verified_tokens.pop(cache_key, None)
     verified = await _verify(keyring, settings, token)
     keyring.remember_token(cache_key, verified)
-    return verified.claims
+    return _bound(verified.claims, certificate)
+
+
+def _bound(claims: TokenClaims, certificate: str | None) -> TokenClaims:
+    """RFC 8705 §3: a bound token without its certificate is an invalid token."""
+    if claims.certificate is not None and claims.certificate != certificate:
+        raise InvalidToken("token bound to a client certificate not presented")
+    return claims
 
 
 def _times_valid(verified: VerifiedToken, settings: Settings) -> bool:
@@ -124,6 +147,12 @@ async def _verify(keyring: KeyRing, settings: Settings, token: str) -> VerifiedT
     org, scope = claims.get("org"), claims.get("scope")
     if not isinstance(org, str) or not isinstance(scope, str):
         raise InvalidToken("missing organisation or scope")
+    confirmation = claims.get("cnf")
+    bound_to = None
+    if confirmation is not None:
+        bound_to = confirmation.get("x5t#S256") if isinstance(confirmation, dict) else None
+        if not isinstance(bound_to, str):
+            raise InvalidToken("unsupported confirmation claim")
     return VerifiedToken(
         claims=TokenClaims(
             subject=claims["sub"],
@@ -131,6 +160,7 @@ async def _verify(keyring: KeyRing, settings: Settings, token: str) -> VerifiedT
             scopes=frozenset(scope.split()),
             token_id=claims["jti"],
             expires_at=claims["exp"],
+            certificate=bound_to,
         ),
         kid=kid,
         not_before=claims["nbf"],

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from app.admin.models import REFERENCE_POINT_KINDS, Scope
 from app.audit.service import audit_unavailable, new_event, request_context, write_event
+from app.auth.certificates import presented_thumbprint
 from app.auth.principals import (
     PRINCIPAL_STATEMENTS,
     Principal,
@@ -42,20 +43,63 @@ from app.register.matching import (
 log = structlog.get_logger()
 router = APIRouter(tags=["lookup"])
 
+_REASON = "attended with unexplained bruising"
+_EXAMPLES = {
+    "system_client": {
+        "summary": "A hospital system, naming the member of staff who asked",
+        "value": {
+            "subject": {"nhs_number": "9434765919"},
+            "purpose": "safeguarding_concern",
+            "reason": _REASON,
+            "enquirer": {"id": "C123456", "name": "Dr A Jones", "role": "ED registrar"},
+        },
+    },
+    "signed_in_user": {
+        "summary": "A duty officer's own token: the user is the enquirer",
+        "value": {
+            "subject": {
+                "given_name": "Amara",
+                "family_name": "Quinn-Lowe",
+                "date_of_birth": "2019-04-02",
+            },
+            "purpose": "safeguarding_concern",
+            "reason": _REASON,
+        },
+    },
+}
+
 
 @router.post(
     "/v1/lookups",
     response_model=LookupAnswer,
     response_model_exclude_none=True,
-    responses=responses(401, 403, 413, 422, 429, 503),
+    responses=responses(
+        "token_required",
+        "invalid_token",
+        "not_a_reference_point",
+        "missing_scope",
+        "purpose_not_allowed",
+        "unsupported_media_type",
+        "invalid_request",
+        "enquirer_required",
+        "enquirer_not_allowed",
+        "volume_limit_client",
+        "volume_limit_enquirer",
+        "probing_limit_client",
+    ),
     summary="Look a child up",
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/LookupRequest"}}
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/LookupRequest"},
+                    "examples": _EXAMPLES,
+                }
             },
-        }
+        },
+        # Checked in answer_enquiry, not by a dependency that app/openapi.py could see.
+        "security": [{"oauth2": ["register:lookup"]}, {"bearer": []}],
     },
 )
 async def lookup(request: Request) -> Response:
@@ -84,7 +128,10 @@ async def answer_enquiry(request: Request, token: str, body: bytes | None) -> Lo
     # requests holding every connection while they wait for it would wait for good.
     try:
         claims: TokenClaims | InvalidToken = await verify_token(
-            state.keyring, state.settings, token
+            state.keyring,
+            state.settings,
+            token,
+            certificate=presented_thumbprint(request, state.settings),
         )
     except InvalidToken as exc:
         claims = exc
@@ -172,7 +219,10 @@ async def _lookup(
             connection,
             event,
             ProblemError(
-                403, "Forbidden", "Only reference points (A&E, out-of-hours, police) may look up."
+                403,
+                "Forbidden",
+                "Only reference points (A&E, out-of-hours, police) may look up.",
+                code="not_a_reference_point",
             ),
         )
     if Scope.lookup not in principal.scopes:
@@ -180,7 +230,12 @@ async def _lookup(
         await _refuse(
             connection,
             event,
-            ProblemError(403, "Forbidden", "The token does not carry the register:lookup scope."),
+            ProblemError(
+                403,
+                "Forbidden",
+                "The token does not carry the register:lookup scope.",
+                code="missing_scope",
+            ),
         )
 
     if body is None:
@@ -188,14 +243,20 @@ async def _lookup(
         await _refuse(
             connection,
             event,
-            ProblemError(415, "Unsupported media type", "Send the enquiry as application/json."),
+            ProblemError(
+                415,
+                "Unsupported media type",
+                "Send the enquiry as application/json.",
+                code="unsupported_media_type",
+            ),
         )
     if command is None:
         assert invalid is not None
         errors = safe_validation_errors(invalid.errors())
         event["refusal"] = "invalid_request"
         event["detail"] = {"errors": errors}
-        await _refuse(connection, event, ProblemError(422, "Invalid request", errors=errors))
+        problem = ProblemError(422, "Invalid request", code="invalid_request", errors=errors)
+        await _refuse(connection, event, problem)
 
     event["purpose"] = command.purpose.value
     event["reason"] = command.reason
@@ -204,7 +265,8 @@ async def _lookup(
     # 4. A named enquirer.
     enquirer = _enquirer(principal, command, event)
     if enquirer is None:
-        await _refuse(connection, event, ProblemError(422, "Invalid request", _ENQUIRER_RULE))
+        problem = ProblemError(422, "Invalid request", _ENQUIRER_RULE, code=event["refusal"])
+        await _refuse(connection, event, problem)
     event["enquirer"] = enquirer
     event["enquirer_id"] = enquirer["id"]
     # 5. A purpose allowed for the organisation's kind.
@@ -218,6 +280,7 @@ async def _lookup(
                 "Forbidden",
                 f"Purpose {command.purpose.value!r} is not allowed for "
                 f"{principal.organisation_kind.value.replace('_', ' ')} enquirers.",
+                code="purpose_not_allowed",
             ),
         )
 
@@ -234,6 +297,7 @@ async def _lookup(
                 f"{_LIMIT_REACHED[over.refusal]}; the custodians have been alerted. If a "
                 f"child is at risk now, call {settings.duty_contact_name} on "
                 f"{settings.duty_contact_phone}.",
+                code=over.refusal,
                 headers={"Retry-After": str(over.retry_after_seconds)},
             ),
         )

@@ -18,16 +18,22 @@ from pydantic import (
 
 from app.register.identifiers import check_name, normalise_nhs_number
 from app.register.models import Category
+from app.register.schemas import EARLIEST_DATE, storable_text
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Name = Annotated[str, StringConstraints(max_length=100), AfterValidator(check_name)]
 NhsNumber = Annotated[str, StringConstraints(max_length=14), AfterValidator(normalise_nhs_number)]
 
 
-def _not_in_future(value: date) -> date:
-    if value > date.today() or value.year < 1900:
-        raise ValueError("must be a real date in the past")
+def born_on(value: date, today: date) -> date:
+    """A date of birth of someone alive: from the register's earliest date to today."""
+    if not EARLIEST_DATE <= value <= today:
+        raise ValueError(f"must be a date of birth from {EARLIEST_DATE.isoformat()} to today")
     return value
+
+
+def _born_by_today(value: date) -> date:
+    return born_on(value, date.today())
 
 
 class Purpose(StrEnum):
@@ -49,7 +55,7 @@ class Subject(BaseModel):
     nhs_number: NhsNumber | None = None
     given_name: Name | None = None
     family_name: Name | None = None
-    date_of_birth: Annotated[date, AfterValidator(_not_in_future)] | None = None
+    date_of_birth: Annotated[date, AfterValidator(_born_by_today)] | None = None
 
     @model_validator(mode="after")
     def _names_one_child(self) -> Self:
@@ -164,7 +170,7 @@ class LookupRequest(BaseModel):
 
     subject: Subject
     purpose: Purpose
-    reason: Annotated[Text, Field(min_length=3, max_length=500)]
+    reason: Annotated[Text, Field(min_length=3, max_length=500), AfterValidator(storable_text)]
     enquirer: Enquirer | None = None
 
 

@@ -132,7 +132,6 @@ def _after(cursor: str) -> ColumnElement[bool]:
 @router.get(
     "",
     response_model=NotificationPage,
-    responses=responses(401, 403, 422),
     summary="Enquiries about your authority's children: unacknowledged first, then newest",
 )
 async def list_notifications(
@@ -164,7 +163,7 @@ async def list_notifications(
 @router.post(
     "/{notification_id}/acknowledge",
     response_model=NotificationRead,
-    responses=responses(401, 403, 404, 422, 503),
+    responses=responses("notification_not_found"),
     summary="Mark a notification as seen (idempotent)",
 )
 async def acknowledge(

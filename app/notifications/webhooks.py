@@ -62,7 +62,7 @@ def _event(request: Request, reviewer: Principal, event_type: str, url: str) -> 
 @router.put(
     "",
     response_model=WebhookCreated,
-    responses=responses(401, 403, 422, 503),
+    responses=responses("invalid_webhook", "webhook_target_refused"),
     summary="Set your authority's webhook (replaces any other; a new signing secret)",
 )
 async def set_webhook(
@@ -74,7 +74,12 @@ async def set_webhook(
 ) -> WebhookCreated:
     url = str(webhook.url)
     if settings.environment is Environment.production and webhook.url.scheme != "https":
-        raise ProblemError(422, "Invalid webhook", "Notifications are only sent over https.")
+        raise ProblemError(
+            422,
+            "Invalid webhook",
+            "Notifications are only sent over https.",
+            code="invalid_webhook",
+        )
     try:
         await vet(url, settings.webhook_allowed_hosts)
     except RefusedTarget as exc:
@@ -87,6 +92,7 @@ async def set_webhook(
             ProblemError(
                 422,
                 "Invalid webhook",
+                code="webhook_target_refused",
                 errors=[{"loc": ["body", "url"], "msg": str(exc), "type": "value_error"}],
             ),
         )
@@ -106,14 +112,16 @@ async def set_webhook(
 async def _own(session: SessionDep, reviewer: Principal) -> NotificationWebhook:
     row = await session.get(NotificationWebhook, reviewer.organisation_id)
     if row is None or not row.active:
-        raise ProblemError(404, "Not found", "Your authority has no webhook.")
+        raise ProblemError(
+            404, "Not found", "Your authority has no webhook.", code="webhook_not_found"
+        )
     return row
 
 
 @router.get(
     "",
     response_model=WebhookRead,
-    responses=responses(401, 403, 404),
+    responses=responses("webhook_not_found"),
     summary="Your authority's webhook (never its secret)",
 )
 async def read_webhook(reviewer: Reviewer, session: SessionDep) -> WebhookRead:
@@ -124,7 +132,7 @@ async def read_webhook(reviewer: Reviewer, session: SessionDep) -> WebhookRead:
 @router.delete(
     "",
     status_code=204,
-    responses=responses(401, 403, 404, 503),
+    responses=responses("webhook_not_found"),
     summary="Stop pushing notifications (the feed keeps them)",
 )
 async def delete_webhook(request: Request, reviewer: Reviewer, session: SessionDep) -> None:

@@ -12,6 +12,13 @@ _NHS_SEPARATORS = re.compile(r"[ \-]")
 _NAME_CHARS = re.compile(r"^[^\W\d_]+(?:[ \-'.][^\W\d_]+)*[.]?$")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 _DROPPED = str.maketrans("", "", " -")
+# What str.split() takes for whitespace but no one types inside a name: tabs, newlines,
+# the C0 separators (0x1C-0x1F), NEL, line and paragraph separators.
+_BREAKS = frozenset({"Cc", "Zl", "Zp"})
+NAME_MAX = 100
+# The match key (given|family|date of birth) is stored in 400 characters, and NFKD with
+# case folding can make one letter many (U+FDFA becomes eighteen): bounded, it fits.
+MATCH_NAME_MAX = 190
 
 
 def nhs_number_check_digit_ok(digits: str) -> bool:
@@ -34,12 +41,22 @@ def normalise_nhs_number(raw: str) -> str:
 
 
 def check_name(raw: str) -> str:
-    """Refuse what is not a whole name: wildcards, digits, initials, stray symbols."""
+    """Refuse what is not a whole name: wildcards, digits, initials, stray symbols,
+    control characters, and names too long to store or to match on."""
+    if len(raw) > 4 * NAME_MAX:  # before any normalising: bounded work whatever is sent
+        raise ValueError(f"must be at most {NAME_MAX} characters")
+    stripped = raw.strip()
+    if any(unicodedata.category(c) in _BREAKS for c in stripped):
+        raise ValueError("must not contain control characters, tabs or line breaks")
     # NFC first: a name typed on some devices arrives decomposed (e + combining mark).
-    name = " ".join(unicodedata.normalize("NFC", raw).translate(_APOSTROPHES).split())
+    name = " ".join(unicodedata.normalize("NFC", stripped).translate(_APOSTROPHES).split())
     letters = sum(c.isalpha() for c in name)
     if not _NAME_CHARS.match(name) or letters < 2:
         raise ValueError("must be a whole name: letters, spaces, hyphens and apostrophes only")
+    if len(name) > NAME_MAX:
+        raise ValueError(f"must be at most {NAME_MAX} characters once normalised")
+    if len(normalise_name(name)) > MATCH_NAME_MAX:
+        raise ValueError("too long to compare once accents and case are folded")
     return name
 
 
@@ -55,6 +72,10 @@ def match_key(given_name: str, family_name: str, date_of_birth: date) -> str:
 
 
 def eighteenth_birthday(date_of_birth: date) -> date:
+    """The day a child turns 18 (1 March for 29 February); the calendar's end when
+    that is beyond it, so no date of birth makes this raise."""
+    if date_of_birth.year + 18 > date.max.year:
+        return date.max
     try:
         return date_of_birth.replace(year=date_of_birth.year + 18)
     except ValueError:  # 29 February

@@ -25,7 +25,7 @@ from app.admin.models import Organisation, OrganisationKind, Scope
 from app.audit.models import AuditEvent
 from app.audit.service import commit_or_fail_closed, refuse, request_context
 from app.auth.principals import Principal, require_scope
-from app.cursors import cursor_id, decode_cursor, encode_cursor
+from app.cursors import cursor_date, cursor_id, decode_cursor, encode_cursor
 from app.db import READ_ONLY_OPTION, SessionDep
 from app.errors import ProblemError, responses, safe_validation_errors
 from app.register import bulk
@@ -197,7 +197,12 @@ async def _own_entry(
         await refuse(
             session,
             event,
-            ProblemError(404, "Not found", "No entry with this id in your authority's register."),
+            ProblemError(
+                404,
+                "Not found",
+                "No entry with this id in your authority's register.",
+                code="entry_not_found",
+            ),
         )
     return entry
 
@@ -210,6 +215,7 @@ def _require_version(request: Request, entry: RegisterEntry) -> None:
             428,
             "Precondition required",
             "Send If-Match with the ETag of the entry as you read it.",
+            code="precondition_required",
         )
     if _etag(entry) not in (tag.strip() for tag in header.split(",")):
         raise ProblemError(
@@ -217,6 +223,7 @@ def _require_version(request: Request, entry: RegisterEntry) -> None:
             "Precondition failed",
             f"The entry has changed since you read it (it is now version {entry.version}): "
             "read it again and reapply your change.",
+            code="precondition_failed",
         )
 
 
@@ -226,6 +233,7 @@ def _require_live(entry: RegisterEntry, today: date) -> None:
             409,
             "Plan ended",
             "This plan has ended and entries are never reopened: create a new entry.",
+            code="plan_ended",
         )
 
 
@@ -249,6 +257,7 @@ def _refuse_problems(problems: list[Problem]) -> None:
             422,
             "Invalid entry",
             "; ".join(p.msg for p in problems),
+            code="invalid_entry",
             errors=[p.as_error() for p in problems],
         )
 
@@ -268,6 +277,7 @@ async def _refuse_duplicate(
             409,
             "Already on the register",
             f"An active entry for this child already exists in your register: {existing}.",
+            code="already_registered",
             errors=[
                 {"loc": [], "msg": "duplicate", "type": "duplicate", "entry_id": str(existing)}
             ],
@@ -281,7 +291,10 @@ async def _save(session: AsyncSession) -> None:
     except IntegrityError as exc:
         await session.rollback()
         raise ProblemError(
-            409, "Already on the register", "An active entry for this child already exists."
+            409,
+            "Already on the register",
+            "An active entry for this child already exists.",
+            code="already_registered",
         ) from exc
     await commit_or_fail_closed(session)
 
@@ -307,7 +320,6 @@ def _listed(custodian: Principal, status: StatusFilter, overdue: bool | None, to
 @router.get(
     "/entries",
     response_model=EntryPage,
-    responses=responses(401, 403, 422, 503),
     summary="List your authority's entries, soonest review first",
 )
 async def list_entries(
@@ -327,7 +339,7 @@ async def list_entries(
     statement = select(RegisterEntry).where(where)
     if cursor is not None:
         review_text, id_text = decode_cursor(cursor, 2)
-        after_review, after_id = _date(review_text), cursor_id(id_text)
+        after_review, after_id = cursor_date(review_text), cursor_id(id_text)
         statement = statement.where(
             or_(
                 RegisterEntry.next_review > after_review,
@@ -359,7 +371,6 @@ async def list_entries(
 @router.post(
     "/entries/search",
     response_model=list[EntryRead],
-    responses=responses(401, 403, 422, 503),
     summary="Find your authority's entries, live or ended, for one person",
 )
 async def search_entries(
@@ -406,7 +417,7 @@ async def search_entries(
     response_model=EntryRead,
     responses={
         201: {"headers": {**ETAG_HEADERS, "Location": {"description": "The new entry."}}},
-        **responses(401, 403, 409, 413, 422, 503),
+        **responses("already_registered", "invalid_entry"),
     },
     summary="Put a child on the register (initial child protection conference)",
 )
@@ -432,10 +443,12 @@ async def create(
     return _answer(response, entry)
 
 
+# `:uuid` on every entry path: `/entries/search` is then no entry's path, so a GET or PATCH
+# of it is a 405 naming POST (app/errors.py), not a lookup of an entry called "search".
 @router.get(
-    "/entries/{entry_id}",
+    "/entries/{entry_id:uuid}",
     response_model=EntryRead,
-    responses={200: {"headers": ETAG_HEADERS}, **responses(401, 403, 404, 503)},
+    responses={200: {"headers": ETAG_HEADERS}, **responses("entry_not_found")},
     summary="Read one entry (its ETag is the version to change it against)",
 )
 async def read(
@@ -459,9 +472,9 @@ async def read(
 
 
 @router.get(
-    "/entries/{entry_id}/history",
+    "/entries/{entry_id:uuid}/history",
     response_model=list[VersionRead],
-    responses=responses(401, 403, 404, 503),
+    responses=responses("entry_not_found"),
     summary="Every version of an entry, oldest first, with who changed it, when and why",
 )
 async def history(
@@ -499,16 +512,25 @@ async def history(
     return items
 
 
+# What every change to an entry can answer (_entry_to_change, _refuse_problems, _save).
+_CHANGE_CODES = (
+    "entry_not_found",
+    "precondition_required",
+    "precondition_failed",
+    "plan_ended",
+    "invalid_entry",
+    "already_registered",
+)
 _CHANGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"headers": ETAG_HEADERS},
-    **responses(401, 403, 404, 409, 412, 413, 422, 428, 503),
+    **responses(*_CHANGE_CODES),
 }
 
 
 @router.patch(
-    "/entries/{entry_id}",
+    "/entries/{entry_id:uuid}",
     response_model=EntryRead,
-    responses=_CHANGE_RESPONSES,
+    responses={200: {"headers": ETAG_HEADERS}, **responses(*_CHANGE_CODES, "unborn_child")},
     summary="Change an entry (If-Match required): categories, dates, identifiers, notes",
 )
 async def change(
@@ -526,12 +548,13 @@ async def change(
             409,
             "Unborn child",
             "Record the birth (POST …/birth) to turn this entry into the child's.",
+            code="unborn_child",
         )
     try:
         data = EntryCreate.model_validate(entry_data(entry).model_dump() | changes)
     except ValidationError as exc:
         errors = safe_validation_errors(exc.errors())
-        raise ProblemError(422, "Invalid entry", errors=errors) from exc
+        raise ProblemError(422, "Invalid entry", code="invalid_entry", errors=errors) from exc
     _refuse_problems(entry_problems(data, today))
     await _refuse_duplicate(session, custodian, data, today, excluding=entry.id)
     change_entry(session, entry, actor=_actor(request, custodian), data=data, reason=change.reason)
@@ -540,7 +563,7 @@ async def change(
 
 
 @router.post(
-    "/entries/{entry_id}/reviews",
+    "/entries/{entry_id:uuid}/reviews",
     response_model=EntryRead,
     responses=_CHANGE_RESPONSES,
     summary="Record a review conference; the next is due within 6 months",
@@ -574,7 +597,7 @@ async def review(
 
 
 @router.post(
-    "/entries/{entry_id}/end",
+    "/entries/{entry_id:uuid}/end",
     response_model=EntryRead,
     responses=_CHANGE_RESPONSES,
     summary="End a plan (de-registration) on recorded grounds; it is never disclosed again",
@@ -607,9 +630,9 @@ async def end(
 
 
 @router.post(
-    "/entries/{entry_id}/birth",
+    "/entries/{entry_id:uuid}/birth",
     response_model=EntryRead,
-    responses=_CHANGE_RESPONSES,
+    responses={200: {"headers": ETAG_HEADERS}, **responses(*_CHANGE_CODES, "already_born")},
     summary="Record an unborn child's birth: the entry becomes the child's",
 )
 async def birth(
@@ -622,7 +645,9 @@ async def birth(
 ) -> EntryRead:
     today = date.today()
     if not entry.unborn:
-        raise ProblemError(409, "Already born", "This entry is already a born child's.")
+        raise ProblemError(
+            409, "Already born", "This entry is already a born child's.", code="already_born"
+        )
     expected = entry.expected_delivery_date
     assert expected is not None
     born = record.child.date_of_birth
@@ -653,7 +678,7 @@ async def birth(
     "/imports",
     status_code=201,
     response_model=ImportResult,
-    responses=responses(401, 403, 409, 413, 415, 422, 503),
+    responses=responses("unsupported_media_type", "invalid_rows", "already_registered"),
     summary="Import a CSV file of entries: all rows or none, with a row-by-row report",
     openapi_extra={
         "requestBody": {
@@ -667,7 +692,12 @@ async def import_entries(
 ) -> ImportResult:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "text/csv":
-        raise ProblemError(415, "Unsupported media type", "Send the file as text/csv.")
+        raise ProblemError(
+            415,
+            "Unsupported media type",
+            "Send the file as text/csv.",
+            code="unsupported_media_type",
+        )
     body = await request.body()
     digest = hashlib.sha256(body).hexdigest()
     import_id = uuid.uuid4()
@@ -707,6 +737,7 @@ async def import_entries(
                 "Import refused",
                 f"{len(problems)} problems{more}; nothing was imported. "
                 "Each error names the row (the header is row 1) and the column.",
+                code="invalid_rows",
                 errors=[problem.as_error() for problem in shown],
             ),
         )
@@ -742,7 +773,6 @@ def _read_import(
             "content": {"text/csv": {"schema": {"type": "string"}}},
             "description": "Your authority's live plans: identifiers, categories, contact.",
         },
-        **responses(401, 403, 503),
     },
     summary="Export your live entries as CSV, the reference points' continuity copy (audited)",
 )

@@ -1,7 +1,10 @@
 """The register's rules between fields: one set for the API and the CSV import.
 
 Each problem names the field it is about and never repeats the value sent
-(it may be a child's identifier).
+(it may be a child's identifier). The schema keeps dates within a plausible
+window (``app/register/schemas.py``), and the rules hold for any date all the
+same: they compare differences, which cannot overflow, and a month sum past
+the calendar's end is the calendar's end.
 """
 
 import calendar
@@ -19,9 +22,14 @@ YOUNGEST_MOTHER_YEARS = 10
 
 
 def add_months(start: date, months: int) -> date:
-    """The same day ``months`` later, or the month's last day when it has none."""
+    """The same day ``months`` later, or the month's last day when it has none;
+    ``date.min`` or ``date.max`` when that is beyond the calendar."""
     month_index = start.month - 1 + months
     year, month = start.year + month_index // 12, month_index % 12 + 1
+    if year < date.min.year:
+        return date.min
+    if year > date.max.year:
+        return date.max
     return date(year, month, min(start.day, calendar.monthrange(year, month)[1]))
 
 
@@ -74,7 +82,7 @@ def _child_problems(child: Person, plan_start: date, today: date) -> list[Proble
         problems.append(
             Problem(("child", "date_of_birth"), "the child is 18 or over: plans end at 18")
         )
-    if plan_start < born - LONGEST_PREGNANCY:
+    if born - plan_start > LONGEST_PREGNANCY:
         problems.append(
             Problem(("plan_start",), "the plan start is more than 42 weeks before the birth")
         )
@@ -103,7 +111,7 @@ def _delivery_problems(delivery: date, plan_start: date, today: date) -> list[Pr
                 "the expected delivery date is before the plan start: record the birth instead",
             )
         ]
-    if delivery > plan_start + LONGEST_PREGNANCY or delivery > today + LONGEST_PREGNANCY:
+    if delivery - plan_start > LONGEST_PREGNANCY or delivery - today > LONGEST_PREGNANCY:
         return [
             Problem(
                 ("expected_delivery_date",),

@@ -1,20 +1,72 @@
 """What custodians send to keep the register, and what they read back."""
 
+import re
 import uuid
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from app.register.identifiers import check_name, normalise_nhs_number
 from app.register.models import Category, EndReason
 
+# The one window for every date the register holds or is asked about. Nobody on it, or
+# their mother, was born before 1900; every real plan date is at most months ahead (an
+# expected delivery within 42 weeks, a review within 6 months: app/register/rules.py).
+# Outside it a date is a slip or a probe, and it would take the rules' date arithmetic
+# near the calendar's end, so it is refused by the schema, naming the field.
+EARLIEST_DATE = date(1900, 1, 1)
+LATEST_AHEAD = timedelta(days=5 * 366)
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def plausible_date(value: date, today: date) -> date:
+    """``value`` when it lies in the register's window as of ``today``; else ValueError."""
+    if not EARLIEST_DATE <= value <= today + LATEST_AHEAD:
+        raise ValueError(
+            f"must be a date from {EARLIEST_DATE.isoformat()} to "
+            f"{(today + LATEST_AHEAD).isoformat()}"
+        )
+    return value
+
+
+def _iso_date_only(value: object) -> object:
+    """A date as YYYY-MM-DD, nothing looser: pydantic would also take 0 (1970-01-01), a
+    timestamp or a midnight datetime, none of which a custodian means as a date."""
+    if isinstance(value, datetime) or not isinstance(value, (str, date)):
+        raise ValueError("must be a date as YYYY-MM-DD")
+    if isinstance(value, str) and not _ISO_DATE.fullmatch(value):
+        raise ValueError("must be a date as YYYY-MM-DD")
+    return value
+
+
+def _plausible_today(value: date) -> date:
+    return plausible_date(value, date.today())
+
+
+RegisterDate = Annotated[date, BeforeValidator(_iso_date_only), AfterValidator(_plausible_today)]
+
+# Tab, line feed and carriage return are text; every other control character is not.
+_TEXT_CONTROLS = frozenset(chr(c) for c in (*range(0x20), 0x7F) if chr(c) not in "\t\n\r")
+
+
+def storable_text(value: str) -> str:
+    """Free text as both databases can keep it: PostgreSQL refuses NUL in text, and a
+    lone surrogate (JSON's ``"\\ud800"``) cannot be written as UTF-8 at all."""
+    if any(c in _TEXT_CONTROLS or "\ud800" <= c <= "\udfff" for c in value):
+        raise ValueError("must not contain control characters or unpaired surrogates")
+    return value
+
+
 Name = Annotated[str, Field(max_length=100), AfterValidator(check_name)]
 NhsNumber = Annotated[str, Field(max_length=14), AfterValidator(normalise_nhs_number)]
-Text200 = Annotated[str, Field(max_length=200)]
-Notes = Annotated[str, Field(max_length=10_000)]
+Text200 = Annotated[str, Field(max_length=200), AfterValidator(storable_text)]
+Notes = Annotated[str, Field(max_length=10_000), AfterValidator(storable_text)]
+Note = Annotated[str, Field(max_length=500), AfterValidator(storable_text)]
 Reason = Annotated[
-    str, Field(min_length=3, max_length=500, description="Why: kept with the new version.")
+    str,
+    Field(min_length=3, max_length=500, description="Why: kept with the new version."),
+    AfterValidator(storable_text),
 ]
 
 
@@ -24,7 +76,7 @@ class Person(BaseModel):
     nhs_number: NhsNumber | None = None
     given_name: Name
     family_name: Name
-    date_of_birth: date
+    date_of_birth: RegisterDate
 
 
 class EntryCreate(BaseModel):
@@ -38,14 +90,14 @@ class EntryCreate(BaseModel):
 
     child: Person | None = None
     mother: Person | None = None
-    expected_delivery_date: date | None = None
+    expected_delivery_date: RegisterDate | None = None
     categories: Annotated[list[Category], Field(min_length=1)]
-    plan_start: date
-    next_review: date | None = Field(
+    plan_start: RegisterDate
+    next_review: RegisterDate | None = Field(
         default=None,
         description="Defaults to plan start + 3 months, or last review + 6 months.",
     )
-    last_review: date | None = Field(
+    last_review: RegisterDate | None = Field(
         default=None, description="The last review conference held, for a plan already running."
     )
     lead_professional: Text200 | None = None
@@ -75,10 +127,10 @@ class EntryChange(BaseModel):
     reason: Reason
     child: Person | None = None
     mother: Person | None = None
-    expected_delivery_date: date | None = None
+    expected_delivery_date: RegisterDate | None = None
     categories: Annotated[list[Category], Field(min_length=1)] | None = None
-    plan_start: date | None = None
-    next_review: date | None = None
+    plan_start: RegisterDate | None = None
+    next_review: RegisterDate | None = None
     lead_professional: Text200 | None = None
     team_contact: Text200 | None = None
     notes: Notes | None = None
@@ -98,11 +150,11 @@ class ReviewRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    held_on: date
-    next_review: date | None = Field(
+    held_on: RegisterDate
+    next_review: RegisterDate | None = Field(
         default=None, description="Defaults to 6 months after the review; never later."
     )
-    note: Annotated[str, Field(max_length=500)] | None = None
+    note: Note | None = None
 
 
 class EntryEnd(BaseModel):
@@ -111,8 +163,8 @@ class EntryEnd(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: EndReason
-    ended_on: date
-    note: Annotated[str, Field(max_length=500)] | None = None
+    ended_on: RegisterDate
+    note: Note | None = None
 
 
 class BirthRecord(BaseModel):
@@ -121,7 +173,7 @@ class BirthRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     child: Person
-    note: Annotated[str, Field(max_length=500)] | None = None
+    note: Note | None = None
 
 
 class EntrySearch(BaseModel):
@@ -133,7 +185,7 @@ class EntrySearch(BaseModel):
     nhs_number: NhsNumber | None = None
     given_name: Name | None = None
     family_name: Name | None = None
-    date_of_birth: date | None = None
+    date_of_birth: RegisterDate | None = None
 
     @model_validator(mode="after")
     def _one_way_to_identify(self) -> Self:

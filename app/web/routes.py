@@ -17,6 +17,7 @@ from app.audit.models import AuditEvent
 from app.audit.review import EnquiryListQuery, list_enquiries
 from app.audit.routes import admit_reviewer
 from app.audit.service import commit_or_fail_closed, request_context
+from app.auth.certificates import presented_thumbprint
 from app.auth.keys import KeyRing
 from app.auth.models import AccessToken
 from app.auth.principals import KeyRingDep, Principal, SettingsDep, authenticate
@@ -209,7 +210,9 @@ async def sign_out(
     signed_in = await _signed_in(request, session, settings, keyring)
     if signed_in is not None:
         token, principal = signed_in
-        claims = await verify_token(keyring, settings, token)
+        claims = await verify_token(
+            keyring, settings, token, certificate=presented_thumbprint(request, settings)
+        )
         await session.execute(
             update(AccessToken)
             .where(AccessToken.jti == claims.token_id, AccessToken.revoked_at.is_(None))

@@ -47,10 +47,14 @@ def check_form(request: Request, form_token: object) -> None:
     origin = request.headers.get("origin")
     own = f"{request.url.scheme}://{request.url.netloc}"
     if origin is not None and origin != own:
-        raise ProblemError(403, "Forbidden", "This form was sent from another site.")
+        raise ProblemError(
+            403, "Forbidden", "This form was sent from another site.", code="form_refused"
+        )
     cookie = request.cookies.get(CSRF_COOKIE)
     if not cookie or not isinstance(form_token, str) or not hmac.compare_digest(cookie, form_token):
-        raise ProblemError(403, "Forbidden", "This form has expired: open the page again.")
+        raise ProblemError(
+            403, "Forbidden", "This form has expired: open the page again.", code="form_refused"
+        )
 
 
 def start_session(response: Response, token: str, lifetime: int, settings: Settings) -> None:
