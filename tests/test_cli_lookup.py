@@ -4,7 +4,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import uvicorn
@@ -17,7 +17,7 @@ from tests.conftest import NHS, World
 
 
 @pytest.fixture
-def served(settings: Settings) -> Iterator[str]:
+async def served(settings: Settings) -> AsyncIterator[str]:
     """Another replica of the service, served by uvicorn on a free loopback port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -27,11 +27,15 @@ def served(settings: Settings) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while True:
+        if server.started or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
-    thread.join(timeout=10)
+    # Joined off the loop: the replica's shutdown may wait for SQLite's write lock, held
+    # by this loop's own app until it runs again (a blocking join held both for 10 s).
+    await asyncio.to_thread(thread.join, 10)
 
 
 def _run(url: str, world: World, *args: str) -> tuple[int, str]:

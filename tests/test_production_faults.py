@@ -952,7 +952,8 @@ async def _until_worker(worker: Server, status: str, bound: float) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("how", ["stopped", pytest.param("frozen", marks=pytest.mark.chaos)])
+@pytest.mark.chaos
+@pytest.mark.parametrize("how", ["stopped", "frozen"])
 async def test_the_worker_stands_by_through_a_database_outage_and_seals_after_it(
     prod: Deployment, how: str
 ) -> None:
