@@ -15,6 +15,8 @@ from app.notifications.notifier import Notifier
 
 log = structlog.get_logger()
 CANCEL_RETRY_SECONDS = 0.5
+# What the final seal may fail with at a stop: the next active sequencer seals it.
+_FINAL_SEAL_FAILURES: tuple[type[Exception], ...] = (*DATABASE_ERRORS, SealingBusy, SigningRefused)
 
 
 def checkpoint_signer(settings: Settings) -> CheckpointSigner:
@@ -86,6 +88,6 @@ class Background:
         if self.sequencer is not None and final_checkpoint:
             try:
                 await self.sequencer.run_once(checkpoint=True)
-            except (*DATABASE_ERRORS, SealingBusy, SigningRefused) as exc:
+            except _FINAL_SEAL_FAILURES as exc:
                 # The next active sequencer seals it; nothing is lost.
                 log.error("final_seal_failed", error_type=type(exc).__name__)

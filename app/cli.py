@@ -10,18 +10,27 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import CursorResult, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin import service as admin
 from app.admin.models import Client, Organisation, OrganisationKind, Scope, User, UserRole
 from app.admin.schemas import Name, OrganisationCreate, Username
-from app.apiclient import problem_text, sign_in
+from app.apiclient import (
+    EXIT_BAD_INPUT,
+    EXIT_UNAVAILABLE,
+    URL_HELP,
+    CommandError,
+    default_url,
+    refusal,
+    request,
+    sign_in,
+)
 from app.audit.chain import (
     CheckpointError,
     CheckpointSigner,
@@ -31,12 +40,16 @@ from app.audit.chain import (
 )
 from app.audit.sealing import Sequencer, verifier_keys_path
 from app.audit.verify import verify_log
+from app.auth.assertions import InvalidPublicKey, public_jwks
 from app.auth.lockout import unlock_event
-from app.auth.models import AccessToken
+from app.auth.models import AccessToken, UsedClientAssertion
 from app.config import Settings, get_settings
-from app.db import create_engine, create_sessionmaker, utcnow
+from app.db import DATABASE_ERRORS, create_engine, create_sessionmaker, utcnow
 from app.logging import configure_logging
+from app.lookup.schemas import Purpose
 from app.register.cli import register_group
+from app.register.csvformat import DATE_FORMATS, iso_date
+from app.register.identifiers import normalise_nhs_number
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -71,7 +84,20 @@ def upgrade_database(settings: Settings) -> None:
 def main() -> None:
     """cp-register: the child protection plan lookup service."""
     # Logs go to stderr as JSON; stdout carries what the command prints for people.
-    configure_logging(get_settings().log_level, sys.stderr)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        wrong = "; ".join(_message(error) for error in exc.errors(include_input=False))
+        raise CommandError(
+            f"the settings (environment) are wrong: {wrong}", EXIT_BAD_INPUT
+        ) from exc
+    configure_logging(settings.log_level, sys.stderr)
+
+
+def _message(error: Any) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    text = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {text}" if where else text
 
 
 main.add_command(register_group)
@@ -361,10 +387,24 @@ def client_group() -> None:
     """System clients (OAuth2 client credentials)."""
 
 
-def _echo_secret(client: Client, secret: str) -> None:
+def _echo_secret(client: Client, secret: str | None) -> None:
     click.echo(f"client_id: {client.id}")
+    if secret is None:
+        click.echo("client_auth: private_key_jwt (its secret is refused)")
+        return
     click.echo(f"client_secret: {secret}")
     click.echo(SHOWN_ONCE, err=True)
+
+
+def _read_public_key(path: Path) -> dict[str, Any]:
+    """A JWKS or PEM public key file, as the JWKS the service stores."""
+    try:
+        return public_jwks(path.read_text(encoding="utf-8"))
+    except (InvalidPublicKey, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+
+
+_PUBLIC_KEY_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @client_group.command("create")
@@ -378,17 +418,32 @@ def _echo_secret(client: Client, secret: str) -> None:
     default=[Scope.lookup.value],
     show_default=True,
 )
-def client_create(organisation: str, name: str, scopes: tuple[str, ...]) -> None:
-    """Register a system client and print its secret, once."""
+@click.option(
+    "--public-key",
+    type=_PUBLIC_KEY_FILE,
+    help="A JWKS or PEM public key: the client signs RFC 7523 assertions, no secret.",
+)
+def client_create(
+    organisation: str, name: str, scopes: tuple[str, ...], public_key: Path | None
+) -> None:
+    """Register a system client and print its secret, once (none with --public-key)."""
+    keys = _read_public_key(public_key) if public_key is not None else None
 
-    async def work(session: AsyncSession) -> tuple[Client, str]:
+    async def work(session: AsyncSession) -> tuple[Client, str | None]:
         owner = await _organisation(session, organisation)
+        granted = frozenset(Scope(scope) for scope in scopes)
+        if keys is not None:
+            client = admin.create_key_client(
+                session,
+                actor="cli:client-create",
+                organisation=owner,
+                name=name,
+                scopes=granted,
+                public_jwks=keys,
+            )
+            return client, None
         return admin.create_client(
-            session,
-            actor="cli:client-create",
-            organisation=owner,
-            name=name,
-            scopes=frozenset(Scope(scope) for scope in scopes),
+            session, actor="cli:client-create", organisation=owner, name=name, scopes=granted
         )
 
     _echo_secret(*_admin_work(work))
@@ -409,6 +464,37 @@ def client_rotate(client_id: str) -> None:
         return client, secret
 
     _echo_secret(*_admin_work(work))
+
+
+@client_group.command("set-key")
+@click.argument("client_id")
+@click.argument("public_key", type=_PUBLIC_KEY_FILE)
+@click.option(
+    "--refuse-secret/--allow-secret",
+    "refuse_secret",
+    default=None,
+    help="Refuse (or allow again) the client's shared secret. Default: unchanged.",
+)
+def client_set_key(client_id: str, public_key: Path, refuse_secret: bool | None) -> None:
+    """Register or replace a client's public keys (JWKS or PEM) for private_key_jwt."""
+    keys = _read_public_key(public_key)
+
+    async def work(session: AsyncSession) -> Client:
+        client, organisation = await _client(session, client_id)
+        if not client.active:
+            raise click.ClickException("the client is revoked; register a new one")
+        return admin.set_client_key(
+            session,
+            actor="cli:client-set-key",
+            client=client,
+            organisation=organisation,
+            public_jwks=keys,
+            secret_allowed=None if refuse_secret is None else not refuse_secret,
+        )
+
+    client = _admin_work(work)
+    allowed = "allowed" if client.secret_allowed else "refused"
+    click.echo(f"{client.id}: {len(keys['keys'])} public key(s); secret {allowed}")
 
 
 @client_group.command("revoke")
@@ -679,7 +765,12 @@ def audit_checkpoint() -> None:
 def audit_verify(
     held: tuple[Path, ...], verifier_key: str | None, verifier_keys: Path | None
 ) -> None:
-    """Recompute every hash and signature; exit 1 naming the first problem."""
+    """Recompute every hash and signature; exit 1 naming the first problem.
+
+    \b
+    Exit codes: 0 the log verifies; 1 it does not (or the keys given do not);
+    2 bad options; 4 the database cannot be reached (DATABASE_URL).
+    """
     settings = get_settings()
     try:
         verifier = _audit_verifier(settings, verifier_key, verifier_keys)
@@ -696,7 +787,10 @@ def audit_verify(
             held_checkpoints=notes,
         )
 
-    report = _with_session(settings, work)
+    try:
+        report = _with_session(settings, work)
+    except DATABASE_ERRORS as exc:
+        raise _database_unreachable(settings, exc) from exc
     click.echo(
         f"size {report.size}, head {report.head}, {report.checkpoints_checked} checkpoints checked"
     )
@@ -709,6 +803,15 @@ def audit_verify(
         named = " ".join(part for part in (finding.kind, where, event) if part)
         click.echo(f"FAILED {named}: {finding.detail}")
     sys.exit(1)
+
+
+def _database_unreachable(settings: Settings, exc: BaseException) -> CommandError:
+    where = settings.database_url.split("@")[-1]  # never the password
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return CommandError(
+        f"cannot reach the database ({where}): {reason[:200]}; nothing was verified",
+        EXIT_UNAVAILABLE,
+    )
 
 
 def _audit_verifier(
@@ -745,28 +848,104 @@ def tokens_purge(older_than_hours: int) -> None:
 
     async def work(session: AsyncSession) -> int:
         result = await session.execute(delete(AccessToken).where(AccessToken.expires_at < cutoff))
+        # Client assertions' jti: once expired they are refused whatever the table says.
+        await session.execute(
+            delete(UsedClientAssertion).where(UsedClientAssertion.expires_at < utcnow())
+        )
         await session.commit()
-        return result.rowcount
+        return cast(CursorResult[Any], result).rowcount  # a DELETE's result has one
 
     click.echo(f"purged {_with_session(settings, work)} expired tokens")
 
 
-@main.command("lookup")
+def _purposes_by_kind() -> str:
+    """Which purpose each kind of reference point may give (CPR_PURPOSES_BY_KIND as the
+    service is set up by default; the service's own list decides, and refuses others)."""
+    default = Settings.model_fields["purposes_by_kind"].default
+    return "\n".join(
+        f"  {kind.replace('_', ' ')}: {', '.join(sorted(purposes))}"
+        for kind, purposes in default.items()
+    )
+
+
+LOOKUP_EPILOG = f"""\b
+Asks for whatever is not given: username and password (unless CPR_USERNAME,
+CPR_PASSWORD are set), the child (NHS number, or names and date of birth),
+the purpose and the reason.
+\b
+Purposes by kind of organisation:
+{_purposes_by_kind()}
+\b
+Exit codes: 0 answered (on plan, not on plan, or refer to custodian);
+2 bad input (an option, an NHS number or a date that is not one);
+3 refused (sign-in, purpose, permission or volume limit: the message says
+whom to call where the service says so); 4 the service cannot be reached or
+is unavailable. Every error is one line on stderr.
+"""
+
+
+def _child(
+    nhs_number: str | None, given_name: str | None, family_name: str | None, born: str | None
+) -> dict[str, str]:
+    """The subject of the lookup: what was given, and what was not asked for at the prompt."""
+    if not (nhs_number or given_name or family_name or born):
+        nhs_number = click.prompt(
+            "NHS number (Enter to give names and date of birth instead)",
+            default="",
+            show_default=False,
+        ).strip()
+    if not nhs_number:
+        given_name = given_name or click.prompt("Given name").strip()
+        family_name = family_name or click.prompt("Family name").strip()
+        born = born or click.prompt("Date of birth (DD/MM/YYYY)").strip()
+    subject = {}
+    if nhs_number:
+        try:
+            subject["nhs_number"] = normalise_nhs_number(nhs_number)
+        except ValueError as exc:
+            raise CommandError(f"NHS number: {exc}", EXIT_BAD_INPUT) from exc
+    if born:
+        date_of_birth = iso_date(born.strip())
+        if date_of_birth is None:
+            message = f"date of birth: not a date: give {DATE_FORMATS}"
+            raise CommandError(message, EXIT_BAD_INPUT)
+        subject["date_of_birth"] = date_of_birth
+    subject["given_name"] = (given_name or "").strip()
+    subject["family_name"] = (family_name or "").strip()
+    return {key: value for key, value in subject.items() if value}
+
+
+PURPOSES = [purpose.value for purpose in Purpose]
+
+
+@main.command("lookup", epilog=LOOKUP_EPILOG)
 @click.option(
     "--url",
-    default="http://127.0.0.1:8000",
-    show_default=True,
+    default=default_url,
+    show_default="http://127.0.0.1:${PORT:-8000}",
     envvar="CPR_URL",
-    help="The cp-register service.",
+    help=URL_HELP,
 )
-@click.option("--username", prompt=True, envvar="CPR_USERNAME")
-@click.option("--password", prompt=True, hide_input=True, envvar="CPR_PASSWORD")
-@click.option("--nhs-number", default=None)
+@click.option("--username", prompt=True, envvar="CPR_USERNAME", help="Env CPR_USERNAME.")
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    envvar="CPR_PASSWORD",
+    help="Env CPR_PASSWORD; asked for, hidden, when not set.",
+)
+@click.option("--nhs-number", default=None, help="The child's (or, unborn, the mother's).")
 @click.option("--given-name", default=None)
 @click.option("--family-name", default=None)
-@click.option("--date-of-birth", default=None, help="YYYY-MM-DD")
-@click.option("--purpose", default="out_of_hours_referral", show_default=True)
-@click.option("--reason", prompt=True)
+@click.option("--date-of-birth", default=None, help="DD/MM/YYYY or YYYY-MM-DD.")
+@click.option(
+    "--purpose",
+    type=click.Choice(PURPOSES),
+    default=None,
+    help="Of use: one your kind of organisation may give (below); asked for when not given.",
+)
+@click.option("--reason", default=None, help="Free text, recorded; asked for when not given.")
+@click.option("--json", "as_json", is_flag=True, help="Print the service's answer as JSON.")
 def lookup(
     url: str,
     username: str,
@@ -775,31 +954,36 @@ def lookup(
     given_name: str | None,
     family_name: str | None,
     date_of_birth: str | None,
-    purpose: str,
-    reason: str,
+    purpose: str | None,
+    reason: str | None,
+    as_json: bool,
 ) -> None:
     """Look a child up as a signed-in duty officer, through the API (so it is audited)."""
     import httpx
 
-    subject = {
-        key: value
-        for key, value in {
-            "nhs_number": nhs_number,
-            "given_name": given_name,
-            "family_name": family_name,
-            "date_of_birth": date_of_birth,
-        }.items()
-        if value
-    }
+    subject = _child(nhs_number, given_name, family_name, date_of_birth)
+    if purpose is None:
+        click.echo(f"Purposes by kind of organisation:\n{_purposes_by_kind()}", err=True)
+        purpose = click.prompt("Purpose", type=click.Choice(PURPOSES))
+    while not reason or not reason.strip():
+        reason = click.prompt("Reason (recorded)")
     with httpx.Client(base_url=url, timeout=10) as http:
-        answer = http.post(
+        headers = sign_in(http, username, password)
+        answer = request(
+            http,
+            "POST",
             "/v1/lookups",
-            headers=sign_in(http, username, password),
-            json={"subject": subject, "purpose": purpose, "reason": reason},
+            headers=headers,
+            json={"subject": subject, "purpose": purpose, "reason": reason.strip()},
         )
-    body = answer.json()
     if answer.status_code != 200:
-        raise click.ClickException(problem_text(body))
+        if as_json:
+            click.echo(answer.text)
+        raise refusal(answer)
+    body = answer.json()
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
     status = body["status"].replace("_", " ").upper()
     click.echo(status + (" (unborn child)" if body.get("unborn") else ""))
     if body.get("categories"):

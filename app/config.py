@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     token_audience: str = "cp-register"  # noqa: S105
     token_ttl_seconds: Annotated[int, Field(gt=0, le=900)] = 900
     token_leeway_seconds: Annotated[int, Field(ge=0, le=60)] = 30
+    # The `aud` a client assertion (RFC 7523 private_key_jwt) must name: this token
+    # endpoint's public URL. Unset: token_issuer + "/oauth/token".
+    token_endpoint_url: str | None = None
     # Private signing keys live here, outside the database (one PEM file per key id).
     key_dir: Path = Path("var/keys")
 
@@ -183,6 +186,10 @@ class Settings(BaseSettings):
     }
 
     log_level: str = "INFO"
+
+    @property
+    def client_assertion_audience(self) -> str:
+        return self.token_endpoint_url or self.token_issuer.rstrip("/") + "/oauth/token"
 
     @property
     def is_sqlite(self) -> bool:

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, cast
 
 import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import JSON, DateTime, Dialect, Executable, MetaData, Select, event, text
+from sqlalchemy import JSON, DateTime, Dialect, MetaData, Select, Table, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, EmulatedDBAPIException, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.sql.selectable import ExecutableReturnsRows
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.util import greenlet_spawn
 
@@ -55,6 +56,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # Every model maps one Table (declarative types it as any FromClause): so that
+    # insert(Model.__table__) and the like type-check.
+    __table__: ClassVar[Table]
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: UTCDateTime,
         dict[str, Any]: JSON,
@@ -277,7 +281,7 @@ class DatabaseUnavailable(Exception):
 
 # What a database that is down, unreachable, hung, restarting or refusing raises, from
 # the driver, the pool or SQLAlchemy: each is answered 503 (app/errors.py), never 500.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
     SQLAlchemyError,
     EmulatedDBAPIException,  # the driver's errors as SQLAlchemy's adapter raises them
     asyncpg.PostgresError,
@@ -298,7 +302,7 @@ class _Compiled:
     columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
 
     @classmethod
-    def of(cls, statement: Executable, dialect: Dialect) -> "_Compiled":
+    def of(cls, statement: ExecutableReturnsRows, dialect: Dialect) -> "_Compiled":
         compiled = statement.compile(dialect=dialect)
         binds = []
         for name in compiled.positiontup or ():
@@ -329,7 +333,7 @@ class _Compiled:
 class HotStatement:
     """A Core statement for the hot path, compiled for asyncpg on first use."""
 
-    def __init__(self, statement: Executable) -> None:
+    def __init__(self, statement: ExecutableReturnsRows) -> None:
         self.statement = statement
         self._compiled: _Compiled | None = None
 
@@ -483,7 +487,8 @@ class _CoreConnection(HotConnection):
             if not self._writing and not self._connection.in_transaction():
                 await self._connection.execution_options(**{READ_ONLY_OPTION: True})
             result = await self._connection.execute(statement.statement, dict(parameters))
-            return result.mappings().all()
+            # Read by column name: a RowMapping's keys may also be the Column objects.
+            return cast(Sequence[Mapping[str, Any]], result.mappings().all())
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
 

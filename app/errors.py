@@ -443,7 +443,7 @@ class Problem(BaseModel):
     )
     title: str = Field(description="The same for every problem of one type.")
     status: int
-    code: ProblemCode  # type: ignore[valid-type]
+    code: ProblemCode
     detail: str | None = Field(default=None, description="What happened this time, for people.")
     instance: str | None = None
     errors: list[dict[str, Any]] | None = Field(

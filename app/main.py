@@ -29,6 +29,7 @@ from app.db import (
     create_sessionmaker,
 )
 from app.errors import install_handlers
+from app.fhir import routes as fhir_routes
 from app.logging import configure_logging
 from app.lookup import routes as lookup_routes
 from app.lookup.schemas import LookupRequest
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_handlers(app)
+    web_routes.install_error_pages(app)  # after: it wraps the API handlers
     app.add_middleware(
         DeadlineMiddleware,
         settings=settings,
@@ -119,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(auth_routes.router)
     app.include_router(lookup_routes.router)
+    app.include_router(fhir_routes.router)
     app.include_router(register_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(audit_review.router)

@@ -104,6 +104,17 @@ _IF_MATCH = {
     "which names no version), 412 when the entry has changed since.",
     "schema": {"type": "string"},
 }
+FHIR_PREFIX = "/fhir/"
+FHIR_MEDIA_TYPE = "application/fhir+json"
+_OPERATION_OUTCOME = {
+    "schema": {
+        "type": "object",
+        "description": "A FHIR R4 OperationOutcome: `issue[].details.coding[].code` is the "
+        "problem's `code` (docs/fhir/).",
+        "required": ["resourceType", "issue"],
+        "properties": {"resourceType": {"const": "OperationOutcome"}},
+    }
+}
 # FastAPI's own 422 schemas: the service answers 422 with a Problem instead.
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
@@ -145,6 +156,9 @@ def _dependants(dependant: Dependant) -> Iterator[Dependant]:
 
 
 def _document_operation(operation: dict[str, Any], route: RouteContext) -> None:
+    # An APIRoute's (build_document): both are set.
+    assert route.path is not None
+    assert route.path_format is not None
     dependants = list(_dependants(route.dependant))
     calls = [dependant.call for dependant in dependants if dependant.call is not None]
     codes = dependency_codes(calls)
@@ -174,7 +188,9 @@ def _document_operation(operation: dict[str, Any], route: RouteContext) -> None:
         operation.setdefault("parameters", []).append(_IF_MATCH)
 
     if "security" not in operation:
-        scopes = sorted({getattr(call, "required_scope", None) for call in calls} - {None})
+        scopes = sorted(
+            {scope for call in calls if (scope := getattr(call, "required_scope", None))}
+        )
         secured = get_principal in calls
         operation["security"] = [{OAUTH2: scopes}, {BEARER: []}] if secured else []
 
@@ -186,6 +202,10 @@ def _document_operation(operation: dict[str, Any], route: RouteContext) -> None:
         by_status.setdefault(PROBLEMS[code].status, []).append(code)
     for status, status_codes in by_status.items():
         responses[str(status)] = _problem_response(status, sorted(status_codes))
+        if route.path_format.startswith(FHIR_PREFIX):
+            # app/fhir/ answers its refusals as OperationOutcome; the middleware's 413
+            # and 503 (before any route runs) stay problems.
+            responses[str(status)]["content"][FHIR_MEDIA_TYPE] = _OPERATION_OUTCOME
     operation["responses"] = dict(sorted(responses.items()))
 
 

@@ -127,6 +127,10 @@ def _test_settings(
         # that resolves nowhere (tests/security/test_webhook_targets.py shows what is
         # refused without this).
         webhook_allowed_hosts=frozenset({"127.0.0.1", "receiver.example.org"}),
+        # The session's shared system clients make far more than a real client's 300
+        # lookups a minute across the suite; the limits themselves are tested with
+        # settings of their own (tests/security/test_limits.py).
+        lookup_limit_per_client=1_000_000,
         **overrides,
     )
     upgrade_database(settings.model_copy(update={"database_url": database.owner_url}))

@@ -342,7 +342,7 @@ async def test_non_operators_are_refused_on_every_admin_route_and_audited(
     principal = world[who]
     before = await _refusals(sessionmaker, principal.subject)
     routes = _admin_routes(app)
-    assert len(routes) == 12
+    assert len(routes) == 13  # with PUT /v1/admin/clients/{id}/public-key
     for method, path in routes:
         response = await client.request(method, path, json={}, headers=principal.headers)
         assert response.status_code == 403, (method, path, response.text)
@@ -394,11 +394,13 @@ async def test_client_secret_is_never_in_a_listing(client: httpx.AsyncClient, wo
         "scopes",
         "active",
         "created_at",
+        "secret_allowed",  # whether a secret is accepted, never the secret
+        "public_jwks",  # public keys only (app/auth/assertions.py refuses private ones)
     }
     everything = (await client.get("/v1/admin/clients", headers=headers)).text
     assert created["client_secret"] not in everything
     assert "argon2" not in everything
-    assert "secret" not in everything
+    assert "client_secret" not in everything
 
 
 async def test_password_is_never_in_an_answer(client: httpx.AsyncClient, world: World) -> None:

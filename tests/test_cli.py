@@ -8,6 +8,7 @@ test database, and what it made is then used through real HTTP.
 import asyncio
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditEvent
 from app.cli import main
+from app.config import get_settings
 from tests.conftest import NHS, World
+from tests.test_cli_lookup import free_port, one_clear_line
 
 ENQUIRER = {"id": "C123456", "name": "Dr A Jones", "role": "ED registrar"}
 
@@ -329,3 +332,28 @@ async def test_cli_changes_are_audit_events_by_the_command(
         ("admin.client_revoked", "cli:client-revoke"),
         ("admin.organisation_deactivated", "cli:org-disable"),
     ]
+
+
+async def test_cli_audit_verify_with_the_database_unreachable_is_one_line_and_exit_4(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    closed = free_port()
+    monkeypatch.setenv(
+        "DATABASE_URL", f"postgresql+asyncpg://cpr:Unguessable-42x@127.0.0.1:{closed}/cpr"
+    )
+    monkeypatch.delenv("CPR_DATABASE_ROLE", raising=False)
+    monkeypatch.setenv("CPR_CHECKPOINT_KEY_PATH", str(tmp_path / "checkpoint.pem"))
+    monkeypatch.setenv("CPR_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    get_settings.cache_clear()
+    assert (await cpr("audit", "keygen")).exit_code == 0  # no database needed
+    result = await cpr("audit", "verify")
+    assert result.exit_code == 4, result.output
+    line = one_clear_line(result)
+    assert f"cannot reach the database (127.0.0.1:{closed}/cpr)" in line
+    assert "Unguessable-42x" not in result.output
+
+
+def test_cli_audit_verify_help_documents_its_exit_codes() -> None:
+    text = " ".join(CliRunner().invoke(main, ["audit", "verify", "--help"]).output.split())
+    for code in ("0 the log verifies", "1 it does not", "4 the database cannot be reached"):
+        assert code in text

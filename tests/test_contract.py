@@ -133,14 +133,18 @@ async def test_a_body_that_is_not_utf_8_is_an_invalid_request_not_a_400(
 
 def test_every_code_in_the_document_is_registered_and_every_status_has_a_problem() -> None:
     """Each problem status of each operation is problem+json naming registered codes of
-    that very status (the token endpoint's 400/401/429 are RFC 6749's)."""
+    that very status (the token endpoint's 400/401/429 are RFC 6749's; /fhir/R4's are
+    OperationOutcome too, the middleware's 413 and 503 problems)."""
     for path, operations in DOCUMENT["paths"].items():
         for method, operation in operations.items():
             for status, response in operation["responses"].items():
                 oauth = path == "/oauth/token" and status in ("400", "401", "429")
                 if int(status) < 400 or oauth:
                     continue
-                assert list(response["content"]) == [PROBLEM_MEDIA_TYPE], (method, path, status)
+                expected = {PROBLEM_MEDIA_TYPE}
+                if path.startswith("/fhir/"):
+                    expected.add("application/fhir+json")
+                assert set(response["content"]) == expected, (method, path, status)
                 for code in response["x-problem-codes"]:
                     assert PROBLEMS[code].status == int(status), (method, path, code)
 
@@ -160,6 +164,10 @@ def test_only_health_keys_and_the_token_endpoint_are_open() -> None:
         "GET /readyz",
         "GET /.well-known/jwks.json",
         "POST /oauth/token",
+        # FHIR's discovery (the CapabilityStatement) and the service's code systems.
+        "GET /fhir/R4/metadata",
+        "GET /fhir/R4/CodeSystem/{code_system_id}",
+        "GET /fhir/R4/OperationDefinition/Patient-cp-lookup",
     }
 
 

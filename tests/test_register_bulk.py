@@ -22,7 +22,7 @@ from app.register.models import RegisterEntry, RegisterEntryVersion
 from app.register.rules import add_months
 from tests.conftest import NHS, World
 from tests.enquiries import ask, fresh_nhs
-from tests.test_cli_lookup import served  # noqa: F401  (fixture)
+from tests.test_cli_lookup import free_port, one_clear_line, served  # noqa: F401  (fixture)
 
 TODAY = date.today()
 IMPORTS = "/v1/register/imports"
@@ -129,7 +129,7 @@ async def test_one_bad_row_refuses_the_whole_file_with_a_report_by_row_and_colum
         row(child_date_of_birth=(TODAY + timedelta(days=4)).isoformat()),  # row 5
         row(categories="neglect;bullying"),  # row 6
         *good[2:],
-        row(plan_start="31/12/2025"),  # row 10
+        row(plan_start="2020-13-01"),  # row 10
     ]
     response = await upload(client, world, csv_file(rows))
     assert response.status_code == 422, response.text
@@ -177,6 +177,78 @@ async def test_children_already_on_the_register_or_twice_in_the_file_are_reporte
     shared = csv_file([row()])
     assert (await upload(client, world, shared)).status_code == 201
     assert (await upload(client, world, shared, "custodian_b")).status_code == 201
+
+
+async def test_every_problem_of_every_row_is_reported_with_the_duplicates(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    twice = row()
+    rows = [
+        row(child_nhs_number="9991000012", plan_start=(TODAY + timedelta(days=3)).isoformat()),
+        twice,  # row 3
+        row(categories="neglect;bullying", child_date_of_birth="yesterday"),  # row 4
+        {**twice, "child_nhs_number": ""},  # row 5: row 3's child again
+        row(child_nhs_number=NHS["neglect"]),  # row 6: already on A's register
+    ]
+    response = await upload(client, world, csv_file(rows))
+    assert response.status_code == 422, response.text
+    report = [(e["row"], e["column"]) for e in response.json()["errors"]]
+    assert report == [
+        (2, "child_nhs_number"),
+        (2, "plan_start"),
+        (4, "child_date_of_birth"),
+        (4, "categories"),
+        (5, "child"),
+        (6, "child"),
+    ]
+    assert response.json()["detail"].startswith("6 problems;")
+
+
+async def test_categories_in_words_and_uk_dates_are_accepted(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    rows = [
+        row(categories="Neglect;EMOTIONAL ABUSE", child_date_of_birth="25/12/2020"),
+        row(
+            categories="Physical Abuse", plan_start=(TODAY - timedelta(days=3)).strftime("%d/%m/%Y")
+        ),
+    ]
+    response = await upload(client, world, csv_file(rows))
+    assert response.status_code == 201, response.text
+    assert response.json()["imported"] == 2
+    entries = []
+    for imported in rows:
+        found = await client.post(
+            "/v1/register/entries/search",
+            json={"nhs_number": imported["child_nhs_number"]},
+            headers=world["custodian_a"].headers,
+        )
+        [entry] = found.json()
+        entries.append(entry)
+    assert entries[0]["categories"] == ["neglect", "emotional_abuse"]
+    assert entries[0]["child"]["date_of_birth"] == "2020-12-25"
+    assert entries[1]["categories"] == ["physical_abuse"]
+    assert entries[1]["plan_start"] == (TODAY - timedelta(days=3)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("cells", "column", "said"),
+    [
+        ({"plan_start": "2020-13-01"}, "plan_start", "DD/MM/YYYY (e.g. 25/12/2020) or YYYY-MM-DD"),
+        ({"child_date_of_birth": "12/25/2020"}, "child_date_of_birth", "DD/MM/YYYY"),
+        ({"child_date_of_birth": "25/12/1890"}, "child_date_of_birth", "from 1900-01-01"),
+        ({"categories": "Neglect;bullying"}, "categories", "neglect, physical abuse, sexual abuse"),
+    ],
+)
+async def test_a_cell_that_is_refused_says_what_is_accepted(
+    client: httpx.AsyncClient, world: World, cells: dict[str, str], column: str, said: str
+) -> None:
+    response = await upload(client, world, csv_file([row(**cells)]))
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert (error["row"], error["column"]) == (2, column)
+    assert said in error["problem"]
+    assert response.json()["detail"].startswith("1 problem;")
 
 
 @pytest.mark.parametrize(
@@ -290,7 +362,7 @@ async def test_cpr_register_import_checks_then_sends_and_reports(
     bad = [row(), row(child_date_of_birth="yesterday")]
     await asyncio.to_thread(import_file.write_bytes, csv_file(bad))
     refused = await asyncio.to_thread(_import, served, world, import_file)
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2
     assert "row 3, child_date_of_birth" in refused.output
     assert "nothing was sent" in refused.output
     assert await entries_named(sessionmaker, [bad[0]["child_nhs_number"]]) == 0
@@ -298,5 +370,86 @@ async def test_cpr_register_import_checks_then_sends_and_reports(
     # A duplicate of what is already on the register is only known to the service.
     await asyncio.to_thread(import_file.write_bytes, csv_file([row(), rows[0]]))
     server_refused = await asyncio.to_thread(_import, served, world, import_file)
-    assert server_refused.exit_code == 1
+    assert server_refused.exit_code == 2
     assert "row 3, child" in server_refused.output
+
+
+async def test_cpr_register_import_reports_every_problem_counted_in_words(
+    served: str,  # noqa: F811
+    world: World,
+    import_file: Path,
+) -> None:
+    twice = row()
+    bad = [
+        twice,
+        row(child_nhs_number="9991000012", plan_start="2020-13-01"),  # row 3: two problems
+        {**twice, "child_nhs_number": ""},  # row 4: row 2's child again
+    ]
+    await asyncio.to_thread(import_file.write_bytes, csv_file(bad))
+    refused = await asyncio.to_thread(_import, served, world, import_file)
+    assert refused.exit_code == 2
+    assert "row 3, child_nhs_number" in refused.stderr
+    assert "row 3, plan_start: not a date: give DD/MM/YYYY" in refused.stderr
+    assert "row 4, child: the same child as row 2 of this file" in refused.stderr
+    assert "3 problems: nothing was sent" in one_clear_line(refused)
+
+    await asyncio.to_thread(import_file.write_bytes, csv_file([row(plan_start="2020-13-01")]))
+    one = await asyncio.to_thread(_import, served, world, import_file)
+    assert "1 problem: nothing was sent" in one_clear_line(one)
+
+
+async def test_cpr_register_import_shows_progress_to_100_percent(
+    served: str,  # noqa: F811
+    world: World,
+    import_file: Path,
+) -> None:
+    # A quoted line break and a blank line: more lines than rows.
+    good = row(categories="Emotional abuse", notes="first line\nsecond line")
+    await asyncio.to_thread(import_file.write_bytes, csv_file([good]) + b"\r\n")
+    result = await asyncio.to_thread(_import, served, world, import_file)
+    assert result.exit_code == 0, result.output
+    assert "imported 1 entry " in result.stdout
+    assert "Checking rows: 100 %" in result.stderr
+    assert "Sending: 100 %" in result.stderr
+
+
+async def test_cpr_register_import_refusals_and_an_unreachable_server_are_one_line(
+    served: str,  # noqa: F811
+    world: World,
+    import_file: Path,
+) -> None:
+    await asyncio.to_thread(import_file.write_bytes, csv_file([row()]))
+    args = ["register", "import", str(import_file), "--username"]
+    wrong = await asyncio.to_thread(
+        CliRunner().invoke,
+        main,
+        [*args, world["custodian_a"].credentials["username"], "--url", served],
+        input="not-the-password\n",
+    )
+    assert wrong.exit_code == 3
+    assert "sign-in refused" in one_clear_line(wrong)
+
+    duty = world["duty_officer"].credentials
+    not_custodian = await asyncio.to_thread(
+        CliRunner().invoke,
+        main,
+        [*args, duty["username"], "--password", duty["password"], "--url", served],
+    )
+    assert not_custodian.exit_code == 3
+    one_clear_line(not_custodian)
+
+    url = f"http://127.0.0.1:{free_port()}"
+    gone = await asyncio.to_thread(
+        CliRunner().invoke, main, [*args, "u", "--password", "p", "--url", url]
+    )
+    assert gone.exit_code == 4
+    assert f"cannot reach the cp-register service at {url}" in one_clear_line(gone)
+
+
+def test_cpr_register_import_help_documents_formats_and_exit_codes() -> None:
+    result = CliRunner().invoke(main, ["register", "import", "--help"])
+    text = " ".join(result.output.split())
+    for documented in ("CPR_URL", "CPR_USERNAME", "CPR_PASSWORD", "${PORT:-8000}", "DD/MM/YYYY"):
+        assert documented in text
+    for code in ("0 imported", "2 the file has problems", "3 refused", "4 the service"):
+        assert code in text

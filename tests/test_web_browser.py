@@ -81,5 +81,6 @@ async def test_a_duty_officer_looks_up_a_child_by_keyboard_alone(
         _by_keyboard, chromium, served, credentials["username"], credentials["password"]
     )
     assert "On a child protection plan" in answer
-    assert "neglect" in answer
+    assert "Neglect" in answer  # the category in words
+    assert "Whom to call" in answer
     assert not [line for line in console if "Content Security Policy" in line], console

@@ -3,8 +3,9 @@
 import uuid
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, String, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, utcnow
@@ -67,6 +68,11 @@ class Client(Base):
     scopes: Mapped[list[str]]
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # RFC 7523 private_key_jwt: the public keys (a JWKS) its client assertions are signed
+    # with, or None. A client registered with a key has a random secret never shown.
+    public_jwks: Mapped[dict[str, Any] | None]
+    # False refuses client_secret authentication (invalid_client): keys only.
+    secret_allowed: Mapped[bool] = mapped_column(default=True, server_default=true())
 
     organisation: Mapped[Organisation] = relationship(lazy="raise")
 

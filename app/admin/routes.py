@@ -18,6 +18,7 @@ from app.admin.models import Client, Organisation, OrganisationKind, Scope, User
 from app.admin.schemas import (
     ClientCreate,
     ClientCreated,
+    ClientKeySet,
     ClientRead,
     OrganisationCreate,
     OrganisationRead,
@@ -68,7 +69,7 @@ async def _flush_or_conflict(session: AsyncSession, detail: str, code: str) -> N
         raise ProblemError(409, "Conflict", detail, code=code) from exc
 
 
-async def _page(session: AsyncSession, statement: Select[tuple[Row]]) -> list[Row]:
+async def _page(session: AsyncSession, statement: Select[Row]) -> list[Row]:
     return list((await session.scalars(statement)).all())
 
 
@@ -87,10 +88,12 @@ def _client_read(client: Client) -> ClientRead:
         scopes=client.scopes,
         active=client.active,
         created_at=client.created_at,
+        secret_allowed=client.secret_allowed,
+        public_jwks=client.public_jwks,
     )
 
 
-def _client_created(client: Client, secret: str) -> ClientCreated:
+def _client_created(client: Client, secret: str | None) -> ClientCreated:
     return ClientCreated(**_client_read(client).model_dump(), client_secret=secret)
 
 
@@ -203,25 +206,64 @@ async def _active_organisation(session: AsyncSession, organisation_id: uuid.UUID
     response_model=ClientCreated,
     status_code=status.HTTP_201_CREATED,
     responses=responses("organisation_not_found", "organisation_inactive", "not_permitted"),
-    summary="Register a system client; its secret is in this answer only",
+    summary="Register a system client; its secret (if any) is in this answer only",
 )
 async def create_client(
     body: ClientCreate, request: Request, operator: Operator, session: SessionDep
 ) -> ClientCreated:
     organisation = await _active_organisation(session, body.organisation_id)
+    secret: str | None = None
     try:
-        client, secret = service.create_client(
-            session,
-            actor=operator.subject,
-            organisation=organisation,
-            name=body.name,
-            scopes=frozenset(body.scopes),
-            context=request_context(request),
-        )
+        if body.public_key is not None:
+            client = service.create_key_client(
+                session,
+                actor=operator.subject,
+                organisation=organisation,
+                name=body.name,
+                scopes=frozenset(body.scopes),
+                public_jwks=body.public_key,
+                context=request_context(request),
+            )
+        else:
+            client, secret = service.create_client(
+                session,
+                actor=operator.subject,
+                organisation=organisation,
+                name=body.name,
+                scopes=frozenset(body.scopes),
+                context=request_context(request),
+            )
     except service.NotPermitted as exc:
         raise _unprocessable(exc) from exc
     await commit_or_fail_closed(session)
     return _client_created(client, secret)
+
+
+@router.put(
+    "/clients/{client_id}/public-key",
+    response_model=ClientRead,
+    responses=responses("client_not_found", "organisation_not_found", "client_revoked"),
+    summary="Register or replace a client's public keys (RFC 7523 private_key_jwt)",
+)
+async def set_client_public_key(
+    client_id: str, body: ClientKeySet, request: Request, operator: Operator, session: SessionDep
+) -> ClientRead:
+    client, organisation = await _client_and_organisation(session, client_id)
+    if not client.active:
+        raise ProblemError(
+            409, "Conflict", "The client is revoked; register a new one.", code="client_revoked"
+        )
+    service.set_client_key(
+        session,
+        actor=operator.subject,
+        client=client,
+        organisation=organisation,
+        public_jwks=body.public_key,
+        secret_allowed=body.secret_allowed,
+        context=request_context(request),
+    )
+    await commit_or_fail_closed(session)
+    return _client_read(client)
 
 
 @router.get(

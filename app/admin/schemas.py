@@ -4,6 +4,7 @@ Inputs refuse unknown fields. Answers are built from these classes, never from
 the ORM rows, so a secret or password hash cannot reach a response by accident.
 """
 
+import json
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Self
@@ -11,6 +12,7 @@ from typing import Annotated, Any, Self
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -19,6 +21,7 @@ from pydantic import (
 )
 
 from app.admin.models import OrganisationKind, Scope, UserRole
+from app.auth.assertions import InvalidPublicKey, public_jwks
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Name = Annotated[Text, StringConstraints(max_length=200)]
@@ -83,12 +86,43 @@ class OrganisationRead(BaseModel):
     created_at: datetime
 
 
+def _as_jwks(value: Any) -> dict[str, Any]:
+    if isinstance(value, str) and len(value) > 20_000:
+        raise ValueError("a public key is at most 20,000 characters")
+    if not isinstance(value, str | dict):
+        raise ValueError("a JWKS (object or JSON text) or a PEM public key")
+    try:
+        return public_jwks(value if isinstance(value, str) else json.dumps(value))
+    except InvalidPublicKey as exc:
+        raise ValueError(str(exc)) from exc
+
+
+# Stored as a JWKS of public keys: RSA (RS256, 2048 bits or more) or EC P-256 (ES256).
+PublicKey = Annotated[
+    dict[str, Any],
+    BeforeValidator(_as_jwks, json_schema_input_type=str | dict[str, Any]),
+    Field(description="A JWKS (object or JSON text) or a PEM public key."),
+]
+
+
 class ClientCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     organisation_id: uuid.UUID
     name: Name
     scopes: Annotated[list[Scope], Field(min_length=1), AfterValidator(_distinct)]
+    # RFC 7523 private_key_jwt: a JWKS, or a PEM public key, instead of a secret.
+    public_key: PublicKey | None = None
+
+
+class ClientKeySet(BaseModel):
+    """A client's public keys for private_key_jwt (a JWKS or a PEM public key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    public_key: PublicKey
+    # False: the client's secret is refused from now on. Omitted: unchanged.
+    secret_allowed: bool | None = None
 
 
 class ClientRead(BaseModel):
@@ -98,13 +132,15 @@ class ClientRead(BaseModel):
     scopes: list[str]
     active: bool
     created_at: datetime
+    secret_allowed: bool
+    public_jwks: dict[str, Any] | None
 
 
 class ClientCreated(ClientRead):
     """A client with its secret. The secret is shown in this answer only (on creation or
     rotation); the service keeps a slow salted hash and cannot show it again."""
 
-    client_secret: str
+    client_secret: str | None  # None for a client registered with a public key
 
 
 class UserCreate(BaseModel):

@@ -215,8 +215,11 @@ def create_client(
     name: str,
     scopes: frozenset[Scope],
     context: Mapping[str, Any] | None = None,
+    public_jwks: dict[str, Any] | None = None,
 ) -> tuple[Client, str]:
-    """A system client; its secret is returned once and stored only as a hash."""
+    """A system client; its secret is returned once and stored only as a hash. With
+    ``public_jwks`` (RFC 7523 private_key_jwt) it authenticates with its key only: its
+    secret is refused (``secret_allowed`` false) and never shown (create_key_client)."""
     granted = grantable_scopes(OrganisationKind(organisation.kind), scopes)
     secret = new_client_secret()
     client = Client(
@@ -226,6 +229,8 @@ def create_client(
         secret_hash=hash_secret(secret),
         scopes=granted,
         active=True,
+        public_jwks=public_jwks,
+        secret_allowed=public_jwks is None,
     )
     session.add(client)
     session.add(
@@ -236,9 +241,67 @@ def create_client(
             context,
             client_id=client.id,
             scopes=granted,
+            **({"key_ids": _key_ids(public_jwks)} if public_jwks is not None else {}),
         )
     )
     return client, secret
+
+
+def create_key_client(
+    session: AsyncSession,
+    *,
+    actor: str,
+    organisation: Organisation,
+    name: str,
+    scopes: frozenset[Scope],
+    public_jwks: dict[str, Any],
+    context: Mapping[str, Any] | None = None,
+) -> Client:
+    """A system client that authenticates with RFC 7523 assertions signed by one of
+    ``public_jwks``; its secret is random, refused, and never shown."""
+    client, _refused = create_client(
+        session,
+        actor=actor,
+        organisation=organisation,
+        name=name,
+        scopes=scopes,
+        context=context,
+        public_jwks=public_jwks,
+    )
+    return client
+
+
+def _key_ids(public_jwks: dict[str, Any]) -> list[str]:
+    return [str(key.get("kid", "")) for key in public_jwks.get("keys", [])]
+
+
+def set_client_key(
+    session: AsyncSession,
+    *,
+    actor: str,
+    client: Client,
+    organisation: Organisation,
+    public_jwks: dict[str, Any],
+    secret_allowed: bool | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> Client:
+    """Register (or replace) the public keys a client signs its assertions with; the
+    old keys stop working when this commits. ``secret_allowed``: None leaves it."""
+    client.public_jwks = public_jwks
+    if secret_allowed is not None:
+        client.secret_allowed = secret_allowed
+    session.add(
+        _event(
+            actor,
+            "admin.client_key_set",
+            organisation,
+            context,
+            client_id=client.id,
+            key_ids=_key_ids(public_jwks),
+            secret_allowed=client.secret_allowed,
+        )
+    )
+    return client
 
 
 def reset_client_secret(

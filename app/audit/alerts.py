@@ -278,7 +278,9 @@ async def _not_found_spikes(
                 window_end=busiest.last,
                 count=busiest.count,
                 threshold=threshold,
-                organisations=[OrganisationRef(id=busiest.organisation_id, name=None)],
+                organisations=[OrganisationRef(id=busiest.organisation_id, name=None)]
+                if busiest.organisation_id
+                else [],
                 principal=latest.principal,
                 enquirer=EnquirerRead.model_validate(latest.enquirer) if latest.enquirer else None,
                 entry_id=None,

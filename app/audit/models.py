@@ -4,16 +4,46 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
 
+# The rows of the lookup limits' partial indexes (as migrations 0007 and 0009 wrote them).
+LOOKUPS = "event_type = 'lookup'"
+REFERRALS = "event_type = 'lookup' AND outcome = 'refer_to_custodian'"
+
 
 class AuditEvent(Base):
     __tablename__ = "audit_events"
-    # Volume limits and sign-in lockout count recent events by principal.
-    __table_args__ = (Index("ix_audit_events_principal_occurred_at", "principal", "occurred_at"),)
+    # Volume limits and sign-in lockout count recent events by principal; the lookup's
+    # limits count lookups and referrals only, from partial indexes of just those
+    # (migrations 0007 and 0009; app/lookup/limits.py).
+    __table_args__ = (
+        Index("ix_audit_events_principal_occurred_at", "principal", "occurred_at"),
+        Index(
+            "ix_audit_events_lookups_principal_occurred_at",
+            "principal",
+            "occurred_at",
+            sqlite_where=text(LOOKUPS),
+            postgresql_where=text(LOOKUPS),
+        ),
+        Index(
+            "ix_audit_events_lookups_principal_enquirer_id_occurred_at",
+            "principal",
+            "enquirer_id",
+            "occurred_at",
+            sqlite_where=text(LOOKUPS),
+            postgresql_where=text(LOOKUPS),
+        ),
+        Index(
+            "ix_audit_events_referrals_principal_occurred_at",
+            "principal",
+            "occurred_at",
+            sqlite_where=text(REFERRALS),
+            postgresql_where=text(REFERRALS),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -50,6 +80,8 @@ class AuditUnsealed(Base):
     """
 
     __tablename__ = "audit_unsealed"
+    # The sequencer reads the queue in chain order from this index (migration 0010).
+    __table_args__ = (Index("ix_audit_unsealed_occurred_at_event_id", "occurred_at", "event_id"),)
 
     event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     occurred_at: Mapped[datetime]

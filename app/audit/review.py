@@ -195,7 +195,7 @@ def _older_than(cursor: str) -> ColumnElement[bool]:
 # --- reading ---------------------------------------------------------------------------
 
 
-def readable_enquiries(reviewer: Principal) -> Select[tuple[AuditEvent, str | None]]:
+def readable_enquiries(reviewer: Principal) -> Select[AuditEvent, str | None]:
     """Enquiries about the reviewer's own authority's children, with the enquiring
     organisation's name. Every read in this module starts here."""
     return (
@@ -224,11 +224,11 @@ def asked_with_nhs_number(nhs_number: str) -> ColumnElement[bool]:
 
 
 def _filtered(
-    statement: Select[tuple[AuditEvent, str | None]],
+    statement: Select[AuditEvent, str | None],
     filters: EnquiryFilters,
     reviewer: Principal,
     nhs_number: str | None = None,
-) -> Select[tuple[AuditEvent, str | None]]:
+) -> Select[AuditEvent, str | None]:
     if filters.entry_id is not None:
         statement = statement.where(AuditEvent.entry_id == filters.entry_id)
     if nhs_number is not None:
@@ -257,8 +257,8 @@ def _filtered(
 
 
 def _newest_first(
-    statement: Select[tuple[AuditEvent, str | None]],
-) -> Select[tuple[AuditEvent, str | None]]:
+    statement: Select[AuditEvent, str | None],
+) -> Select[AuditEvent, str | None]:
     return statement.order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
 
 
@@ -301,7 +301,7 @@ async def _page(
     session: AsyncSession,
     request: Request,
     reviewer: Principal,
-    statement: Select[tuple[AuditEvent, str | None]],
+    statement: Select[AuditEvent, str | None],
     page: EnquiryListQuery | EnquirySearch | PageQuery,
     nhs_number: str | None = None,
 ) -> AuditEventPage:
@@ -459,7 +459,7 @@ def csv_row(row: AuditEventRead) -> list[str]:
 
 async def _csv(
     sessionmaker: async_sessionmaker[AsyncSession],
-    statement: Select[tuple[AuditEvent, str | None]],
+    statement: Select[AuditEvent, str | None],
     authority_id: uuid.UUID,
 ) -> AsyncIterator[str]:
     """Rows fetched and sent a chunk at a time: an export of years of enquiries

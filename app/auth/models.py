@@ -22,6 +22,18 @@ class AccessToken(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class UsedClientAssertion(Base):
+    """The ``jti`` of every client assertion accepted (RFC 7523 §3, item 7), kept until it
+    has expired: the primary key makes a second use fail in the database, however many
+    workers see it at once. ``cpr tokens purge`` forgets the expired ones."""
+
+    __tablename__ = "used_client_assertions"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class SigningKey(Base):
     __tablename__ = "signing_keys"
 

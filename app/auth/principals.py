@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
-from sqlalchemy import Select, bindparam, exists, select
+from sqlalchemy import RowMapping, Select, bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin.models import SCOPES_BY_KIND, Client, Organisation, OrganisationKind, Scope, User
@@ -81,7 +81,7 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-def _principal_statement(kind: Literal["client", "user"]) -> Select[Any]:
+def _principal_statement(kind: Literal["client", "user"]) -> Select[*tuple[Any, ...]]:
     """The active principal the token names, in one query that also proves we issued
     the token (its ``jti``) and have not revoked it. Built once; values are bound."""
     issued = exists().where(
@@ -109,7 +109,7 @@ def _principal_statement(kind: Literal["client", "user"]) -> Select[Any]:
     )
 
 
-PRINCIPAL_STATEMENTS: dict[str, Select[Any]] = {
+PRINCIPAL_STATEMENTS: dict[str, Select[*tuple[Any, ...]]] = {
     "client": _principal_statement("client"),
     "user": _principal_statement("user"),
 }
@@ -126,11 +126,13 @@ class PrincipalQuery:
 
 def principal_query(claims: TokenClaims) -> PrincipalQuery | None:
     """None when the token's subject names no kind of principal we have."""
-    kind, _, principal_id = claims.subject.partition(":")
+    prefix, _, principal_id = claims.subject.partition(":")
+    kind: Literal["client", "user"]
     key: str | uuid.UUID
-    if kind == "client":
-        key = principal_id
-    elif kind == "user":
+    if prefix == "client":
+        kind, key = "client", principal_id
+    elif prefix == "user":
+        kind = "user"
         try:
             key = uuid.UUID(principal_id)
         except ValueError:
@@ -142,7 +144,7 @@ def principal_query(claims: TokenClaims) -> PrincipalQuery | None:
 
 
 def principal_from_row(
-    query: PrincipalQuery, row: Mapping[str, Any] | None, claims: TokenClaims
+    query: PrincipalQuery, row: RowMapping | Mapping[str, Any] | None, claims: TokenClaims
 ) -> Principal | None:
     """The principal of a PRINCIPAL_STATEMENTS row, its scopes narrowed to what the token
     carries and what the principal and its organisation's kind hold now; None when there
@@ -250,5 +252,5 @@ def require_scope(
             await refuse(session, event, problem)
         return principal
 
-    dependency.required_scope = scope.value  # type: ignore[attr-defined]  # for OpenAPI
+    dependency.required_scope = scope.value  # for OpenAPI
     return dependency

@@ -22,16 +22,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin.models import SCOPES_BY_KIND, Client, Organisation, OrganisationKind, User
 from app.audit.models import AuditEvent
 from app.audit.service import record, request_context
 from app.auth import lockout
+from app.auth.assertions import (
+    ASSERTION_TYPE,
+    AssertionRefused,
+    unverified_client_id,
+    verify_assertion,
+)
 from app.auth.certificates import presented_thumbprint
 from app.auth.hashing import verify_secret
 from app.auth.keys import KeyRing
-from app.auth.models import AccessToken
+from app.auth.models import AccessToken, UsedClientAssertion
 from app.auth.principals import KeyRingDep, SettingsDep
 from app.auth.tokens import issue_token
 from app.config import Settings
@@ -88,6 +95,8 @@ class _Account:
     active: bool
     scopes: set[str]
     organisation: Organisation | None
+    public_jwks: dict[str, Any] | None = None  # a client's keys for private_key_jwt
+    secret_allowed: bool = True
 
 
 async def _find_client(session: AsyncSession, client_id: str) -> _Account:
@@ -103,7 +112,16 @@ async def _find_client(session: AsyncSession, client_id: str) -> _Account:
     client, org = row
     subject = f"client:{client.id}"
     active = client.active and org.active
-    return _Account(subject, subject, client.secret_hash, active, set(client.scopes), org)
+    return _Account(
+        subject,
+        subject,
+        client.secret_hash,
+        active,
+        set(client.scopes),
+        org,
+        client.public_jwks,
+        client.secret_allowed,
+    )
 
 
 async def _find_user(session: AsyncSession, username: str) -> _Account:
@@ -126,7 +144,23 @@ async def _find_user(session: AsyncSession, username: str) -> _Account:
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 GRANT_TYPES = ("client_credentials", "password")
 _MAX_PARAMETERS = 20
-_PARAMETERS = ("grant_type", "scope", "client_id", "client_secret", "username", "password")
+_PARAMETERS = (
+    "grant_type",
+    "scope",
+    "client_id",
+    "client_secret",
+    "client_assertion_type",
+    "client_assertion",
+    "username",
+    "password",
+)
+PRIVATE_KEY_JWT = "private_key_jwt"
+_CLIENT_FAILURE: tuple[int, str, str, dict[str, str] | None] = (
+    401,
+    "invalid_client",
+    "Client authentication failed.",
+    None,
+)
 
 
 class TokenRequestInvalid(Exception):
@@ -165,6 +199,15 @@ _TOKEN_FORM_SCHEMA: dict[str, Any] = {
         "scope": {"type": "string", "description": "Space-separated; default: all granted."},
         "client_id": {"type": "string", "description": "Or HTTP Basic (clientSecretBasic)."},
         "client_secret": {"type": "string"},
+        "client_assertion_type": {
+            "type": "string",
+            "enum": [ASSERTION_TYPE],
+            "description": "RFC 7523 private_key_jwt, instead of a secret.",
+        },
+        "client_assertion": {
+            "type": "string",
+            "description": "A JWT signed (RS256 or ES256) with the client's registered key.",
+        },
         "username": {"type": "string", "description": "The password grant's user."},
         "password": {"type": "string", "format": "password"},
     },
@@ -185,7 +228,9 @@ _TOKEN_FORM_SCHEMA: dict[str, Any] = {
             "invalid_scope",
         ),
         401: _oauth_error_response(
-            "The system client's id or secret is missing or wrong, or it is revoked.",
+            "The system client's id or secret is missing or wrong, or it is revoked; or "
+            "its client assertion is not valid (bad signature, expired, wrong audience, "
+            "replayed), or it is refused its secret.",
             "invalid_client",
             WWW_Authenticate='Basic realm="cp-register"',
         ),
@@ -218,7 +263,27 @@ async def token(
     grant_type, scope = form.get("grant_type"), form.get("scope")
     if grant_type is None:
         return _oauth_error(400, "invalid_request", "grant_type is required.")
-    if grant_type == "client_credentials":
+    method = "client_secret"
+    failure: tuple[int, str, str, dict[str, str] | None]
+    if grant_type == "client_credentials" and (
+        "client_assertion_type" in form or "client_assertion" in form
+    ):
+        assertion = form.get("client_assertion")
+        if form.get("client_assertion_type") != ASSERTION_TYPE or not assertion:
+            return _oauth_error(
+                400,
+                "invalid_request",
+                f"client_assertion_type must be {ASSERTION_TYPE}, with a client_assertion.",
+            )
+        if "client_secret" in form or _basic_credentials(request) is not None:
+            return _oauth_error(
+                400, "invalid_request", "Use one client authentication method, not two."
+            )
+        claimed = form.get("client_id") or unverified_client_id(assertion) or ""
+        find, secret, name = _finder(_find_client, session, claimed), assertion, claimed
+        failure = _CLIENT_FAILURE
+        method = PRIVATE_KEY_JWT
+    elif grant_type == "client_credentials":
         client_id, client_secret = form.get("client_id"), form.get("client_secret")
         basic = _basic_credentials(request)
         if basic is not None:
@@ -228,7 +293,7 @@ async def token(
                 401, "invalid_client", "Client authentication failed.", _BASIC_CHALLENGE
             )
         find, secret, name = _finder(_find_client, session, client_id), client_secret, client_id
-        failure: tuple[int, str, str, dict[str, str] | None] = (
+        failure = (
             401,
             "invalid_client",
             "Client authentication failed.",
@@ -250,7 +315,7 @@ async def token(
         keyring,
         find=find,
         secret=secret,
-        grant=Grant(grant_type, name, scope, failure),
+        grant=Grant(grant_type, name, scope, failure, method),
     )
     if isinstance(result, SignInRefused):
         return _oauth_error(result.status, result.error, result.description, result.headers)
@@ -299,6 +364,7 @@ class Grant:
     name: str  # the client id or username tried, for the audit event
     scope: str | None
     failure: tuple[int, str, str, dict[str, str] | None]  # the answer to a wrong secret
+    method: str = "client_secret"  # or private_key_jwt: the secret is a client assertion
 
 
 def _finder(
@@ -362,7 +428,11 @@ def _event(request: Request, account: _Account, grant: Grant) -> AuditEvent:
         principal=account.login_key,
         outcome="refused",
         **request_context(request),
-        detail={"grant_type": grant.grant_type, "name": grant.name[:100]},
+        detail={
+            "grant_type": grant.grant_type,
+            "name": grant.name[:100],
+            **({"client_auth": grant.method} if grant.method == PRIVATE_KEY_JWT else {}),
+        },
     )
 
 
@@ -420,8 +490,9 @@ async def sign_in(
         )
     # No commit before the check: the lock (on SQLite, the write lock) is held through
     # it, until the outcome's event is committed.
-    if not (await verify_secret(secret, account.secret_hash) and account.active):
-        event.event_type, event.refusal = lockout.FAILED, grant.failure[1]
+    refusal = await _authenticate(session, settings, account, secret, grant)
+    if refusal is not None:
+        event.event_type, event.refusal = lockout.FAILED, refusal
         event.detail = {**(event.detail or {}), **counts.detail(counting=1)}
         if reached := counts.locks_after_failure(settings):
             event.detail["locks"] = reached
@@ -464,6 +535,47 @@ async def sign_in(
     return TokenResponse(
         access_token=issued.token, expires_in=settings.token_ttl_seconds, scope=" ".join(scopes)
     )
+
+
+async def _authenticate(
+    session: AsyncSession, settings: Settings, account: _Account, credential: str, grant: Grant
+) -> str | None:
+    """None if the credential authenticates the account, else the refusal to record: the
+    grant's error code for a wrong secret or an inactive account, or why a secret or a
+    client assertion (RFC 7523) is refused."""
+    if grant.method != PRIVATE_KEY_JWT:
+        if not (await verify_secret(credential, account.secret_hash) and account.active):
+            return grant.failure[1]
+        return None if account.secret_allowed else "secret_not_allowed"
+    if account.subject is None:
+        return "assertion_unknown_client"
+    try:
+        assertion = verify_assertion(
+            credential,
+            account.public_jwks,
+            client_id=grant.name,
+            audience=settings.client_assertion_audience,
+            leeway=settings.token_leeway_seconds,
+        )
+    except AssertionRefused as refused:
+        return refused.reason
+    if not account.active:
+        return grant.failure[1]
+    # Used once: the insert that finds the jti already there inserts nothing. The primary
+    # key decides, in the database, so a burst on many workers gets one token.
+    insert = sqlite.insert if settings.is_sqlite else postgresql.insert
+    used = await session.execute(
+        insert(UsedClientAssertion)
+        .values(
+            client_id=assertion.client_id,
+            jti=assertion.jti,
+            expires_at=datetime.fromtimestamp(
+                assertion.expires_at + settings.token_leeway_seconds, UTC
+            ),
+        )
+        .on_conflict_do_nothing()
+    )
+    return None if used.rowcount == 1 else "assertion_replayed"  # type: ignore[attr-defined]
 
 
 async def _record(session: AsyncSession, event: AuditEvent) -> None:

@@ -29,7 +29,7 @@ from app.config import Settings
 from app.db import DatabaseUnavailable, HotConnection, HotStatement, hot_connection, utcnow
 from app.errors import ProblemError, responses, safe_validation_errors
 from app.lookup.limits import limit_columns, limit_lock_names, limit_parameters, over_limit
-from app.lookup.schemas import Contact, LookupAnswer, LookupRequest
+from app.lookup.schemas import AnswerStatus, Contact, LookupAnswer, LookupRequest
 from app.register.identifiers import normalise_name
 from app.register.matching import (
     Candidate,
@@ -117,11 +117,17 @@ async def lookup(request: Request) -> Response:
     return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
 
 
-async def answer_enquiry(request: Request, token: str, body: bytes | None) -> LookupAnswer:
+async def answer_enquiry(
+    request: Request, token: str, body: bytes | None, channel: dict[str, Any] | None = None
+) -> LookupAnswer:
     """Every legitimacy check of DESIGN.md on the enquiry ``body`` (JSON; None when it
     was not sent as JSON) from the bearer of ``token``, the audit event committed, and
     the answer. Raises the ProblemError of a refusal (itself audited), or 503 when the
-    database cannot be read or written."""
+    database cannot be read or written.
+
+    The one way an enquiry is answered: another interface (app/fhir/) translates its
+    request into this body and names itself in ``channel`` (e.g. ``{"channel": "fhir"}``),
+    which every event of the enquiry records in its ``detail``."""
     state = request.app.state
     # 1. The token (signature, claims) names a principal. Checked before a connection
     # is taken: refreshing the key set takes one of its own from the same pool, and
@@ -137,7 +143,7 @@ async def answer_enquiry(request: Request, token: str, body: bytes | None) -> Lo
         claims = exc
     try:
         async with hot_connection(state.sessionmaker, state.sqlite_writers) as connection:
-            return await _lookup(request, body, state.settings, connection, claims)
+            return await _lookup(request, body, state.settings, connection, claims, channel)
     except DatabaseUnavailable as exc:
         # A read failed (a write failure is already a 503 from write_event): nothing
         # could be decided, so nothing is answered.
@@ -151,10 +157,11 @@ async def _lookup(
     settings: Settings,
     connection: HotConnection,
     claims: TokenClaims | InvalidToken,
+    channel: dict[str, Any] | None = None,
 ) -> LookupAnswer:
     context = request_context(request)
     if isinstance(claims, InvalidToken):
-        detail = {"problem": str(claims), "path": request.url.path}
+        detail = {"problem": str(claims), "path": request.url.path} | (channel or {})
         refused = new_event(event_type="auth.refused", refusal="invalid_token", detail=detail)
         await _refuse(connection, refused | context, unauthenticated())
 
@@ -201,7 +208,7 @@ async def _lookup(
             event_type="auth.refused",
             principal=claims.subject,
             refusal="principal_inactive",
-            detail={"path": request.url.path},
+            detail={"path": request.url.path} | (channel or {}),
         )
         await _refuse(connection, refused | context, unauthenticated())
 
@@ -210,6 +217,7 @@ async def _lookup(
         principal=principal.subject,
         organisation_id=principal.organisation_id,
         outcome="refused",
+        detail=dict(channel) if channel else None,
         **context,
     )
     # 3. A reference point, with the lookup scope.
@@ -254,7 +262,7 @@ async def _lookup(
         assert invalid is not None
         errors = safe_validation_errors(invalid.errors())
         event["refusal"] = "invalid_request"
-        event["detail"] = {"errors": errors}
+        event["detail"] = (event["detail"] or {}) | {"errors": errors}
         problem = ProblemError(422, "Invalid request", code="invalid_request", errors=errors)
         await _refuse(connection, event, problem)
 
@@ -285,6 +293,7 @@ async def _lookup(
         )
 
     # 7. Within the volume limits (counted in step 2, for this very enquirer).
+    assert row is not None  # the principal was read from it
     over = over_limit(settings, row, now)
     if over is not None:
         event["refusal"] = over.refusal
@@ -385,16 +394,17 @@ def _answer(lookup_id: uuid.UUID, decision: Decision, settings: Settings) -> Loo
         contact = Contact(
             name=authority.authority_contact_name, phone=authority.authority_contact_phone
         )
+    status: AnswerStatus = decision.status.value
     if decision.status is Status.on_plan:
         entry = decision.candidates[0]
         return LookupAnswer(
             lookup_id=lookup_id,
-            status=decision.status.value,
+            status=status,
             categories=list(entry.categories),
             unborn=entry.unborn,
             contact=contact,
         )
-    return LookupAnswer(lookup_id=lookup_id, status=decision.status.value, contact=contact)
+    return LookupAnswer(lookup_id=lookup_id, status=status, contact=contact)
 
 
 def _record_answer(event: dict[str, Any], decision: Decision, answer: LookupAnswer) -> None:
@@ -406,7 +416,7 @@ def _record_answer(event: dict[str, Any], decision: Decision, answer: LookupAnsw
         event["entry_id"] = decision.candidates[0].entry_id
         event["entry_version"] = decision.candidates[0].version
     if decision.candidates:
-        event["detail"] = {
+        event["detail"] = (event["detail"] or {}) | {
             "matched": [
                 {
                     "entry_id": str(c.entry_id),

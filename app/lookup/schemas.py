@@ -179,11 +179,16 @@ class Contact(BaseModel):
     phone: str
 
 
+# The values of app/register/matching.py's Status, spelled out so that OpenAPI shows
+# them in the answer itself.
+AnswerStatus = Literal["on_plan", "not_on_plan", "refer_to_custodian"]
+
+
 class LookupAnswer(BaseModel):
     """Everything a lookup ever discloses; ``categories`` and ``unborn`` only when on a plan."""
 
     lookup_id: uuid.UUID
-    status: Literal["on_plan", "not_on_plan", "refer_to_custodian"]
+    status: AnswerStatus
     categories: list[Category] | None = None
     unborn: bool | None = None
     contact: Contact

@@ -26,7 +26,9 @@ class Notification(Base):
         # The de-duplication look-up, and the feed (newest first per authority).
         Index("ix_notifications_dedupe", "authority_id", "dedupe_key", "first_occurred_at"),
         Index("ix_notifications_feed", "authority_id", "first_occurred_at"),
-        UniqueConstraint("event_id", "authority_id"),
+        # Named as migration 0006 named it: the convention would name it after event_id
+        # alone, as 0003's constraint on event_id alone was.
+        UniqueConstraint("event_id", "authority_id", name="uq_notifications_event_id_authority_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)

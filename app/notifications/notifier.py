@@ -131,7 +131,9 @@ async def derive_notifications(session: AsyncSession, settings: Settings) -> Der
     ).all()
     created = repeats = 0
     if rows:
-        concerned = [(e, n, e.authority_id or linked) for e, n, linked in rows]
+        concerned: list[tuple[AuditEvent, str | None, uuid.UUID]] = [
+            (e, n, e.authority_id or linked) for e, n, linked in rows
+        ]
         created, repeats = await _notify(session, settings, concerned)
     scanned = upto - cursor.position
     cursor.position = upto
@@ -191,7 +193,7 @@ async def _notify(
             if not current.get("new"):
                 repeated[current["id"]] = current
             continue
-        notification = {
+        notification: dict[str, Any] = {
             "id": uuid.uuid4(),
             "authority_id": authority,
             "event_id": event.id,

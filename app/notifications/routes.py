@@ -77,11 +77,10 @@ class NotificationPage(BaseModel):
     next_cursor: str | None
 
 
-Row = tuple[Notification, AuditEvent, str | None]
 _unread_first = case((Notification.acknowledged_at.is_(None), 0), else_=1)
 
 
-def readable_notifications(reviewer: Principal) -> Select[Row]:
+def readable_notifications(reviewer: Principal) -> Select[Notification, AuditEvent, str | None]:
     """The reviewer's own authority's notifications, with the enquiry behind each."""
     return (
         select(Notification, AuditEvent, Organisation.name)

@@ -77,6 +77,18 @@ def duplicate_problems(
     return problems
 
 
+def every_problem(
+    rows: list[ParsedRow],
+    values: list[dict[str, Any]],
+    problems: list[RowProblem],
+    existing: LiveIndex,
+) -> list[RowProblem]:
+    """The rows' own ``problems`` and the duplicates among the valid ``rows``, by row:
+    a custodian corrects the whole file in one pass, not one kind of mistake at a time."""
+    found = problems + duplicate_problems(rows, values, existing)
+    return sorted(found, key=lambda problem: problem.row)
+
+
 def _chunks(items: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     for start in range(0, len(items), CHUNK):
         yield items[start : start + CHUNK]

@@ -1,7 +1,6 @@
 """`cpr register`: a custodian imports a register file through the API (so it is audited
 and checked exactly as `POST /v1/register/imports` checks it)."""
 
-import sys
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
@@ -9,9 +8,25 @@ from pathlib import Path
 import click
 import httpx
 
-from app.apiclient import problem_text, sign_in
-from app.register.bulk import LiveIndex, duplicate_problems
-from app.register.csvformat import RowProblem, parse_csv
+from app.apiclient import (
+    EXIT_BAD_INPUT,
+    URL_HELP,
+    CommandError,
+    body_of,
+    default_url,
+    progress,
+    refusal,
+    request,
+    sign_in,
+)
+from app.register.bulk import LiveIndex, every_problem
+from app.register.csvformat import (
+    ACCEPTED_CATEGORIES,
+    DATE_FORMATS,
+    RowProblem,
+    parse_csv,
+    plural,
+)
 from app.register.service import entry_values
 
 UPLOAD_CHUNK = 256 * 1024
@@ -23,17 +38,34 @@ def register_group() -> None:
     """Your authority's part of the register."""
 
 
-@register_group.command("import")
+IMPORT_EPILOG = f"""\b
+Dates: {DATE_FORMATS}.
+Categories: {ACCEPTED_CATEGORIES}
+(the words in any case, or the codes), several separated by ;.
+\b
+Exit codes: 0 imported; 2 the file has problems (each one listed on stderr by
+row and column; nothing was imported), or bad options; 3 refused (sign-in or
+permission); 4 the service cannot be reached or is unavailable.
+"""
+
+
+@register_group.command("import", epilog=IMPORT_EPILOG)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--url",
-    default="http://127.0.0.1:8000",
-    show_default=True,
+    default=default_url,
+    show_default="http://127.0.0.1:${PORT:-8000}",
     envvar="CPR_URL",
-    help="The cp-register service.",
+    help=URL_HELP,
 )
-@click.option("--username", prompt=True, envvar="CPR_USERNAME")
-@click.option("--password", prompt=True, hide_input=True, envvar="CPR_PASSWORD")
+@click.option("--username", prompt=True, envvar="CPR_USERNAME", help="Env CPR_USERNAME.")
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    envvar="CPR_PASSWORD",
+    help="Env CPR_PASSWORD; asked for, hidden, when not set.",
+)
 @click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the import.")
 def import_file(file: Path, url: str, username: str, password: str, timeout: int) -> None:
     """Import FILE (CSV, columns in the README): every row, or none if any row is wrong.
@@ -45,33 +77,35 @@ def import_file(file: Path, url: str, username: str, password: str, timeout: int
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise click.ClickException("the file is not UTF-8 text") from exc
+        raise CommandError("the file is not UTF-8 text", EXIT_BAD_INPUT) from exc
     lines = max(text.count("\n"), 1)
-    with click.progressbar(length=lines, label="Checking rows", file=sys.stderr) as bar:
-        rows, problems = parse_csv(text, date.today(), progress=bar.update)
-    problems = problems or duplicate_problems(
-        rows, [entry_values(row.data) for row in rows], LiveIndex()
-    )
+    with progress("Checking rows", lines) as step:
+        rows, problems = parse_csv(text, date.today(), progress=step)
+        values = [entry_values(row.data) for row in rows]
+        problems = every_problem(rows, values, problems, LiveIndex())
     if problems:
         _report(problems)
-        raise click.ClickException(f"{len(problems)} problems: nothing was sent or imported")
+        message = f"{plural(len(problems), 'problem')}: nothing was sent or imported"
+        raise CommandError(message, EXIT_BAD_INPUT)
 
     with httpx.Client(base_url=url, timeout=timeout) as http:
         headers = sign_in(http, username, password)
-        with click.progressbar(length=len(body), label="Sending", file=sys.stderr) as bar:
-            response = http.post(
+        with progress("Sending", len(body)) as step:
+            response = request(
+                http,
+                "POST",
                 "/v1/register/imports",
                 headers={**headers, "Content-Type": "text/csv"},
-                content=_chunks(body, bar.update),
+                content=_chunks(body, step),
             )
-    answer = response.json()
-    if response.status_code == 422 and answer.get("title") == "Import refused":
+    answer = body_of(response)
+    if response.status_code == 422 and answer.get("code") == "invalid_rows":
         _report([RowProblem(**error) for error in answer.get("errors", [])])
-        raise click.ClickException(f"{answer['detail']}")
+        raise CommandError(f"{answer.get('detail')}", EXIT_BAD_INPUT)
     if response.status_code != 201:
-        raise click.ClickException(problem_text(answer))
+        raise refusal(response)
     click.echo(
-        f"imported {answer['imported']} entries (import {answer['import_id']}, "
+        f"imported {plural(answer['imported'], 'entry')} (import {answer['import_id']}, "
         f"file sha256 {answer['sha256']})"
     )
 

@@ -86,7 +86,7 @@ class Decision:
         return None
 
 
-def _candidates_statement(*, by_nhs_number: bool, by_match_key: bool) -> Select[Any]:
+def _candidates_statement(*, by_nhs_number: bool, by_match_key: bool) -> Select[*tuple[Any, ...]]:
     conditions = []
     if by_nhs_number:
         conditions.append(RegisterEntry.subject_nhs_number == bindparam("nhs_number"))

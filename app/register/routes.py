@@ -35,6 +35,7 @@ from app.register.csvformat import (
     ParsedRow,
     RowProblem,
     parse_csv,
+    plural,
 )
 from app.register.identifiers import match_key
 from app.register.models import RegisterEntry, RegisterEntryVersion
@@ -715,8 +716,10 @@ async def import_entries(
     )
     if not problems:
         await lock_register(session, custodian.organisation_id)
-        existing = await bulk.live_index(session, custodian.organisation_id, today)
-        problems = bulk.duplicate_problems(rows, entries, existing)
+    # Refused either way when the rows have problems, so no lock: the duplicates are
+    # reported beside them, to be corrected in the same pass.
+    existing = await bulk.live_index(session, custodian.organisation_id, today)
+    problems = bulk.every_problem(rows, entries, problems, existing)
     detail = {"import_id": str(import_id), "sha256": digest, "rows": len(rows)}
     if problems:
         event = _event(
@@ -735,7 +738,7 @@ async def import_entries(
             ProblemError(
                 422,
                 "Import refused",
-                f"{len(problems)} problems{more}; nothing was imported. "
+                f"{plural(len(problems), 'problem')}{more}; nothing was imported. "
                 "Each error names the row (the header is row 1) and the column.",
                 code="invalid_rows",
                 errors=[problem.as_error() for problem in shown],
@@ -750,15 +753,16 @@ async def import_entries(
 def _read_import(
     body: bytes, today: date, *, authority_id: uuid.UUID, actor: Actor, import_id: uuid.UUID
 ) -> tuple[list[ParsedRow], list[RowProblem], list[dict[str, Any]], list[dict[str, Any]]]:
-    """The file's rows, its problems, and (without problems) the rows to insert."""
+    """The file's valid rows, its problems, and the rows to insert (with problems, only
+    the valid rows' :func:`entry_values`, to find duplicates among them)."""
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         return [], [RowProblem(1, "", "the file is not UTF-8 text")], [], []
     rows, problems = parse_csv(text, today)
-    if problems:
-        return rows, problems, [], []
     values = [entry_values(row.data) for row in rows]
+    if problems:
+        return rows, problems, values, []
     entries, versions = bulk.new_rows(
         values, authority_id=authority_id, actor=actor, import_id=import_id
     )
@@ -797,7 +801,7 @@ async def export_entries(
 
 async def _export_csv(
     sessionmaker: async_sessionmaker[AsyncSession],
-    statement: Select[tuple[RegisterEntry]],
+    statement: Select[RegisterEntry],
     contact: tuple[str, str],
 ) -> AsyncIterator[str]:
     buffer = io.StringIO()

@@ -109,7 +109,7 @@ async def lock_register(session: AsyncSession, authority_id: uuid.UUID) -> None:
     """Serialise writers to one authority's register until the transaction ends, so two
     creates of the same child cannot both pass the duplicate check. (SQLite's write
     transactions are already serial.)"""
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         await session.execute(
             text("SELECT pg_advisory_xact_lock(:class, hashtext(:key))"),
             {"class": _REGISTER_LOCK_CLASS, "key": str(authority_id)},

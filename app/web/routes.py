@@ -7,33 +7,35 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.audit.models import AuditEvent
 from app.audit.review import EnquiryListQuery, list_enquiries
 from app.audit.routes import admit_reviewer
 from app.audit.service import commit_or_fail_closed, request_context
 from app.auth.certificates import presented_thumbprint
-from app.auth.keys import KeyRing
 from app.auth.models import AccessToken
 from app.auth.principals import KeyRingDep, Principal, SettingsDep, authenticate
 from app.auth.routes import SignInRefused, sign_in_user
 from app.auth.tokens import verify_token
 from app.config import Settings
 from app.db import DATABASE_ERRORS, SessionDep, utcnow
-from app.errors import ProblemError
+from app.errors import ProblemError, allowed_methods
 from app.lookup.routes import answer_enquiry
 from app.lookup.schemas import Purpose
+from app.register.models import Category
 from app.web.session import (
     CSRF_FIELD,
     SESSION_COOKIE,
+    SignedInDep,
     check_form,
     csrf_token,
     end_session,
+    foreign_origin,
     remember_csrf,
     start_session,
 )
@@ -55,15 +57,53 @@ SECURITY_HEADERS = {
     # Answers and enquiries must not linger in a shared browser's cache.
     "Cache-Control": "no-store",
 }
+# Each answer in words, a symbol and a colour (the class), so that none of the three is
+# the only signal. The symbol is decoration for sighted readers: the words say it all.
 STATUSES = {
-    "on_plan": "On a child protection plan",
-    "not_on_plan": "Not on a child protection plan",
-    "refer_to_custodian": "Call the duty contact: the register cannot say from these details",
+    "on_plan": {"symbol": "\u26a0", "words": "On a child protection plan"},
+    "not_on_plan": {"symbol": "\u25cb", "words": "Not on a child protection plan"},
+    "refer_to_custodian": {
+        "symbol": "\u260e",
+        "words": "Call before acting: the register cannot answer from these details",
+    },
 }
-PURPOSES = [(purpose.value, purpose.value.replace("_", " ").capitalize()) for purpose in Purpose]
-LOOKUP_FIELDS = ("nhs_number", "given_name", "family_name", "date_of_birth", "purpose", "reason")
+UNBORN = "Unborn baby: plan held against the person you asked about"
+CATEGORIES = {
+    category.value: category.value.replace("_", " ").capitalize() for category in Category
+}
+PURPOSE_WORDS = {purpose.value: purpose.value.replace("_", " ").capitalize() for purpose in Purpose}
+# The purpose a kind of reference point gives most often, offered first and selected.
+OWN_PURPOSE = {
+    "emergency_department": Purpose.unscheduled_care.value,
+    "out_of_hours_social_care": Purpose.out_of_hours_referral.value,
+    "police": Purpose.police_investigation.value,
+}
+SUBJECT_FIELDS = ("nhs_number", "given_name", "family_name", "date_of_birth")
+LOOKUP_FIELDS = (*SUBJECT_FIELDS, "purpose", "reason")
+FIELD_LABELS = {
+    "nhs_number": "NHS number",
+    "given_name": "Given name",
+    "family_name": "Family name",
+    "date_of_birth": "Date of birth",
+    "purpose": "Purpose",
+    "reason": "Reason",
+}
+# What to do, in plain words, when a field is refused (the API's message says why).
+FIELD_HELP = {
+    "nhs_number": "Enter the 10-digit NHS number exactly as written; the last digit is a check.",
+    "given_name": "Enter the given name in full, as on the child's records.",
+    "family_name": "Enter the family name in full, as on the child's records.",
+    "date_of_birth": "Enter a real date of birth, not in the future.",
+    "purpose": "Choose one of the purposes offered.",
+    "reason": "Say why you are asking, in a few words.",
+    "subject": "Enter the NHS number, or the given name, family name and date of birth.",
+}
+# Typed values carried through a sign-in when the session ended (hidden form fields).
+CARRY_PREFIX = "carry_"
 
 SIGN_IN_RETRY_AFTER = "5"
+# Why a sign-in could not be recorded: the log or its database is unavailable.
+_SIGN_IN_UNRECORDED: tuple[type[Exception], ...] = (ProblemError, *DATABASE_ERRORS)
 
 router = APIRouter(include_in_schema=False)
 log = structlog.get_logger()
@@ -78,10 +118,11 @@ def _page(
     **context: Any,
 ) -> Response:
     csrf = csrf_token(request)
+    duty = {"name": settings.duty_contact_name, "phone": settings.duty_contact_phone}
     response = templates.TemplateResponse(
         request,
         template,
-        {"csrf": csrf, "signed_in": SESSION_COOKIE in request.cookies, **context},
+        {"csrf": csrf, "signed_in": SESSION_COOKIE in request.cookies, "duty": duty, **context},
         status_code=status_code,
         headers=SECURITY_HEADERS,
     )
@@ -114,21 +155,6 @@ def _to_sign_in(settings: Settings) -> Response:
     return response
 
 
-async def _signed_in(
-    request: Request, session: AsyncSession, settings: Settings, keyring: KeyRing
-) -> tuple[str, Principal] | None:
-    """The session's token and its principal; None without a session, or when the token
-    no longer holds (expired, revoked, principal disabled: refused and audited as the
-    API refuses it), which sends the browser back to sign in."""
-    token = request.cookies.get(SESSION_COOKIE)
-    if not token:
-        return None
-    try:
-        return token, await authenticate(request, session, settings, keyring, token)
-    except ProblemError:
-        return None
-
-
 @router.get("/")
 async def home() -> Response:
     return RedirectResponse("/web/lookup", status_code=303)
@@ -141,7 +167,17 @@ async def stylesheet() -> Response:
 
 @router.get("/web/sign-in")
 async def sign_in_page(request: Request, settings: SettingsDep) -> Response:
-    return _page(request, settings, "sign_in.html", title="Sign in", username="")
+    notice = "You have signed out." if "signed-out" in request.query_params else None
+    return _page(request, settings, "sign_in.html", title="Sign in", username="", notice=notice)
+
+
+def _carried(form: Any) -> dict[str, str]:
+    """The lookup's typed values carried through a sign-in, in hidden fields only."""
+    return {
+        field: str(form.get(CARRY_PREFIX + field, "")).strip()
+        for field in LOOKUP_FIELDS
+        if form.get(CARRY_PREFIX + field)
+    }
 
 
 @router.post("/web/sign-in")
@@ -152,13 +188,14 @@ async def sign_in(
     if (refused := _form_refused(request, settings, form.get(CSRF_FIELD))) is not None:
         return refused
     username, password = str(form.get("username", "")), str(form.get("password", ""))
+    carry = _carried(form)
     try:
         result = await sign_in_user(request, session, settings, keyring, username, password)
-    except (ProblemError, *DATABASE_ERRORS) as exc:
+    except _SIGN_IN_UNRECORDED as exc:
         # The sign-in could not be recorded (the log or its database is unavailable):
         # no session, and a page that says what to do instead of a JSON document.
         log.error("web_sign_in_unavailable", error_type=type(exc).__name__)
-        return _sign_in_unavailable(request, settings, username)
+        return _sign_in_unavailable(request, settings, username, carry)
     if isinstance(result, SignInRefused):
         error = {"title": "Not signed in", "detail": result.description}
         status = 429 if result.status == 429 else 401
@@ -170,20 +207,36 @@ async def sign_in(
             title="Sign in",
             username=username,
             error=error,
+            carry=carry,
         )
     scopes = set(result.scope.split())
-    to = "/web/lookup" if "register:lookup" in scopes else "/web/audit"
-    response = RedirectResponse(to, status_code=303, headers=SECURITY_HEADERS)
+    if carry and "register:lookup" in scopes:
+        # Back to the lookup the session ended on, with what was typed: the values came
+        # in this very form, and go back out in the page, stored nowhere else.
+        principal = await authenticate(request, session, settings, keyring, result.access_token)
+        form_values = dict.fromkeys(LOOKUP_FIELDS, "") | carry
+        response = _lookup_form(
+            request,
+            settings,
+            principal,
+            form=form_values,
+            signed_in=True,
+            notice="You are signed in again. Check what you typed, then press Look up.",
+        )
+    else:
+        to = "/web/lookup" if "register:lookup" in scopes else "/web/audit"
+        response = RedirectResponse(to, status_code=303, headers=SECURITY_HEADERS)
     start_session(response, result.access_token, result.expires_in, settings)
     return response
 
 
-def _sign_in_unavailable(request: Request, settings: Settings, username: str) -> Response:
-    """503: a sign-in that cannot be recorded is not made; say what to do instead."""
+def _sign_in_unavailable(
+    request: Request, settings: Settings, username: str, carry: dict[str, str]
+) -> Response:
+    """503: a sign-in that cannot be recorded is not made; say what to do instead (the
+    base page names whom to call)."""
     detail = (
-        "The service cannot record sign-ins just now, so it cannot sign you in. Try again "
-        f"shortly. If you need an answer now, call {settings.duty_contact_name} "
-        f"on {settings.duty_contact_phone}."
+        "The service cannot record sign-ins just now, so it cannot sign you in. Try again shortly."
     )
     response = _page(
         request,
@@ -193,6 +246,7 @@ def _sign_in_unavailable(request: Request, settings: Settings, username: str) ->
         title="Sign in",
         username=username,
         error={"title": "Service unavailable", "detail": detail},
+        carry=carry,
     )
     response.headers["Retry-After"] = SIGN_IN_RETRY_AFTER
     return response
@@ -200,18 +254,21 @@ def _sign_in_unavailable(request: Request, settings: Settings, username: str) ->
 
 @router.post("/web/sign-out")
 async def sign_out(
-    request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    keyring: KeyRingDep,
+    signed_in: SignedInDep,
 ) -> Response:
     """Ends the session for good: the token is revoked server-side (it would otherwise
     work on /web and as a bearer token until it expires), and that is on record."""
     form = await request.form()
     if (refused := _form_refused(request, settings, form.get(CSRF_FIELD))) is not None:
         return refused
-    signed_in = await _signed_in(request, session, settings, keyring)
     if signed_in is not None:
-        token, principal = signed_in
+        principal = signed_in.principal
         claims = await verify_token(
-            keyring, settings, token, certificate=presented_thumbprint(request, settings)
+            keyring, settings, signed_in.token, certificate=presented_thumbprint(request, settings)
         )
         await session.execute(
             update(AccessToken)
@@ -229,86 +286,181 @@ async def sign_out(
             )
         )
         await commit_or_fail_closed(session)
-    return _to_sign_in(settings)
+    response = RedirectResponse(
+        "/web/sign-in?signed-out", status_code=303, headers=SECURITY_HEADERS
+    )
+    end_session(response, settings)
+    return response
 
 
 @router.get("/web/lookup")
-async def lookup_page(
-    request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
-) -> Response:
-    signed_in = await _signed_in(request, session, settings, keyring)
+async def lookup_page(request: Request, settings: SettingsDep, signed_in: SignedInDep) -> Response:
     if signed_in is None:
         return _to_sign_in(settings)
-    _, principal = signed_in
-    return _lookup_form(request, settings, principal.display_name)
+    return _lookup_form(request, settings, signed_in.principal)
+
+
+def _purposes(principal: Principal | None, settings: Settings) -> tuple[list[tuple[str, str]], str]:
+    """The purposes the principal's kind of organisation may give (the settings'
+    purposes_by_kind, as the lookup checks them), its own first, and that default."""
+    kind = principal.organisation_kind.value if principal is not None else ""
+    allowed = settings.purposes_by_kind.get(kind, frozenset())
+    own = OWN_PURPOSE.get(kind, "")
+    ordered = sorted(
+        (p.value for p in Purpose if p.value in allowed), key=lambda value: value != own
+    )
+    return [(value, PURPOSE_WORDS[value]) for value in ordered], own if own in allowed else ""
 
 
 def _lookup_form(
-    request: Request, settings: Settings, who: str, *, status_code: int = 200, **context: Any
+    request: Request,
+    settings: Settings,
+    principal: Principal | None,
+    *,
+    status_code: int = 200,
+    **context: Any,
 ) -> Response:
-    form = context.pop("form", dict.fromkeys(LOOKUP_FIELDS, ""))
+    """The lookup page. ``principal`` is None only on a form whose CSRF token had
+    expired, where nobody is authenticated with: the page offers the form again."""
+    purposes, own = _purposes(principal, settings)
+    # Focus starts in the first field refused, else in the first field of all.
+    refused = [
+        "nhs_number" if field == "subject" else field
+        for field in ("subject", *LOOKUP_FIELDS)
+        if field in (context.get("field_errors") or {})
+    ]
+    context.setdefault("focus", refused[0] if refused else "nhs_number")
+    form = context.pop("form", None) or dict.fromkeys(LOOKUP_FIELDS, "")
+    if not form.get("purpose"):
+        form = form | {"purpose": own}
     return _page(
         request,
         settings,
         "lookup.html",
         status_code=status_code,
         title="Is this child on a plan?",
-        who=who,
+        who=principal.display_name if principal is not None else None,
         form=form,
-        purposes=PURPOSES,
+        purposes=purposes,
         statuses=STATUSES,
+        categories=CATEGORIES,
+        unborn_words=UNBORN,
+        labels=FIELD_LABELS,
         **context,
     )
 
 
 def _enquiry(form: dict[str, str]) -> bytes:
     """The API's JSON body from the form: empty fields are left out, not sent blank."""
-    subject = {
-        field: form[field]
-        for field in ("nhs_number", "given_name", "family_name", "date_of_birth")
-        if form[field]
-    }
+    subject = {field: form[field] for field in SUBJECT_FIELDS if form[field]}
     body = {"subject": subject, "purpose": form["purpose"], "reason": form["reason"]}
     return json.dumps(body).encode()
 
 
+def _field_errors(problem: ProblemError) -> dict[str, str]:
+    """The refusal's errors by form field (a validation error's loc, or a refusal that is
+    about one field), each in plain words: what is wrong, then what to enter."""
+    if problem.code == "purpose_not_allowed":
+        return {
+            "purpose": "This purpose is not open to your organisation. " + FIELD_HELP["purpose"]
+        }
+    fields: dict[str, str] = {}
+    for error in problem.errors or ():
+        loc = [part for part in error.get("loc", ()) if part != "body"]
+        field = next((part for part in reversed(loc) if part in LOOKUP_FIELDS), None)
+        if field is None:
+            field = "subject" if loc[:1] == ["subject"] else None
+        if field is None or field in fields:
+            continue
+        why = str(error.get("msg", "")).removeprefix("Value error, ").strip()
+        if error.get("type") in ("missing", "string_too_short"):
+            why = "This is needed"
+        elif error.get("type") == "extra_forbidden" or not why:
+            why = "This was not accepted"
+        if field == "subject":  # the rule itself is the help: said once
+            fields[field] = FIELD_HELP[field]
+            continue
+        fields[field] = f"{why[:1].upper()}{why[1:]}. {FIELD_HELP[field]}".replace("..", ".")
+    return fields
+
+
+def _typed(posted: Any) -> dict[str, str]:
+    return {field: str(posted.get(field, "")).strip() for field in LOOKUP_FIELDS}
+
+
 @router.post("/web/lookup")
-async def lookup(
-    request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
-) -> Response:
+async def lookup(request: Request, settings: SettingsDep, signed_in: SignedInDep) -> Response:
     posted = await request.form()
-    if (refused := _form_refused(request, settings, posted.get(CSRF_FIELD))) is not None:
-        return refused
-    signed_in = await _signed_in(request, session, settings, keyring)
+    form = _typed(posted)
+    try:
+        check_form(request, posted.get(CSRF_FIELD))
+    except ProblemError as problem:
+        if foreign_origin(request):
+            return _form_refused(request, settings, posted.get(CSRF_FIELD)) or _to_sign_in(settings)
+        # Our own form, left open too long (or its cookie cleared): nothing is looked up,
+        # and the page offers it again with what was typed and a fresh token.
+        expired = {"title": "This form has expired", "detail": "Please try again."}
+        return _lookup_form(
+            request, settings, None, status_code=problem.status, form=form, error=expired
+        )
     if signed_in is None:
-        return _to_sign_in(settings)
-    token, principal = signed_in
-    form = {field: str(posted.get(field, "")).strip() for field in LOOKUP_FIELDS}
+        # The session ended (15 minutes, or signed out elsewhere): sign in again, and
+        # what was typed comes back in hidden fields of the sign-in form, nowhere else.
+        minutes = settings.token_ttl_seconds // 60
+        ended = _page(
+            request,
+            settings,
+            "sign_in.html",
+            status_code=401,
+            title="Sign in",
+            username="",
+            notice=(
+                f"Your session ended after {minutes} minutes; sign in again. What you "
+                "typed is kept."
+            ),
+            carry={field: value for field, value in form.items() if value},
+            signed_in=False,
+        )
+        end_session(ended, settings)  # a token that no longer holds is not kept either
+        return ended
+    token, principal = signed_in.token, signed_in.principal
     try:
         answer = await answer_enquiry(request, token, _enquiry(form))
     except ProblemError as problem:
-        error = {"title": problem.title, "detail": problem.detail, "errors": problem.errors}
-        return _lookup_form(
+        field_errors = _field_errors(problem)
+        error: dict[str, Any]
+        if field_errors:
+            error = {"title": "Check the details", "detail": None, "fields": field_errors}
+        else:
+            error = {"title": problem.title, "detail": problem.detail}
+        response = _lookup_form(
             request,
             settings,
-            principal.display_name,
+            principal,
             status_code=problem.status,
             form=form,
             error=error,
+            field_errors=field_errors,
         )
-    # The answer is shown; the identifiers are not shown back beside it.
+        if problem.status in (429, 503) and problem.headers:
+            retry = problem.headers.get("Retry-After")
+            if retry:
+                response.headers["Retry-After"] = retry
+        return response
+    # The identifiers the officer sent are shown beside the answer (they sent them), so
+    # it is plain which child it is for; the form itself starts blank again.
+    asked = [(FIELD_LABELS[field], form[field]) for field in SUBJECT_FIELDS if form[field]]
     blank = dict.fromkeys(LOOKUP_FIELDS, "") | {"purpose": form["purpose"]}
-    return _lookup_form(request, settings, principal.display_name, form=blank, answer=answer)
+    return _lookup_form(request, settings, principal, form=blank, answer=answer, asked=asked)
 
 
 @router.get("/web/audit")
 async def audit_page(
-    request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
+    request: Request, session: SessionDep, settings: SettingsDep, signed_in: SignedInDep
 ) -> Response:
-    signed_in = await _signed_in(request, session, settings, keyring)
     if signed_in is None:
         return _to_sign_in(settings)
-    _, principal = signed_in
+    principal = signed_in.principal
     context: dict[str, Any] = {
         "title": "Enquiries about your children",
         "who": principal.display_name,
@@ -328,3 +480,73 @@ async def audit_page(
             **context,
         )
     return _page(request, settings, "audit.html", page=page, **context)
+
+
+# The /web pages' errors are pages, never the API's problem+json: what happened, in
+# words, and whom to call (the API's own paths keep their problem documents).
+ERROR_PAGES = {
+    400: ("The form could not be read", "Open the page again and try once more."),
+    403: ("This form has expired", "Please try again from the page it came from."),
+    404: ("Page not found", "There is no page at this address."),
+    405: ("This page cannot be used that way", "Open it from a link or a form of the service."),
+    500: ("Something went wrong", "The service could not finish this. Try again shortly."),
+    503: ("Service unavailable", "The service cannot answer just now. Try again shortly."),
+}
+
+
+def _is_web(request: Request) -> bool:
+    path = request.url.path
+    return path == "/web" or path.startswith("/web/")
+
+
+def error_page(request: Request, status: int, detail: str | None = None) -> Response:
+    settings: Settings = request.app.state.settings
+    title, message = ERROR_PAGES.get(status, ERROR_PAGES[500 if status >= 500 else 400])
+    response = _page(
+        request,
+        settings,
+        "error.html",
+        status_code=status,
+        title=title,
+        message=detail or message,
+    )
+    if status == 405:
+        response.headers["Allow"] = ", ".join(allowed_methods(request))
+    if status == 503:
+        response.headers["Retry-After"] = SIGN_IN_RETRY_AFTER
+    return response
+
+
+def install_error_pages(app: FastAPI) -> None:
+    """Wrap the app's error handlers (app/errors.py) so that under /web they answer
+    with a page; everywhere else the API's handler answers as before."""
+    kinds: list[type[Exception]] = [
+        StarletteHTTPException,
+        ProblemError,
+        *DATABASE_ERRORS,
+        Exception,
+    ]
+    for kind in kinds:
+        api_handler = app.exception_handlers.get(kind)
+        if api_handler is None:
+            continue
+
+        async def handler(
+            request: Request, exc: Exception, api_handler: Any = api_handler
+        ) -> Response:
+            if not _is_web(request):
+                return await api_handler(request, exc)
+            if isinstance(exc, StarletteHTTPException):
+                status = 404 if exc.status_code == 404 else exc.status_code
+                return error_page(request, status if status in ERROR_PAGES else 400)
+            if isinstance(exc, ProblemError):
+                if exc.code == "form_refused":
+                    return error_page(request, 403, exc.detail)
+                return error_page(request, exc.status)
+            if isinstance(exc, DATABASE_ERRORS):
+                log.error("database_unavailable", error_type=type(exc).__name__)
+                return error_page(request, 503)
+            log.error("unhandled_error", error_type=type(exc).__name__)
+            return error_page(request, 500)
+
+        app.add_exception_handler(kind, handler)

@@ -9,10 +9,14 @@ site's is refused before anything is read.
 
 import hmac
 import secrets
+from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 
+from app.auth.principals import KeyRingDep, Principal, SettingsDep, authenticate
 from app.config import Environment, Settings
+from app.db import SessionDep
 from app.errors import ProblemError
 
 SESSION_COOKIE = "cpr_session"
@@ -42,18 +46,22 @@ def remember_csrf(response: Response, token: str, settings: Settings) -> None:
     )
 
 
+def foreign_origin(request: Request) -> bool:
+    """True when the form was posted from another site's page (Origin says so)."""
+    origin = request.headers.get("origin")
+    return origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}"
+
+
 def check_form(request: Request, form_token: object) -> None:
     """403 unless the form came from our own pages."""
-    origin = request.headers.get("origin")
-    own = f"{request.url.scheme}://{request.url.netloc}"
-    if origin is not None and origin != own:
+    if foreign_origin(request):
         raise ProblemError(
             403, "Forbidden", "This form was sent from another site.", code="form_refused"
         )
     cookie = request.cookies.get(CSRF_COOKIE)
     if not cookie or not isinstance(form_token, str) or not hmac.compare_digest(cookie, form_token):
         raise ProblemError(
-            403, "Forbidden", "This form has expired: open the page again.", code="form_refused"
+            403, "Forbidden", "This form has expired; please try again.", code="form_refused"
         )
 
 
@@ -73,3 +81,40 @@ def end_session(response: Response, settings: Settings) -> None:
     response.delete_cookie(
         SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict", secure=_secure(settings)
     )
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """The browser's session: its access token, and the principal it names now."""
+
+    token: str
+    principal: Principal
+
+
+async def get_signed_in(
+    request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
+) -> SignedIn | None:
+    """Who is signed in, the pages' one way to know (tests/test_routes_authenticated.py
+    finds it, or get_principal, under every route that is not listed as open). None
+    without a session, or when its token no longer holds (expired, revoked, principal
+    disabled: refused and audited as the API refuses it): the page sends the browser
+    back to sign in.
+
+    A form that did not come from our own pages is never authenticated with: the page
+    refuses it (check_form, again) before it looks at who is signed in."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    if request.method == "POST":
+        form = await request.form()  # read once: Starlette keeps it for the page
+        try:
+            check_form(request, form.get(CSRF_FIELD))
+        except ProblemError:
+            return None
+    try:
+        return SignedIn(token, await authenticate(request, session, settings, keyring, token))
+    except ProblemError:
+        return None
+
+
+SignedInDep = Annotated[SignedIn | None, Depends(get_signed_in)]
