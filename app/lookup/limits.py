@@ -5,16 +5,13 @@ refused until its oldest counted lookup leaves the window.
 
 A limit of ``limit`` lookups per ``window`` is reached exactly when the
 ``limit``-th newest lookup of the caller lies inside the window, and it frees
-when that lookup leaves it. So each limit is one scalar expression, "the
+when that lookup leaves it. So each limit is one scalar subquery, "the
 ``limit``-th newest lookup's time, if it is in the window" (NULL otherwise),
-that reads at most ``limit`` entries of a partial index of lookups (migrations
-0007 and 0009), and nothing of the caller's history before the window, on
-SQLite and PostgreSQL alike (on PostgreSQL, a caller at its limit reads the
-limit's worth twice; see _nth_newest_lookup_postgresql for how):
-``(principal, occurred_at)`` for the client, ``(principal, enquirer_id,
+that walks at most ``limit`` entries of a partial index of lookups (migration
+0005): ``(principal, occurred_at)`` for the client, ``(principal, enquirer_id,
 occurred_at)`` for the enquirer, so the enquirer's count reads only that
-enquirer's lookups. They ride along in the statement that loads the principal
-(``app/lookup/routes.py``), so the limits cost no round trip of their own.
+enquirer's lookups. Both ride along in the statement that loads the principal
+(``app/auth/principals.py``), so the limits cost no round trip of their own.
 
 Exact under concurrency: the count and the event's INSERT run in one transaction
 holding a lock per client and per enquirer (PostgreSQL advisory locks, on SQLite
@@ -28,17 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    BindParameter,
-    ColumnElement,
-    Label,
-    bindparam,
-    case,
-    literal_column,
-    select,
-    tuple_,
-)
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy import Label, ScalarSelect, bindparam, literal_column, select, tuple_
 
 from app.audit.models import AuditEvent
 from app.config import Settings
@@ -60,111 +47,45 @@ class OverLimit:
 
 def _nth_newest_lookup(
     *, by_enquirer: bool, prefix: str, dialect: str, outcome: str | None = None
-) -> ColumnElement[datetime]:
+) -> ScalarSelect[datetime]:
     """The time of the caller's ``{prefix}_nth``-th newest lookup since ``{prefix}_since``
-    (only those answered ``outcome``, if given): NULL while fewer are in the window."""
+    (only those answered ``outcome``, if given)."""
     principal = bindparam("limit_principal", type_=AuditEvent.principal.type)
     since = bindparam(f"{prefix}_since", type_=AuditEvent.occurred_at.type)
-    offset: BindParameter[int] = bindparam(f"{prefix}_offset")
-    # Literals, not bound values: they are what lets PostgreSQL (in the generic plan of
-    # a prepared statement, too) and SQLite use the partial indexes of migrations 0007
-    # and 0009, which hold lookups only, or the referrals only.
-    kept = [AuditEvent.event_type == literal_column("'lookup'")]
-    if outcome is not None:
-        kept.append(AuditEvent.outcome == literal_column(f"'{outcome}'"))
-    if dialect == "sqlite":
-        # SQLite takes the partial index for the plain range and stops its walk at the
-        # window's start: the newest first, at most the limit's worth.
-        caller = [AuditEvent.principal == principal]
-        if by_enquirer:
-            enquirer = bindparam("limit_enquirer_id", type_=AuditEvent.enquirer_id.type)
-            caller.append(AuditEvent.enquirer_id == enquirer)
-        return (
-            select(AuditEvent.occurred_at)
-            .where(*caller, *kept, AuditEvent.occurred_at >= since)
-            .order_by(AuditEvent.occurred_at.desc())
-            .offset(offset)
-            .limit(1)
-            .scalar_subquery()
-        )
-    return _nth_newest_lookup_postgresql(
-        by_enquirer=by_enquirer, principal=principal, since=since, offset=offset, kept=kept
-    )
-
-
-def _nth_newest_lookup_postgresql(
-    *,
-    by_enquirer: bool,
-    principal: BindParameter[str],
-    since: BindParameter[datetime],
-    offset: BindParameter[int],
-    kept: list[ColumnElement[bool]],
-) -> ColumnElement[datetime]:
-    """PostgreSQL's form of _nth_newest_lookup: whatever the statistics say, a walk of
-    the partial index that reads at most the limit's worth and nothing of the caller's
-    history before the window.
-
-    A plain range ``occurred_at >= since`` lets the planner walk
-    ``ix_audit_events_occurred_at`` instead, through every principal's events in the
-    window (its statistics lag behind an append-only log and put next to no rows in the
-    window: 5 ms a lookup under load). A row comparison ``(principal, occurred_at) >=
-    (p, since)`` beside ``principal = p`` keeps the planner on the partial index, but a
-    walk down from the caller's newest does not stop at it (PostgreSQL ends a scan on a
-    row comparison's first column only): while the caller is within its limit, that
-    walk read its whole history, 89 buffers for a client with 4,898 past lookups against
-    3 for the plain range.
-
-    So first "is the limit reached": the limit-th *oldest* lookup in the window, walked
-    up from the window's start (where the row comparison positions the scan) and
-    stopped at the end of the caller's entries (``lead <= value``, a bound the scan
-    ends at), or at the limit's worth. The caller's column is ranged over, not
-    ``lead = value``, which would drop it from the index order and start the scan at
-    the caller's oldest entry. Only when it is reached, the limit-th *newest* as
-    before, the walk down with the row comparison: the limit reached, the limit's worth
-    of the caller's newest are all in the window, and the walk stops there. (That second
-    statement's plan is the planner's choice, as the whole count was before; it runs
-    only for a caller at its limit, whose lookup is refused.)
-    """
-    caller = [AuditEvent.principal == principal]
-    keys: list[InstrumentedAttribute[str | None]] = [AuditEvent.principal]
+    keys = [AuditEvent.principal]
     values = [principal]
     if by_enquirer:
-        # Index (principal, enquirer_id, occurred_at): the principal fixed, the range
-        # on the enquirer.
         enquirer = bindparam("limit_enquirer_id", type_=AuditEvent.enquirer_id.type)
-        caller.append(AuditEvent.enquirer_id == enquirer)
         keys.append(AuditEvent.enquirer_id)
         values.append(enquirer)
-        ranged = [*kept, caller[0]]
+    # "occurred_at >= since". On PostgreSQL, as a row comparison over the partial
+    # index's columns, which only that index can use: with a plain range on occurred_at,
+    # its statistics (which lag behind an append-only log) put next to no rows in the
+    # window and it walked ix_audit_events_occurred_at instead, through every
+    # principal's events in the window, at 5 ms a lookup under load. SQLite's planner
+    # (no statistics unless asked) takes the partial index for the plain range, and
+    # would not use the row comparison to bound its walk.
+    if dialect == "sqlite":
+        window = AuditEvent.occurred_at >= since
     else:
-        # Index (principal, occurred_at).
-        ranged = kept
-    lead, value = keys[-1], values[-1]
-    limit_reached = (
-        select(AuditEvent.occurred_at)
-        .where(
-            *ranged,
-            tuple_(lead, AuditEvent.occurred_at) >= tuple_(value, since),
-            lead <= value,
-        )
-        .order_by(lead, AuditEvent.occurred_at)
-        .offset(offset)
+        window = tuple_(*keys, AuditEvent.occurred_at) >= tuple_(*values, since)
+    statement = select(AuditEvent.occurred_at).where(
+        *(key == value for key, value in zip(keys, values, strict=True)),
+        # A literal, not a bound value: it is what lets PostgreSQL (in the generic plan
+        # of a prepared statement, too) and SQLite use the partial indexes of migration
+        # 0005, which hold lookups only.
+        AuditEvent.event_type == literal_column("'lookup'"),
+        window,
+    )
+    if outcome is not None:
+        # A literal too: migration 0009's partial index holds only these answers.
+        statement = statement.where(AuditEvent.outcome == literal_column(f"'{outcome}'"))
+    return (
+        statement.order_by(AuditEvent.occurred_at.desc())
+        .offset(bindparam(f"{prefix}_offset"))
         .limit(1)
         .scalar_subquery()
     )
-    nth_newest = (
-        select(AuditEvent.occurred_at)
-        .where(
-            *caller,
-            *kept,
-            tuple_(*keys, AuditEvent.occurred_at) >= tuple_(*values, since),
-        )
-        .order_by(AuditEvent.occurred_at.desc())
-        .offset(offset)
-        .limit(1)
-        .scalar_subquery()
-    )
-    return case((limit_reached.is_not(None), nth_newest))
 
 
 def limit_columns(dialect: str) -> tuple[Label[datetime], ...]:
