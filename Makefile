@@ -29,8 +29,9 @@ run: install
 	@echo "Serving on http://$(HOST):$(PORT)  (Ctrl-C to stop)"
 	$(BIN)/uvicorn app.main:create_app --factory --host $(HOST) --port $(PORT) --no-access-log
 
+# Both cores (pytest-xdist): the tests that start real processes run on one worker, in turn.
 test: install lint browser front
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 # The web client's browser test (tests/test_web_browser.py) drives Debian's Chromium.
 # Installed when it can be (root, apt); without it that test skips, or fails under CI.

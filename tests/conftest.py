@@ -131,6 +131,9 @@ def _test_settings(
         # lookups a minute across the suite; the limits themselves are tested with
         # settings of their own (tests/security/test_limits.py).
         lookup_limit_per_client=1_000_000,
+        # Small pools: the suite's apps and its two test workers share the server's
+        # 100 connections.
+        database_pool_size=5,
         **overrides,
     )
     upgrade_database(settings.model_copy(update={"database_url": database.owner_url}))

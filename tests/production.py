@@ -48,10 +48,13 @@ def setup_statements(database: str, owner: str, service: str) -> list[str]:
     return [
         f"CREATE ROLE {owner} LOGIN",
         f'CREATE DATABASE "{database}" OWNER {owner}',
+        # Roles are the server's, shared by every database and every test worker: two
+        # creating it at once must both succeed.
         f"""DO $$ BEGIN
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
                 CREATE ROLE {APP_ROLE} NOLOGIN;
             END IF;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
         END $$""",
         f"CREATE ROLE {service} LOGIN NOINHERIT IN ROLE {APP_ROLE}",
     ]

@@ -18,6 +18,9 @@ from app.config import Settings
 from app.main import create_app
 from tests.conftest import BORN, NHS, World
 
+# Real processes, ports and CPU-bound timing: one xdist worker runs all of these, in turn.
+pytestmark = pytest.mark.xdist_group("processes")
+
 
 def free_port() -> int:
     """A loopback port nothing listens on (once the probe closes)."""

@@ -50,6 +50,9 @@ from app.register.service import Actor, create_entry
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.production import APP_ROLE, production_database
 
+# Real processes, ports and CPU-bound timing: one xdist worker runs all of these, in turn.
+pytestmark = pytest.mark.xdist_group("processes")
+
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "openapi" / "openapi.json"
 DOCUMENT: dict[str, Any] = json.loads(COMMITTED.read_text())

@@ -25,6 +25,9 @@ from app.main import create_app
 from tests.pgcluster import PgCluster
 from tests.production import asyncpg_dsn
 
+# Real processes, ports and CPU-bound timing: one xdist worker runs all of these, in turn.
+pytestmark = pytest.mark.xdist_group("processes")
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "audit-log.md"
 CPR = Path(sys.executable).parent / "cpr"
 

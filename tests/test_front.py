@@ -32,6 +32,9 @@ from jose import jwt
 from bench.servers import free_port
 from tests.deployment import ROOT, Deployment, deploy
 
+# Real processes, ports and CPU-bound timing: one xdist worker runs all of these, in turn.
+pytestmark = pytest.mark.xdist_group("processes")
+
 TEMPLATE = ROOT / "deploy" / "compose" / "nginx" / "templates" / "nginx.conf.template"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HTTP_TIMEOUT_SECONDS = 10.0

@@ -57,6 +57,9 @@ from tests.deployment import (
 from tests.pgcluster import PgCluster
 from tests.production import APP_ROLE
 
+# Real processes, ports and CPU-bound timing: one xdist worker runs all of these, in turn.
+pytestmark = pytest.mark.xdist_group("processes")
+
 # DESIGN/issue 11: 503 within ~3 s (the service's request deadline is 2.5 s by default);
 # measured at the client, so a little slack for the client sharing the machine.
 CLIENT_BOUND_SECONDS = 3.5

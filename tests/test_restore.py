@@ -23,6 +23,9 @@ from sqlalchemy.engine import make_url
 from tests.deployment import HTTP_TIMEOUT_SECONDS, Deployment, deploy, tokens
 from tests.production import APP_ROLE, asyncpg_dsn, run_as_superuser
 
+# Real processes, ports and CPU-bound timing: one xdist worker runs all of these, in turn.
+pytestmark = pytest.mark.xdist_group("processes")
+
 DRAIN_BOUND_SECONDS = 20.0
 
 

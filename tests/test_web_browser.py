@@ -12,6 +12,9 @@ import pytest
 from tests.conftest import NHS, World
 from tests.test_cli_lookup import served  # noqa: F401  (fixture)
 
+# Real processes, ports and CPU-bound timing: one xdist worker runs all of these, in turn.
+pytestmark = pytest.mark.xdist_group("processes")
+
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 

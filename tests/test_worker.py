@@ -20,6 +20,9 @@ import pytest
 from bench.servers import Server
 from tests.deployment import HTTP_TIMEOUT_SECONDS, Deployment, deploy, tokens
 
+# Real processes, ports and CPU-bound timing: one xdist worker runs all of these, in turn.
+pytestmark = pytest.mark.xdist_group("processes")
+
 API = {"CPR_BACKGROUND_IN_API": "false"}
 # Short so the test waits little; the defaults are 1 s and 10 s.
 WORKER = {"CPR_WORKER_LEADER_CHECK_SECONDS": "0.5", "CPR_WORKER_LEADER_TIMEOUT_SECONDS": "3"}
