@@ -3,9 +3,11 @@ and delivering webhooks. One class, started and stopped the same way wherever it
 in each API process (the embedded default) or in `cpr worker` (app/worker.py)."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.audit.chain import CheckpointSigner, CheckpointVerifier, SigningRefused
 from app.audit.sealing import SealingBusy, Sequencer, verifier_keys_path
@@ -91,3 +93,19 @@ class Background:
             except _FINAL_SEAL_FAILURES as exc:
                 # The next active sequencer seals it; nothing is lost.
                 log.error("final_seal_failed", error_type=type(exc).__name__)
+
+
+async def shut_down(
+    settings: Settings, engine: AsyncEngine, stop: Callable[[], Awaitable[None]] | None
+) -> None:
+    """The end of a process's lifespan (the API's or the worker's), bounded whatever the
+    database does: ``stop`` (the background work's, with its final seal), then the pool."""
+    try:
+        async with asyncio.timeout(settings.shutdown_timeout_seconds):
+            if stop is not None:
+                await stop()
+    except TimeoutError:
+        log.error("shutdown_timed_out", seconds=settings.shutdown_timeout_seconds)
+    with suppress(TimeoutError):
+        async with asyncio.timeout(1):
+            await engine.dispose()

@@ -3,7 +3,7 @@
 import asyncio
 import gc
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -19,7 +19,7 @@ from app.audit import routes as audit_routes
 from app.auth import routes as auth_routes
 from app.auth.keys import KeyRing
 from app.auth.lockout import Gate
-from app.background import Background, checkpoint_verifier
+from app.background import Background, checkpoint_verifier, shut_down
 from app.config import Environment, Settings, get_settings
 from app.db import (
     DATABASE_ERRORS,
@@ -80,16 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            # Bounded, whatever the database does: a hung one must not hold the stop.
-            try:
-                async with asyncio.timeout(settings.shutdown_timeout_seconds):
-                    if background is not None:
-                        await background.stop()
-            except TimeoutError:
-                log.error("shutdown_timed_out", seconds=settings.shutdown_timeout_seconds)
-            with suppress(TimeoutError):
-                async with asyncio.timeout(1):
-                    await engine.dispose()
+            await shut_down(settings, engine, background.stop if background else None)
 
     app = FastAPI(
         title="cp-register",

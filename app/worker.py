@@ -30,7 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.background import Background
+from app.background import Background, shut_down
 from app.config import Settings, get_settings
 from app.db import create_engine, create_sessionmaker, lock_key, open_connection
 from app.logging import configure_logging
@@ -226,14 +226,7 @@ def create_worker_app(settings: Settings | None = None) -> FastAPI:
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
-            try:
-                async with asyncio.timeout(settings.shutdown_timeout_seconds):
-                    await worker.stop()
-            except TimeoutError:
-                log.error("shutdown_timed_out", seconds=settings.shutdown_timeout_seconds)
-            with suppress(TimeoutError):
-                async with asyncio.timeout(1):
-                    await engine.dispose()
+            await shut_down(settings, engine, worker.stop)
 
     app = FastAPI(
         title="cp-register worker",

@@ -21,7 +21,7 @@ from app.errors import PROBLEMS, ProblemError, responses, safe_validation_errors
 from app.fhir import resources
 from app.fhir.resources import FHIR_MEDIA_TYPE
 from app.fhir.schemas import NHS_NUMBER_SYSTEM, PARAMETER_OF, lookup_body
-from app.lookup.routes import answer_enquiry
+from app.lookup.routes import REFUSALS, answer_enquiry
 
 CHANNEL = "fhir"
 _FHIR_CONTENT: dict[str, Any] = {FHIR_MEDIA_TYPE: {"schema": {"type": "object"}}}
@@ -146,21 +146,7 @@ async def operation_definition() -> Response:
 @router.post(
     "/Patient/$cp-lookup",
     response_class=Response,
-    responses=_ok("A Bundle: the need-to-know answer.")
-    | responses(
-        "token_required",
-        "invalid_token",
-        "not_a_reference_point",
-        "missing_scope",
-        "purpose_not_allowed",
-        "unsupported_media_type",
-        "invalid_request",
-        "enquirer_required",
-        "enquirer_not_allowed",
-        "volume_limit_client",
-        "volume_limit_enquirer",
-        "probing_limit_client",
-    ),
+    responses=_ok("A Bundle: the need-to-know answer.") | responses(*REFUSALS),
     summary="Look a child up (FHIR Parameters in, Bundle out)",
     openapi_extra={
         "requestBody": {

@@ -43,6 +43,22 @@ from app.register.matching import (
 log = structlog.get_logger()
 router = APIRouter(tags=["lookup"])
 
+# What an enquiry can be refused with, over any channel (the JSON API and FHIR): the
+# checks of answer_enquiry, in their order.
+REFUSALS = (
+    "token_required",
+    "invalid_token",
+    "not_a_reference_point",
+    "missing_scope",
+    "purpose_not_allowed",
+    "unsupported_media_type",
+    "invalid_request",
+    "enquirer_required",
+    "enquirer_not_allowed",
+    "volume_limit_client",
+    "volume_limit_enquirer",
+    "probing_limit_client",
+)
 _REASON = "attended with unexplained bruising"
 _EXAMPLES = {
     "system_client": {
@@ -73,20 +89,7 @@ _EXAMPLES = {
     "/v1/lookups",
     response_model=LookupAnswer,
     response_model_exclude_none=True,
-    responses=responses(
-        "token_required",
-        "invalid_token",
-        "not_a_reference_point",
-        "missing_scope",
-        "purpose_not_allowed",
-        "unsupported_media_type",
-        "invalid_request",
-        "enquirer_required",
-        "enquirer_not_allowed",
-        "volume_limit_client",
-        "volume_limit_enquirer",
-        "probing_limit_client",
-    ),
+    responses=responses(*REFUSALS),
     summary="Look a child up",
     openapi_extra={
         "requestBody": {
