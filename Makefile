@@ -53,6 +53,7 @@ lint: install
 	$(BIN)/ruff format --check app tests migrations bench
 	$(BIN)/yamllint --strict deploy .yamllint
 	$(BIN)/mypy app
+	$(BIN)/lint-imports
 
 # Issue 6: throughput and latency of the audited lookup against its floor and ceiling,
 # on PostgreSQL and SQLite (docs/performance.md). BENCH_DURATION=5 for a quick run.

@@ -19,7 +19,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin import service as admin
-from app.admin.models import Client, Organisation, OrganisationKind, Scope, User, UserRole
 from app.admin.schemas import Name, OrganisationCreate, Username
 from app.apiclient import (
     EXIT_BAD_INPUT,
@@ -45,6 +44,7 @@ from app.auth.lockout import unlock_event
 from app.auth.models import AccessToken, UsedClientAssertion
 from app.config import Settings, get_settings
 from app.db import DATABASE_ERRORS, create_engine, create_sessionmaker, utcnow
+from app.identity.models import Client, Organisation, OrganisationKind, Scope, User, UserRole
 from app.logging import configure_logging
 from app.lookup.schemas import Purpose
 from app.register.cli import register_group

@@ -6,10 +6,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import asyncpg
-from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, Dialect, MetaData, Select, Table, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, EmulatedDBAPIException, SQLAlchemyError
@@ -240,17 +239,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A session per request. Endpoints commit themselves, before they return:
-    code after this ``yield`` runs after the response has been sent."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
-        yield session
-
-
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
 # --- the lookup's hot path ------------------------------------------------------------------

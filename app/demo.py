@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.admin.models import Client, Organisation, OrganisationKind, Scope, User, UserRole
 from app.admin.service import (
     create_client,
     create_organisation,
@@ -19,6 +18,7 @@ from app.admin.service import (
     reset_client_secret,
     reset_password,
 )
+from app.identity.models import Client, Organisation, OrganisationKind, Scope, User, UserRole
 from app.register.models import Category, EndReason, RegisterEntry
 from app.register.schemas import EntryCreate, Person
 from app.register.service import Actor, create_entry, end_entry

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import health
 from app.admin import routes as admin_routes
-from app.audit import alerts as audit_alerts
-from app.audit import review as audit_review
+from app.audit import alert_routes as audit_alerts
+from app.audit import review_routes as audit_review
 from app.audit import routes as audit_routes
 from app.auth import routes as auth_routes
 from app.auth.keys import KeyRing
@@ -35,7 +35,7 @@ from app.lookup import routes as lookup_routes
 from app.lookup.schemas import LookupRequest
 from app.middleware import BodyLimitMiddleware, DeadlineMiddleware, RequestContextMiddleware
 from app.notifications import routes as notification_routes
-from app.notifications import webhooks as notification_webhooks
+from app.notifications import webhook_routes as notification_webhooks
 from app.openapi import build_document
 from app.register import routes as register_routes
 from app.web import routes as web_routes

@@ -37,7 +37,6 @@ from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from app.admin.models import Scope
 from app.auth.principals import get_principal
 from app.errors import (
     CODES_KEY,
@@ -47,6 +46,7 @@ from app.errors import (
     Problem,
     dependency_codes,
 )
+from app.identity.models import Scope
 
 OAUTH2 = "oauth2"
 BEARER = "bearer"

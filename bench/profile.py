@@ -42,7 +42,7 @@ def _frames(line: str) -> tuple[list[str], int]:
 
 
 def _function_and_path(frame: str) -> tuple[str, str]:
-    """``lookup (app/lookup/routes.py:120)`` -> ``("lookup", "/app/lookup/routes.py")``."""
+    """``lookup (app/lookup/service.py:120)`` -> ``("lookup", "/app/lookup/service.py")``."""
     function, _, where = frame.partition(" (")
     return function, "/" + where.rsplit(":", 1)[0].lstrip("/")
 
@@ -56,7 +56,7 @@ def layer_of(frame: str) -> str:
 
 
 def _own_function(frame: str) -> str | None:
-    """``lookup (app/lookup/routes.py)`` for a frame of the project's code, else None."""
+    """``lookup (app/lookup/service.py)`` for a frame of the project's code, else None."""
     function, path = _function_and_path(frame)
     if "/app/" not in path:
         return None

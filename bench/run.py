@@ -60,7 +60,6 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.admin.models import Client, Organisation, Scope
 from app.admin.service import create_client
 from app.audit.models import AuditEvent, AuditUnsealed
 from app.auth.hashing import hash_secret
@@ -70,6 +69,7 @@ from app.auth.tokens import issue_token
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.demo import CLIENTS
+from app.identity.models import Client, Organisation, Scope
 from app.register.csvformat import CATEGORY_SEPARATOR, IMPORT_COLUMNS
 from app.register.models import Category
 from bench.ceiling import CEILING_TABLE, CEILING_TABLE_SQL

@@ -19,13 +19,13 @@ from typing import Any
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.admin.models import Organisation
 from app.audit.chain import CheckpointSigner
 from app.audit.sealing import Sequencer
 from app.audit.service import INSERT_EVENT, new_event
 from app.config import Settings
 from app.db import create_sessionmaker, utcnow
 from app.demo import AUTHORITY, CLIENTS
+from app.identity.models import Organisation
 from app.register.identifiers import eighteenth_birthday, match_key
 from app.register.models import Category, EndReason, RegisterEntry, RegisterEntryVersion
 from app.register.rules import FIRST_REVIEW_MONTHS, add_months

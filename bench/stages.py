@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 from sqlalchemy import event
 
-import app.lookup.routes
+import app.lookup.service
 from app.config import Settings
 from app.main import create_app
 from bench.run import (
@@ -43,14 +43,14 @@ from bench.run import (
 from bench.seed import analyse, seed_audit_history, seed_register
 
 STAGES = (
-    (app.lookup.routes, "verify_token", "token: signature and claims"),
+    (app.lookup.service, "verify_token", "token: signature and claims"),
     (
-        app.lookup.routes,
+        app.lookup.service,
         "principal_and_limits",
         "principal, organisation, jti and both volume counts (one query)",
     ),
-    (app.lookup.routes, "find_candidates", "matching (one query)"),
-    (app.lookup.routes, "write_event", "audit event: INSERT and COMMIT"),
+    (app.lookup.service, "find_candidates", "matching (one query)"),
+    (app.lookup.service, "write_event", "audit event: INSERT and COMMIT"),
 )
 WARM_UP = 50
 

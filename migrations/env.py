@@ -5,11 +5,11 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from app.admin import models as _admin_models  # noqa: F401  (register tables)
 from app.audit import models as _audit_models  # noqa: F401
 from app.auth import models as _auth_models  # noqa: F401
 from app.config import get_settings
 from app.db import Base, create_engine
+from app.identity import models as _identity_models  # noqa: F401  (register tables)
 from app.notifications import models as _notification_models  # noqa: F401
 from app.register import models as _register_models  # noqa: F401
 

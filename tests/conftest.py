@@ -26,12 +26,12 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.models import Organisation, OrganisationKind, Scope, UserRole
 from app.admin.service import create_client, create_organisation, create_user
 from app.auth.keys import ensure_signing_key
 from app.cli import upgrade_database
 from app.config import Environment, Settings, get_settings
 from app.db import create_engine, create_sessionmaker
+from app.identity.models import Organisation, OrganisationKind, Scope, UserRole
 from app.main import create_app
 from app.register.models import Category, RegisterEntry
 from app.register.schemas import EntryCreate, Person

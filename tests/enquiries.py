@@ -13,8 +13,8 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.models import Organisation, UserRole
 from app.admin.service import create_user
+from app.identity.models import Organisation, UserRole
 from app.register.identifiers import nhs_number_check_digit_ok
 from app.register.models import Category, RegisterEntry
 from app.register.schemas import EntryCreate, Person

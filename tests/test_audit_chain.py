@@ -21,7 +21,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from app.admin.models import OrganisationKind, UserRole
 from app.admin.service import create_organisation, create_user
 from app.audit import sealing
 from app.audit.chain import Checkpoint, CheckpointSigner, CheckpointVerifier
@@ -31,6 +30,7 @@ from app.audit.verify import Report, verify_log
 from app.auth.keys import ensure_signing_key
 from app.cli import main
 from app.config import Settings, get_settings
+from app.identity.models import OrganisationKind, UserRole
 from app.main import create_app
 from tests.conftest import POSTGRES_ADMIN_URL, World
 

@@ -15,12 +15,12 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.models import OrganisationKind
 from app.audit import review
 from app.audit.models import AuditEvent
 from app.auth.principals import Principal
 from app.config import Settings
 from app.db import utcnow
+from app.identity.models import OrganisationKind
 from app.main import create_app
 from tests.conftest import NHS, World
 from tests.enquiries import ask, custodian_of, enquirer_id, fresh_nhs, new_child

@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from app.admin.models import OrganisationKind, UserRole
 from app.admin.service import create_organisation, create_user
 from app.audit import chain
 from app.audit.chain import (
@@ -46,6 +45,7 @@ from app.audit.verify import verify_log
 from app.auth.keys import ensure_signing_key
 from app.cli import main
 from app.config import Settings, get_settings
+from app.identity.models import OrganisationKind, UserRole
 from app.main import create_app
 from tests.conftest import World
 

@@ -37,13 +37,13 @@ import schemathesis
 from schemathesis.engine import events as engine_events
 from schemathesis.engine import from_schema
 
-from app.admin.models import OrganisationKind, Scope, UserRole
 from app.admin.service import create_client, create_organisation, create_user
 from app.auth.keys import ensure_signing_key
 from app.cli import upgrade_database
 from app.config import Environment, Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX, PROBLEMS
+from app.identity.models import OrganisationKind, Scope, UserRole
 from app.register.models import Category
 from app.register.schemas import EntryCreate, Person
 from app.register.service import Actor, create_entry

@@ -28,7 +28,7 @@ from app.auth.keys import KeyRing, VerifiedToken
 from app.auth.tokens import InvalidToken, verify_token
 from app.config import Settings
 from app.db import DatabaseUnavailable, _AsyncpgConnection
-from app.lookup import routes as lookup_routes
+from app.lookup import service as lookup_service
 from app.main import create_app
 from tests.conftest import NHS, World, _postgres_admin
 
@@ -96,7 +96,7 @@ async def test_a_database_that_cannot_be_read_fails_the_lookup_closed(
     async def unreadable(*_: Any) -> None:
         raise DatabaseUnavailable("ConnectionDoesNotExistError")
 
-    monkeypatch.setattr(lookup_routes, "principal_and_limits", unreadable)
+    monkeypatch.setattr(lookup_service, "principal_and_limits", unreadable)
     response = await client.post(
         "/v1/lookups", json=_body(), headers=world["hospital_client"].headers
     )
@@ -125,7 +125,7 @@ class _Pooled:
 
 async def test_a_connection_that_fails_is_marked_broken_a_refusal_is_not() -> None:
     dialect = PGDialect_asyncpg()
-    statement = lookup_routes._PRINCIPAL_AND_LIMITS[("client", "postgresql")]
+    statement = lookup_service._PRINCIPAL_AND_LIMITS[("client", "postgresql")]
     lost = _AsyncpgConnection(_Pooled(_FailingDriver(ConnectionResetError())), dialect)
     with pytest.raises(DatabaseUnavailable):
         await lost.fetch(statement, {})

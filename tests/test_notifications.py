@@ -23,12 +23,12 @@ from fastapi import FastAPI
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.models import Organisation, OrganisationKind, Scope
 from app.admin.service import create_client, create_organisation
 from app.audit.models import AuditEvent
 from app.auth.keys import ensure_signing_key
 from app.config import Settings
 from app.db import utcnow
+from app.identity.models import Organisation, OrganisationKind, Scope
 from app.main import create_app
 from app.notifications.models import (
     Notification,

@@ -14,7 +14,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin import service
-from app.admin.models import Client, Organisation, OrganisationKind, Scope, User
 from app.admin.schemas import (
     ClientCreate,
     ClientCreated,
@@ -28,8 +27,9 @@ from app.admin.schemas import (
 )
 from app.audit.service import commit_or_fail_closed, request_context
 from app.auth.principals import Principal, require_scope
-from app.db import SessionDep
+from app.deps import SessionDep
 from app.errors import ProblemError, responses
+from app.identity.models import Client, Organisation, OrganisationKind, Scope, User
 
 require_operator = require_scope(
     Scope.admin,

@@ -20,8 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from app.admin.models import OrganisationKind, Scope, UserRole
 from app.auth.assertions import InvalidPublicKey, public_jwks
+from app.identity.models import OrganisationKind, Scope, UserRole
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Name = Annotated[Text, StringConstraints(max_length=200)]

@@ -13,7 +13,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.admin.models import (
+from app.audit.models import AuditEvent
+from app.auth.hashing import hash_secret
+from app.auth.models import AccessToken
+from app.db import utcnow
+from app.identity.models import (
     SCOPES_BY_KIND,
     Client,
     Organisation,
@@ -22,10 +26,6 @@ from app.admin.models import (
     User,
     UserRole,
 )
-from app.audit.models import AuditEvent
-from app.auth.hashing import hash_secret
-from app.auth.models import AccessToken
-from app.db import utcnow
 
 ROLE_SCOPES: dict[UserRole, frozenset[Scope]] = {
     UserRole.operator: frozenset({Scope.admin}),

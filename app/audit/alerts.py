@@ -44,7 +44,6 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
-from fastapi import APIRouter, Query
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -58,17 +57,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from app.admin.models import Organisation
 from app.audit.models import AuditEvent
 from app.audit.review import LOOKUP, EnquirerRead, begin_read_only, concerns
-from app.audit.routes import Reviewer
-from app.auth.principals import Principal, SettingsDep
+from app.auth.principals import Principal
 from app.config import Settings
-from app.db import SessionDep, utcnow
+from app.db import utcnow
 from app.errors import ProblemError
+from app.identity.models import Organisation
 from app.register.schemas import plausible_date
-
-router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 MAX_PERIOD = timedelta(days=31)
 
@@ -501,20 +497,11 @@ async def _name_organisations(session: AsyncSession, alerts: list[AlertRead]) ->
             ref.name = names.get(ref.id)
 
 
-@router.get(
-    "/alerts",
-    response_model=AlertReport,
-    summary=(
-        "Alerts from the log: enumeration and probing, volume and purpose refusals, "
-        "repeat presentation"
-    ),
-)
-async def alerts(
-    reviewer: Reviewer,
-    session: SessionDep,
-    settings: SettingsDep,
-    query: Annotated[AlertQuery, Query()],
+async def alert_report(
+    session: AsyncSession, settings: Settings, reviewer: Principal, query: AlertQuery
 ) -> AlertReport:
+    """Every kind of alert in the period, newest first, read in a transaction that
+    blocks no writer."""
     until = query.period_to or utcnow()
     since = query.period_from or until - timedelta(hours=settings.alert_lookback_hours)
     if until - since > MAX_PERIOD:

@@ -1,4 +1,5 @@
-"""/v1/audit: custodians review the enquiries about their own authority's children.
+"""Custodians review the enquiries about their own authority's children (the queries;
+the routes are app/audit/review_routes.py, the web pages app/web/).
 
 Every statement starts from ``readable_enquiries``, which already holds the
 authority filter: an event about another authority's child is never read, so it
@@ -12,10 +13,9 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Self
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi import Request
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -28,20 +28,16 @@ from pydantic import (
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.models import Organisation
 from app.audit.models import AuditEvent, AuditEventAuthority
-from app.audit.routes import Reviewer
 from app.audit.service import commit_or_fail_closed, refuse_not_found, request_context
 from app.auth.principals import Principal
 from app.cursors import cursor_id, cursor_time, decode_cursor, encode_cursor
-from app.db import READ_ONLY_OPTION, SessionDep, utcnow
-from app.errors import responses
+from app.db import READ_ONLY_OPTION, utcnow
+from app.identity.models import Organisation
 from app.lookup.schemas import Purpose, enquirer_key
 from app.register.identifiers import normalise_nhs_number
 from app.register.models import RegisterEntry
 from app.spreadsheet import safe_cell
-
-router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 LOOKUP = "lookup"
 DEFAULT_PAGE = 100
@@ -223,7 +219,7 @@ def asked_with_nhs_number(nhs_number: str) -> ColumnElement[bool]:
     return AuditEvent.query["nhs_number"].as_string() == nhs_number
 
 
-def _filtered(
+def filtered(
     statement: Select[AuditEvent, str | None],
     filters: EnquiryFilters,
     reviewer: Principal,
@@ -297,7 +293,7 @@ async def begin_read_only(session: AsyncSession) -> None:
     await session.connection(execution_options={READ_ONLY_OPTION: True})
 
 
-async def _page(
+async def page_of(
     session: AsyncSession,
     request: Request,
     reviewer: Principal,
@@ -333,75 +329,6 @@ async def _page(
         last = rows[limit - 1][0]
         next_cursor = encode_cursor(last.occurred_at.isoformat(), str(last.id))
     return AuditEventPage(items=items, next_cursor=next_cursor)
-
-
-# --- routes ----------------------------------------------------------------------------
-
-
-@router.get(
-    "/events",
-    response_model=AuditEventPage,
-    summary="Enquiries about your authority's children, newest first",
-)
-async def list_enquiries(
-    request: Request,
-    reviewer: Reviewer,
-    session: SessionDep,
-    query: Annotated[EnquiryListQuery, Query()],
-) -> AuditEventPage:
-    statement = _filtered(readable_enquiries(reviewer), query, reviewer)
-    return await _page(session, request, reviewer, statement, query)
-
-
-@router.post(
-    "/events/search",
-    response_model=AuditEventPage,
-    summary="Enquiries about your authority's children, filtered by the child's NHS number too",
-)
-async def search_enquiries(
-    request: Request, reviewer: Reviewer, session: SessionDep, search: EnquirySearch
-) -> AuditEventPage:
-    statement = _filtered(readable_enquiries(reviewer), search, reviewer, search.nhs_number)
-    return await _page(session, request, reviewer, statement, search, search.nhs_number)
-
-
-@router.get(
-    "/entries/{entry_id}/enquiries",
-    response_model=AuditEventPage,
-    responses=responses("entry_not_found"),
-    summary="Who has asked about this child",
-)
-async def enquiries_about_entry(
-    entry_id: uuid.UUID,
-    request: Request,
-    reviewer: Reviewer,
-    session: SessionDep,
-    page: Annotated[PageQuery, Query()],
-) -> AuditEventPage:
-    found = (
-        await session.execute(
-            select(RegisterEntry.subject_nhs_number).where(
-                RegisterEntry.id == entry_id,
-                RegisterEntry.authority_id == reviewer.organisation_id,
-            )
-        )
-    ).first()
-    if found is None:
-        await refuse_not_found(
-            session,
-            request,
-            reviewer,
-            event_type="audit.refused",
-            refusal="entry_not_found",
-            detail={"entry_id": str(entry_id)},
-            message="No entry with that id in your authority's register.",
-        )
-    about_child = AuditEvent.entry_id == entry_id
-    if found.subject_nhs_number is not None:
-        # Also the enquiries with the child's number that a custodian had to resolve.
-        about_child = or_(about_child, asked_with_nhs_number(found.subject_nhs_number))
-    statement = readable_enquiries(reviewer).where(about_child)
-    return await _page(session, request, reviewer, statement, page)
 
 
 CSV_COLUMNS = (
@@ -486,23 +413,61 @@ async def _csv(
             yield drain()
 
 
-@router.post(
-    "/events/export",
-    response_class=StreamingResponse,
-    responses={
-        200: {
-            "content": {"text/csv": {"schema": {"type": "string"}}},
-            "description": "One header line, then one line per enquiry, newest first.",
-        },
-    },
-    summary="Export enquiries about your authority's children as CSV (itself audited)",
-)
-async def export_enquiries(
-    request: Request, reviewer: Reviewer, session: SessionDep, export: EnquiryExport
-) -> StreamingResponse:
+async def list_page(
+    session: AsyncSession, request: Request, reviewer: Principal, query: EnquiryListQuery
+) -> AuditEventPage:
+    statement = filtered(readable_enquiries(reviewer), query, reviewer)
+    return await page_of(session, request, reviewer, statement, query)
+
+
+async def search_page(
+    session: AsyncSession, request: Request, reviewer: Principal, search: EnquirySearch
+) -> AuditEventPage:
+    statement = filtered(readable_enquiries(reviewer), search, reviewer, search.nhs_number)
+    return await page_of(session, request, reviewer, statement, search, search.nhs_number)
+
+
+async def entry_page(
+    session: AsyncSession,
+    request: Request,
+    reviewer: Principal,
+    entry_id: uuid.UUID,
+    page: PageQuery,
+) -> AuditEventPage:
+    """Who has asked about one of the custodian's children (404, audited, otherwise)."""
+    found = (
+        await session.execute(
+            select(RegisterEntry.subject_nhs_number).where(
+                RegisterEntry.id == entry_id,
+                RegisterEntry.authority_id == reviewer.organisation_id,
+            )
+        )
+    ).first()
+    if found is None:
+        await refuse_not_found(
+            session,
+            request,
+            reviewer,
+            event_type="audit.refused",
+            refusal="entry_not_found",
+            detail={"entry_id": str(entry_id)},
+            message="No entry with that id in your authority's register.",
+        )
+    about_child = AuditEvent.entry_id == entry_id
+    if found.subject_nhs_number is not None:
+        # Also the enquiries with the child's number that a custodian had to resolve.
+        about_child = or_(about_child, asked_with_nhs_number(found.subject_nhs_number))
+    statement = readable_enquiries(reviewer).where(about_child)
+    return await page_of(session, request, reviewer, statement, page)
+
+
+async def export_csv(
+    session: AsyncSession, request: Request, reviewer: Principal, export: EnquiryExport
+) -> tuple[AsyncIterator[str], str]:
+    """The CSV's chunks and its file name, the export on record before its first byte
+    leaves (fail closed)."""
     filters = export.model_dump(mode="json", by_alias=True, exclude_none=True)
     nhs_number = filters.pop("nhs_number", None)
-    # The export is on record before its first byte leaves (fail closed).
     session.add(
         AuditEvent(
             event_type="audit.exported",
@@ -516,11 +481,7 @@ async def export_enquiries(
         )
     )
     await commit_or_fail_closed(session)
-    statement = _filtered(readable_enquiries(reviewer), export, reviewer, export.nhs_number)
+    statement = filtered(readable_enquiries(reviewer), export, reviewer, export.nhs_number)
     filename = f"enquiries-{utcnow():%Y%m%dT%H%M%SZ}.csv"
-    headers: dict[str, Any] = {"Content-Disposition": f'attachment; filename="{filename}"'}
-    return StreamingResponse(
-        _csv(request.app.state.sessionmaker, statement, reviewer.organisation_id),
-        media_type="text/csv; charset=utf-8",
-        headers=headers,
-    )
+    chunks = _csv(request.app.state.sessionmaker, statement, reviewer.organisation_id)
+    return chunks, filename

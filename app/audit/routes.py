@@ -1,64 +1,20 @@
 """/v1/audit: verify the log, read and request signed checkpoints."""
 
 from datetime import timedelta
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from app.admin.models import OrganisationKind, Scope
 from app.audit.chain import CheckpointVerifier, SigningRefused
+from app.audit.deps import Reviewer, SequencerDep, VerifierDep
 from app.audit.models import AuditCheckpoint
-from app.audit.sealing import Sequencer
 from app.audit.verify import verify_log
-from app.auth.principals import Principal, SettingsDep, require_scope
-from app.db import READ_ONLY_OPTION, SessionDep
+from app.db import READ_ONLY_OPTION
+from app.deps import SessionDep, SettingsDep
 from app.errors import ProblemError, responses
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
-
-
-# Custodians verify the log over the API; the operator uses `cpr audit verify`.
-admit_reviewer = require_scope(
-    Scope.audit_read,
-    kinds=frozenset({OrganisationKind.local_authority}),
-    event_type="audit.refused",
-    kind_refusal="not_custodian",
-)
-Reviewer = Annotated[Principal, Depends(admit_reviewer)]
-
-
-async def get_sequencer(request: Request) -> Sequencer:
-    sequencer: Sequencer | None = request.app.state.sequencer
-    if sequencer is None:
-        # Production seals in `cpr worker`, which signs a checkpoint every few seconds
-        # while there is anything new: GET /v1/audit/checkpoints/latest has it.
-        raise ProblemError(
-            503,
-            "Sealing is off",
-            "This instance runs no sequencer: checkpoints are signed by the worker.",
-            code="sealing_off",
-        )
-    return sequencer
-
-
-SequencerDep = Annotated[Sequencer, Depends(get_sequencer)]
-
-
-async def get_checkpoint_verifier(request: Request) -> CheckpointVerifier:
-    verifier: CheckpointVerifier | None = request.app.state.checkpoint_verifier
-    if verifier is None:
-        raise ProblemError(
-            503,
-            "No checkpoint key",
-            "This instance holds no key to verify checkpoints with.",
-            code="no_checkpoint_key",
-        )
-    return verifier
-
-
-VerifierDep = Annotated[CheckpointVerifier, Depends(get_checkpoint_verifier)]
 
 
 class FindingRead(BaseModel):

@@ -13,7 +13,6 @@ from fastapi import Depends, Request
 from sqlalchemy import RowMapping, Select, bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.admin.models import SCOPES_BY_KIND, Client, Organisation, OrganisationKind, Scope, User
 from app.audit.models import AuditEvent
 from app.audit.service import refuse, request_context
 from app.auth.certificates import presented_thumbprint
@@ -21,8 +20,10 @@ from app.auth.keys import KeyRing
 from app.auth.models import AccessToken
 from app.auth.tokens import InvalidToken, TokenClaims, verify_token
 from app.config import Settings
-from app.db import READ_ONLY_OPTION, SessionDep
+from app.db import READ_ONLY_OPTION
+from app.deps import KeyRingDep, SessionDep, SettingsDep
 from app.errors import ProblemError, raises
+from app.identity.models import SCOPES_BY_KIND, Client, Organisation, OrganisationKind, Scope, User
 
 
 @dataclass(frozen=True)
@@ -40,18 +41,6 @@ class Principal:
     def subject(self) -> str:
         return f"{self.kind}:{self.id}"
 
-
-# async: FastAPI would run a plain function in a worker thread on every request.
-async def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-async def get_keyring(request: Request) -> KeyRing:
-    return request.app.state.keyring
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-KeyRingDep = Annotated[KeyRing, Depends(get_keyring)]
 
 _UNAUTHENTICATED = ProblemError(
     401,

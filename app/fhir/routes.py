@@ -13,15 +13,15 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.review import EnquirySearch, _filtered, _page, readable_enquiries
-from app.audit.routes import Reviewer
+from app.audit.deps import Reviewer
+from app.audit.review import EnquirySearch, filtered, page_of, readable_enquiries
 from app.auth.principals import Principal, bearer_token
-from app.db import SessionDep
+from app.deps import SessionDep
 from app.errors import PROBLEMS, ProblemError, responses, safe_validation_errors
 from app.fhir import resources
 from app.fhir.resources import FHIR_MEDIA_TYPE
 from app.fhir.schemas import NHS_NUMBER_SYSTEM, PARAMETER_OF, lookup_body
-from app.lookup.routes import REFUSALS, answer_enquiry
+from app.lookup.service import REFUSALS, answer_enquiry
 
 CHANNEL = "fhir"
 _FHIR_CONTENT: dict[str, Any] = {FHIR_MEDIA_TYPE: {"schema": {"type": "object"}}}
@@ -301,8 +301,8 @@ async def _search(
     except ValidationError as exc:
         errors = safe_validation_errors(exc.errors())
         raise ProblemError(422, "Invalid request", code="invalid_request", errors=errors) from exc
-    statement = _filtered(readable_enquiries(reviewer), search, reviewer, search.nhs_number)
-    page = await _page(session, request, reviewer, statement, search, search.nhs_number)
+    statement = filtered(readable_enquiries(reviewer), search, reviewer, search.nhs_number)
+    page = await page_of(session, request, reviewer, statement, search, search.nhs_number)
     next_url = None
     if page.next_cursor is not None:
         next_url = str(request.url.include_query_params(_cursor=page.next_cursor))

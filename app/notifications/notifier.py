@@ -30,11 +30,11 @@ import structlog
 from sqlalchemy import bindparam, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.admin.models import Organisation
 from app.audit.models import AuditEvent, AuditEventAuthority, AuditSeal
 from app.audit.review import matched_entry_ids
 from app.config import Environment, Settings
 from app.db import create_engine, create_sessionmaker, utcnow
+from app.identity.models import Organisation
 from app.notifications.models import (
     Notification,
     NotificationDelivery,

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, Select, and_, case, or_, select
 
-from app.admin.models import Organisation
+from app.audit.deps import Reviewer
 from app.audit.models import AuditEvent
 from app.audit.review import (
     DEFAULT_PAGE,
@@ -24,12 +24,13 @@ from app.audit.review import (
     begin_read_only,
     matched_entry_ids,
 )
-from app.audit.routes import Reviewer
 from app.audit.service import commit_or_fail_closed, refuse_not_found, request_context
 from app.auth.principals import Principal
 from app.cursors import bad_cursor, cursor_id, cursor_time, decode_cursor, encode_cursor
-from app.db import SessionDep, utcnow
+from app.db import utcnow
+from app.deps import SessionDep
 from app.errors import responses
+from app.identity.models import Organisation
 from app.notifications.models import Notification
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])

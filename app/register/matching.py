@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import Select, bindparam, or_, select
 
-from app.admin.models import Organisation
 from app.db import HotConnection, HotStatement
+from app.identity.models import Organisation
 from app.register.models import Category, RegisterEntry
 
 

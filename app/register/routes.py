@@ -21,13 +21,14 @@ from sqlalchemy import Select, and_, func, not_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.models import Organisation, OrganisationKind, Scope
 from app.audit.models import AuditEvent
 from app.audit.service import commit_or_fail_closed, refuse, request_context
 from app.auth.principals import Principal, require_scope
 from app.cursors import cursor_date, cursor_id, decode_cursor, encode_cursor
-from app.db import READ_ONLY_OPTION, SessionDep
+from app.db import READ_ONLY_OPTION
+from app.deps import SessionDep
 from app.errors import ProblemError, responses, safe_validation_errors
+from app.identity.models import Organisation, OrganisationKind, Scope
 from app.register import bulk
 from app.register.csvformat import (
     CATEGORY_SEPARATOR,

@@ -13,20 +13,21 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import update
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.audit.deps import admit_reviewer
 from app.audit.models import AuditEvent
-from app.audit.review import EnquiryListQuery, list_enquiries
-from app.audit.routes import admit_reviewer
+from app.audit.review import EnquiryListQuery, list_page
 from app.audit.service import commit_or_fail_closed, request_context
 from app.auth.certificates import presented_thumbprint
 from app.auth.models import AccessToken
-from app.auth.principals import KeyRingDep, Principal, SettingsDep, authenticate
-from app.auth.routes import SignInRefused, sign_in_user
+from app.auth.principals import Principal, authenticate
+from app.auth.sign_in import SignInRefused, sign_in_user
 from app.auth.tokens import verify_token
 from app.config import Settings
-from app.db import DATABASE_ERRORS, SessionDep, utcnow
+from app.db import DATABASE_ERRORS, utcnow
+from app.deps import KeyRingDep, SessionDep, SettingsDep
 from app.errors import ProblemError, allowed_methods
-from app.lookup.routes import answer_enquiry
 from app.lookup.schemas import Purpose
+from app.lookup.service import answer_enquiry
 from app.register.models import Category
 from app.web.session import (
     CSRF_FIELD,
@@ -467,7 +468,7 @@ async def audit_page(
     }
     try:
         reviewer = await admit_reviewer(request, principal, session)
-        page = await list_enquiries(request, reviewer, session, EnquiryListQuery())
+        page = await list_page(session, request, reviewer, EnquiryListQuery())
     except ProblemError as problem:
         error = {"title": problem.title, "detail": problem.detail}
         return _page(

@@ -14,9 +14,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Response
 
-from app.auth.principals import KeyRingDep, Principal, SettingsDep, authenticate
+from app.auth.principals import Principal, authenticate
 from app.config import Environment, Settings
-from app.db import SessionDep
+from app.deps import KeyRingDep, SessionDep, SettingsDep
 from app.errors import ProblemError
 
 SESSION_COOKIE = "cpr_session"

@@ -28,7 +28,6 @@ from jose import jwt
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.models import Client, Scope
 from app.admin.service import create_client, create_key_client
 from app.audit.models import AuditEvent
 from app.auth.assertions import ASSERTION_TYPE, public_jwks
@@ -36,6 +35,7 @@ from app.auth.lockout import FAILED
 from app.auth.models import UsedClientAssertion
 from app.cli import main
 from app.config import Settings
+from app.identity.models import Client, Scope
 from app.main import create_app
 from tests.conftest import World
 from tests.security.tokens import b64url, b64url_json

@@ -16,10 +16,10 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.models import Scope
 from app.admin.service import create_client
 from app.audit.models import AuditEvent
 from app.config import Settings
+from app.identity.models import Scope
 from app.main import create_app
 from tests.conftest import NHS, World
 

@@ -14,9 +14,9 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.models import UserRole
 from app.admin.service import create_user
 from app.audit.models import AuditEvent
+from app.identity.models import UserRole
 from tests.conftest import NHS, World
 
 

@@ -25,11 +25,11 @@ from fastapi import FastAPI
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.models import UserRole
 from app.admin.service import create_user
 from app.audit.models import AuditEvent
 from app.cli import main
 from app.config import Settings
+from app.identity.models import UserRole
 from app.main import create_app
 from tests.conftest import World
 

@@ -28,11 +28,11 @@ from jose import jwk, jwt
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.models import Client, Organisation, OrganisationKind, Scope
 from app.admin.service import create_client, create_organisation
 from app.audit.models import AuditEvent
 from app.auth.models import AccessToken
 from app.config import Settings
+from app.identity.models import Client, Organisation, OrganisationKind, Scope
 from tests.conftest import NHS, World
 from tests.security.tokens import (
     KeyFile,

@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
 
+from app.audit.deps import Reviewer
 from app.audit.models import AuditEvent
-from app.audit.routes import Reviewer
 from app.audit.service import commit_or_fail_closed, refuse, request_context
-from app.auth.principals import Principal, SettingsDep
+from app.auth.principals import Principal
 from app.config import Environment
-from app.db import SessionDep, utcnow
+from app.db import utcnow
+from app.deps import SessionDep, SettingsDep
 from app.errors import ProblemError, responses
 from app.notifications.models import NotificationWebhook
 from app.notifications.targets import RefusedTarget, vet
