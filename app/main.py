@@ -39,6 +39,7 @@ from app.notifications import webhook_routes as notification_webhooks
 from app.openapi import build_document
 from app.register import routes as register_routes
 from app.web import routes as web_routes
+from app.web.pages import install_error_pages
 
 API_VERSION = "1.0.0"
 log = structlog.get_logger()
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_handlers(app)
-    web_routes.install_error_pages(app)  # after: it wraps the API handlers
+    install_error_pages(app)  # after: it wraps the API handlers
     app.add_middleware(
         DeadlineMiddleware,
         settings=settings,

@@ -3,15 +3,12 @@ code: the sign-in is the password grant, the lookup is answer_enquiry, the revie
 page is the review API's list, so every check and every audit event is the API's."""
 
 import json
-from pathlib import Path
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
-from fastapi.templating import Jinja2Templates
 from sqlalchemy import update
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.audit.deps import admit_reviewer
 from app.audit.models import AuditEvent
@@ -25,54 +22,30 @@ from app.auth.tokens import verify_token
 from app.config import Settings
 from app.db import DATABASE_ERRORS, utcnow
 from app.deps import KeyRingDep, SessionDep, SettingsDep
-from app.errors import ProblemError, allowed_methods
+from app.errors import ProblemError
 from app.lookup.schemas import Purpose
 from app.lookup.service import answer_enquiry
-from app.register.models import Category
+from app.web.pages import (
+    CATEGORIES,
+    PURPOSE_WORDS,
+    SECURITY_HEADERS,
+    SIGN_IN_RETRY_AFTER,
+    STATUSES,
+    STYLESHEET,
+    UNBORN,
+    form_refused,
+    render,
+    to_sign_in,
+)
 from app.web.session import (
     CSRF_FIELD,
-    SESSION_COOKIE,
     SignedInDep,
     check_form,
-    csrf_token,
     end_session,
     foreign_origin,
-    remember_csrf,
     start_session,
 )
 
-HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
-STYLESHEET = (HERE / "static" / "app.css").read_text()
-
-# No script, no framing, no other origin: the pages need nothing else.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    # Not no-referrer: with it, browsers send "Origin: null" on our own forms, and the
-    # origin check (app/web/session.py) could not tell them from a foreign site's.
-    "Referrer-Policy": "same-origin",
-    # Answers and enquiries must not linger in a shared browser's cache.
-    "Cache-Control": "no-store",
-}
-# Each answer in words, a symbol and a colour (the class), so that none of the three is
-# the only signal. The symbol is decoration for sighted readers: the words say it all.
-STATUSES = {
-    "on_plan": {"symbol": "\u26a0", "words": "On a child protection plan"},
-    "not_on_plan": {"symbol": "\u25cb", "words": "Not on a child protection plan"},
-    "refer_to_custodian": {
-        "symbol": "\u260e",
-        "words": "Call before acting: the register cannot answer from these details",
-    },
-}
-UNBORN = "Unborn baby: plan held against the person you asked about"
-CATEGORIES = {
-    category.value: category.value.replace("_", " ").capitalize() for category in Category
-}
-PURPOSE_WORDS = {purpose.value: purpose.value.replace("_", " ").capitalize() for purpose in Purpose}
 # The purpose a kind of reference point gives most often, offered first and selected.
 OWN_PURPOSE = {
     "emergency_department": Purpose.unscheduled_care.value,
@@ -101,59 +74,11 @@ FIELD_HELP = {
 }
 # Typed values carried through a sign-in when the session ended (hidden form fields).
 CARRY_PREFIX = "carry_"
-
-SIGN_IN_RETRY_AFTER = "5"
 # Why a sign-in could not be recorded: the log or its database is unavailable.
 _SIGN_IN_UNRECORDED: tuple[type[Exception], ...] = (ProblemError, *DATABASE_ERRORS)
 
 router = APIRouter(include_in_schema=False)
 log = structlog.get_logger()
-
-
-def _page(
-    request: Request,
-    settings: Settings,
-    template: str,
-    *,
-    status_code: int = 200,
-    **context: Any,
-) -> Response:
-    csrf = csrf_token(request)
-    duty = {"name": settings.duty_contact_name, "phone": settings.duty_contact_phone}
-    response = templates.TemplateResponse(
-        request,
-        template,
-        {"csrf": csrf, "signed_in": SESSION_COOKIE in request.cookies, "duty": duty, **context},
-        status_code=status_code,
-        headers=SECURITY_HEADERS,
-    )
-    remember_csrf(response, csrf, settings)
-    return response
-
-
-def _form_refused(request: Request, settings: Settings, form_token: object) -> Response | None:
-    """A page saying why, when the form did not come from our own pages (nothing in it
-    is used); None when it did. The page carries a fresh form to start again from."""
-    try:
-        check_form(request, form_token)
-    except ProblemError as problem:
-        error = {"title": problem.title, "detail": problem.detail}
-        return _page(
-            request,
-            settings,
-            "sign_in.html",
-            status_code=problem.status,
-            title="Sign in",
-            username="",
-            error=error,
-        )
-    return None
-
-
-def _to_sign_in(settings: Settings) -> Response:
-    response = RedirectResponse("/web/sign-in", status_code=303, headers=SECURITY_HEADERS)
-    end_session(response, settings)
-    return response
 
 
 @router.get("/")
@@ -169,7 +94,7 @@ async def stylesheet() -> Response:
 @router.get("/web/sign-in")
 async def sign_in_page(request: Request, settings: SettingsDep) -> Response:
     notice = "You have signed out." if "signed-out" in request.query_params else None
-    return _page(request, settings, "sign_in.html", title="Sign in", username="", notice=notice)
+    return render(request, settings, "sign_in.html", title="Sign in", username="", notice=notice)
 
 
 def _carried(form: Any) -> dict[str, str]:
@@ -186,7 +111,7 @@ async def sign_in(
     request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
 ) -> Response:
     form = await request.form()
-    if (refused := _form_refused(request, settings, form.get(CSRF_FIELD))) is not None:
+    if (refused := form_refused(request, settings, form.get(CSRF_FIELD))) is not None:
         return refused
     username, password = str(form.get("username", "")), str(form.get("password", ""))
     carry = _carried(form)
@@ -200,7 +125,7 @@ async def sign_in(
     if isinstance(result, SignInRefused):
         error = {"title": "Not signed in", "detail": result.description}
         status = 429 if result.status == 429 else 401
-        return _page(
+        return render(
             request,
             settings,
             "sign_in.html",
@@ -239,7 +164,7 @@ def _sign_in_unavailable(
     detail = (
         "The service cannot record sign-ins just now, so it cannot sign you in. Try again shortly."
     )
-    response = _page(
+    response = render(
         request,
         settings,
         "sign_in.html",
@@ -264,7 +189,7 @@ async def sign_out(
     """Ends the session for good: the token is revoked server-side (it would otherwise
     work on /web and as a bearer token until it expires), and that is on record."""
     form = await request.form()
-    if (refused := _form_refused(request, settings, form.get(CSRF_FIELD))) is not None:
+    if (refused := form_refused(request, settings, form.get(CSRF_FIELD))) is not None:
         return refused
     if signed_in is not None:
         principal = signed_in.principal
@@ -297,7 +222,7 @@ async def sign_out(
 @router.get("/web/lookup")
 async def lookup_page(request: Request, settings: SettingsDep, signed_in: SignedInDep) -> Response:
     if signed_in is None:
-        return _to_sign_in(settings)
+        return to_sign_in(settings)
     return _lookup_form(request, settings, signed_in.principal)
 
 
@@ -334,7 +259,7 @@ def _lookup_form(
     form = context.pop("form", None) or dict.fromkeys(LOOKUP_FIELDS, "")
     if not form.get("purpose"):
         form = form | {"purpose": own}
-    return _page(
+    return render(
         request,
         settings,
         "lookup.html",
@@ -397,7 +322,7 @@ async def lookup(request: Request, settings: SettingsDep, signed_in: SignedInDep
         check_form(request, posted.get(CSRF_FIELD))
     except ProblemError as problem:
         if foreign_origin(request):
-            return _form_refused(request, settings, posted.get(CSRF_FIELD)) or _to_sign_in(settings)
+            return form_refused(request, settings, posted.get(CSRF_FIELD)) or to_sign_in(settings)
         # Our own form, left open too long (or its cookie cleared): nothing is looked up,
         # and the page offers it again with what was typed and a fresh token.
         expired = {"title": "This form has expired", "detail": "Please try again."}
@@ -408,7 +333,7 @@ async def lookup(request: Request, settings: SettingsDep, signed_in: SignedInDep
         # The session ended (15 minutes, or signed out elsewhere): sign in again, and
         # what was typed comes back in hidden fields of the sign-in form, nowhere else.
         minutes = settings.token_ttl_seconds // 60
-        ended = _page(
+        ended = render(
             request,
             settings,
             "sign_in.html",
@@ -460,18 +385,19 @@ async def audit_page(
     request: Request, session: SessionDep, settings: SettingsDep, signed_in: SignedInDep
 ) -> Response:
     if signed_in is None:
-        return _to_sign_in(settings)
+        return to_sign_in(settings)
     principal = signed_in.principal
     context: dict[str, Any] = {
         "title": "Enquiries about your children",
         "who": principal.display_name,
+        "principal": principal,
     }
     try:
         reviewer = await admit_reviewer(request, principal, session)
         page = await list_page(session, request, reviewer, EnquiryListQuery())
     except ProblemError as problem:
         error = {"title": problem.title, "detail": problem.detail}
-        return _page(
+        return render(
             request,
             settings,
             "audit.html",
@@ -480,74 +406,4 @@ async def audit_page(
             error=error,
             **context,
         )
-    return _page(request, settings, "audit.html", page=page, **context)
-
-
-# The /web pages' errors are pages, never the API's problem+json: what happened, in
-# words, and whom to call (the API's own paths keep their problem documents).
-ERROR_PAGES = {
-    400: ("The form could not be read", "Open the page again and try once more."),
-    403: ("This form has expired", "Please try again from the page it came from."),
-    404: ("Page not found", "There is no page at this address."),
-    405: ("This page cannot be used that way", "Open it from a link or a form of the service."),
-    500: ("Something went wrong", "The service could not finish this. Try again shortly."),
-    503: ("Service unavailable", "The service cannot answer just now. Try again shortly."),
-}
-
-
-def _is_web(request: Request) -> bool:
-    path = request.url.path
-    return path == "/web" or path.startswith("/web/")
-
-
-def error_page(request: Request, status: int, detail: str | None = None) -> Response:
-    settings: Settings = request.app.state.settings
-    title, message = ERROR_PAGES.get(status, ERROR_PAGES[500 if status >= 500 else 400])
-    response = _page(
-        request,
-        settings,
-        "error.html",
-        status_code=status,
-        title=title,
-        message=detail or message,
-    )
-    if status == 405:
-        response.headers["Allow"] = ", ".join(allowed_methods(request))
-    if status == 503:
-        response.headers["Retry-After"] = SIGN_IN_RETRY_AFTER
-    return response
-
-
-def install_error_pages(app: FastAPI) -> None:
-    """Wrap the app's error handlers (app/errors.py) so that under /web they answer
-    with a page; everywhere else the API's handler answers as before."""
-    kinds: list[type[Exception]] = [
-        StarletteHTTPException,
-        ProblemError,
-        *DATABASE_ERRORS,
-        Exception,
-    ]
-    for kind in kinds:
-        api_handler = app.exception_handlers.get(kind)
-        if api_handler is None:
-            continue
-
-        async def handler(
-            request: Request, exc: Exception, api_handler: Any = api_handler
-        ) -> Response:
-            if not _is_web(request):
-                return await api_handler(request, exc)
-            if isinstance(exc, StarletteHTTPException):
-                status = 404 if exc.status_code == 404 else exc.status_code
-                return error_page(request, status if status in ERROR_PAGES else 400)
-            if isinstance(exc, ProblemError):
-                if exc.code == "form_refused":
-                    return error_page(request, 403, exc.detail)
-                return error_page(request, exc.status)
-            if isinstance(exc, DATABASE_ERRORS):
-                log.error("database_unavailable", error_type=type(exc).__name__)
-                return error_page(request, 503)
-            log.error("unhandled_error", error_type=type(exc).__name__)
-            return error_page(request, 500)
-
-        app.add_exception_handler(kind, handler)
+    return render(request, settings, "audit.html", page=page, **context)
