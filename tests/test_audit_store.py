@@ -329,3 +329,22 @@ async def test_the_sealing_queue_triggers_fire_always(
         "audit_unsealed_no_truncate",
     ):
         assert enabled.get(trigger) == "A", trigger
+
+
+def test_the_typed_event_row_names_every_column_of_the_log_with_its_type() -> None:
+    """EventRow (the hot path's typed event) is the table: a column added to one and not
+    the other, or typed differently, would be written as NULL or refused."""
+    import typing
+
+    from app.audit.service import EventRow
+
+    hints = typing.get_type_hints(EventRow)
+    columns = {column.key: column for column in AuditEvent.__table__.columns}
+    assert set(hints) == set(columns)
+    for name, column in columns.items():
+        allowed = {typing.get_origin(hint) or hint for hint in typing.get_args(hints[name])}
+        allowed = allowed or {hints[name]}
+        kind = getattr(column.type, "impl", column.type).python_type  # a TypeDecorator's own
+        kind = dict if kind is object else kind  # the JSON columns (the app's JSON type)
+        assert kind in allowed, name
+        assert (type(None) in allowed) == (column.nullable or name == "occurred_at"), name

@@ -3,7 +3,7 @@
 import uuid
 from contextlib import suppress
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, Unpack
 
 import structlog
 from fastapi import Request
@@ -18,6 +18,40 @@ if TYPE_CHECKING:  # principals records its refusals through this module
     from app.auth.principals import Principal
 
 log = structlog.get_logger()
+
+
+class RequestContext(TypedDict):
+    """Who asked from where: the two columns every event takes from its request."""
+
+    request_id: str | None
+    source_address: str | None
+
+
+class EventRow(TypedDict, total=False):
+    """An ``audit_events`` row for the hot path's Core INSERT: each column by name and
+    type (tests/test_audit_store.py checks they are the table's). ``new_event`` sets
+    every key, so a row read back always has them all."""
+
+    id: uuid.UUID
+    occurred_at: datetime | None
+    event_type: str
+    request_id: str | None
+    principal: str | None
+    organisation_id: uuid.UUID | None
+    enquirer: dict[str, Any] | None
+    enquirer_id: str | None
+    purpose: str | None
+    reason: str | None
+    query: dict[str, Any] | None
+    outcome: str
+    refusal: str | None
+    disclosed: dict[str, Any] | None
+    entry_id: uuid.UUID | None
+    entry_version: int | None
+    authority_id: uuid.UUID | None
+    detail: dict[str, Any] | None
+    source_address: str | None
+
 
 EVENT_COLUMNS = tuple(column.key for column in AuditEvent.__table__.columns)
 # One INSERT naming every column, compiled once: the hot path (app/lookup) writes its
@@ -37,7 +71,7 @@ INSERT_EVENT = HotStatement(
 )
 
 
-def request_context(request: Request) -> dict[str, Any]:
+def request_context(request: Request) -> RequestContext:
     """Who asked from where, for the event."""
     return {
         "request_id": getattr(request.state, "request_id", None),
@@ -69,15 +103,15 @@ def audit_unavailable() -> ProblemError:
     )
 
 
-def new_event(**values: Any) -> dict[str, Any]:
+def new_event(**values: Unpack[EventRow]) -> EventRow:
     """An audit_events row for write_event: every column, unset ones None."""
-    row = dict.fromkeys(EVENT_COLUMNS)
+    row: EventRow = dict.fromkeys(EVENT_COLUMNS)  # type: ignore[assignment]
     row["id"] = uuid.uuid4()
     row.update(values)
     return row
 
 
-async def write_event(connection: HotConnection, event: dict[str, Any]) -> None:
+async def write_event(connection: HotConnection, event: EventRow) -> None:
     """INSERT one event (a row from new_event) and COMMIT, or refuse to answer (503).
 
     The Core twin of ``record`` for the lookup's hot path: same row, same columns,

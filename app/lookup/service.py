@@ -14,7 +14,13 @@ import structlog
 from fastapi import Request
 from pydantic import ValidationError
 
-from app.audit.service import audit_unavailable, new_event, request_context, write_event
+from app.audit.service import (
+    EventRow,
+    audit_unavailable,
+    new_event,
+    request_context,
+    write_event,
+)
 from app.auth.certificates import presented_thumbprint
 from app.auth.principals import (
     PRINCIPAL_STATEMENTS,
@@ -106,8 +112,10 @@ async def _lookup(
     context = request_context(request)
     if isinstance(claims, InvalidToken):
         detail = {"problem": str(claims), "path": request.url.path} | (channel or {})
-        refused = new_event(event_type="auth.refused", refusal="invalid_token", detail=detail)
-        await _refuse(connection, refused | context, unauthenticated())
+        refused = new_event(
+            event_type="auth.refused", refusal="invalid_token", detail=detail, **context
+        )
+        await _refuse(connection, refused, unauthenticated())
 
     command: LookupRequest | None = None
     invalid: ValidationError | None = None
@@ -153,8 +161,9 @@ async def _lookup(
             principal=claims.subject,
             refusal="principal_inactive",
             detail={"path": request.url.path} | (channel or {}),
+            **context,
         )
-        await _refuse(connection, refused | context, unauthenticated())
+        await _refuse(connection, refused, unauthenticated())
 
     event = new_event(
         event_type="lookup",
@@ -263,9 +272,7 @@ async def _lookup(
     return answer
 
 
-async def _refuse(
-    connection: HotConnection, event: dict[str, Any], problem: ProblemError
-) -> NoReturn:
+async def _refuse(connection: HotConnection, event: EventRow, problem: ProblemError) -> NoReturn:
     """Record a refusal, then raise the problem that answers it (as audit.service.refuse)."""
     event["outcome"] = "refused"
     await write_event(connection, event)
@@ -307,7 +314,7 @@ _ENQUIRER_RULE = (
 
 
 def _enquirer(
-    principal: Principal, command: LookupRequest, event: dict[str, Any]
+    principal: Principal, command: LookupRequest, event: EventRow
 ) -> dict[str, Any] | None:
     if principal.kind == "client":
         if command.enquirer is None:
@@ -351,7 +358,7 @@ def _answer(lookup_id: uuid.UUID, decision: Decision, settings: Settings) -> Loo
     return LookupAnswer(lookup_id=lookup_id, status=status, contact=contact)
 
 
-def _record_answer(event: dict[str, Any], decision: Decision, answer: LookupAnswer) -> None:
+def _record_answer(event: EventRow, decision: Decision, answer: LookupAnswer) -> None:
     event["outcome"] = decision.status.value
     event["disclosed"] = answer.model_dump(mode="json", exclude={"lookup_id"}, exclude_none=True)
     if decision.authority is not None:
