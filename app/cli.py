@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from pydantic import BaseModel, ValidationError
@@ -22,6 +22,7 @@ from app.admin import service as admin
 from app.admin.schemas import Name, OrganisationCreate, Username
 from app.apiclient import (
     EXIT_BAD_INPUT,
+    EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     URL_HELP,
     CommandError,
@@ -50,6 +51,9 @@ from app.lookup.schemas import Purpose
 from app.register.cli import register_group
 from app.register.csvformat import DATE_FORMATS, iso_date
 from app.register.identifiers import normalise_nhs_number
+
+if TYPE_CHECKING:  # imported where used: `cpr` starts fast for its other commands
+    import httpx
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -918,6 +922,35 @@ def _child(
 PURPOSES = [purpose.value for purpose in Purpose]
 
 
+def _purpose(http: "httpx.Client", headers: dict[str, str], given: str | None) -> str:
+    """The purpose, from the ones the service says the caller's organisation may give
+    (GET /v1/lookups/purposes): asked for, its own offered first, when not given; one
+    it may not give refused here, in one line, before anything is asked."""
+    offered = request(http, "GET", "/v1/lookups/purposes", headers=headers)
+    if offered.status_code != 200:
+        raise refusal(offered)
+    body = offered.json()
+    codes = [purpose["code"] for purpose in body["purposes"]]
+    kind = body["organisation_kind"].replace("_", " ")
+    if given is not None:
+        if given not in codes:
+            raise CommandError(
+                f"Your organisation ({kind}) may not give the purpose {given!r}: "
+                f"use one of {', '.join(codes)}.",
+                EXIT_REFUSED,
+            )
+        return given
+    for number, purpose in enumerate(body["purposes"], start=1):
+        click.echo(f"  {number}. {purpose['label']} ({purpose['code']})", err=True)
+    choice = click.prompt(
+        "Purpose (number or code)",
+        type=click.Choice([*codes, *(str(n) for n in range(1, len(codes) + 1))]),
+        default=body["default"] or None,
+        show_choices=False,
+    )
+    return codes[int(choice) - 1] if choice.isdigit() else choice
+
+
 @main.command("lookup", epilog=LOOKUP_EPILOG)
 @click.option(
     "--url",
@@ -962,13 +995,11 @@ def lookup(
     import httpx
 
     subject = _child(nhs_number, given_name, family_name, date_of_birth)
-    if purpose is None:
-        click.echo(f"Purposes by kind of organisation:\n{_purposes_by_kind()}", err=True)
-        purpose = click.prompt("Purpose", type=click.Choice(PURPOSES))
-    while not reason or not reason.strip():
-        reason = click.prompt("Reason (recorded)")
     with httpx.Client(base_url=url, timeout=10) as http:
         headers = sign_in(http, username, password)
+        purpose = _purpose(http, headers, purpose)
+        while not reason or not reason.strip():
+            reason = click.prompt("Reason (recorded)")
         answer = request(
             http,
             "POST",

@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 import uvicorn
 from click.testing import CliRunner, Result
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.audit.models import AuditEvent
 from app.cli import main
 from app.config import Settings
 from app.main import create_app
@@ -106,14 +109,34 @@ async def test_a_bad_nhs_number_is_explained_not_answered(served: str, world: Wo
 
 
 async def test_the_child_purpose_and_reason_are_asked_for(served: str, world: World) -> None:
-    typed = f"{NHS['multi']}\nout_of_hours_referral\ncalled by police at 02:10\n"
+    # Enter takes the default purpose: the duty officer's own kind's.
+    typed = f"{NHS['multi']}\n\ncalled by police at 02:10\n"
     result = await asyncio.to_thread(_invoke, served, world, input=typed, purpose=False)
     assert result.exit_code == 0, result.output
     assert "NHS number" in result.output
-    assert "Purpose (unscheduled_care, out_of_hours_referral" in result.output
-    assert "out of hours social care: out_of_hours_referral" in result.stderr
+    # Only the purposes an out-of-hours social care organisation may give, its own first.
+    assert "1. Out of hours referral (out_of_hours_referral)" in result.stderr
+    assert "2. Safeguarding concern (safeguarding_concern)" in result.stderr
+    assert "unscheduled_care" not in result.stderr
+    assert "police_investigation" not in result.stderr
+    assert "Purpose (number or code) [out_of_hours_referral]" in result.output
     assert "ON PLAN" in result.stdout
     assert "neglect, emotional abuse" in result.stdout
+
+
+async def test_a_purpose_is_chosen_by_its_number(
+    served: str, world: World, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    typed = f"{NHS['multi']}\n2\nworried neighbour\n"
+    result = await asyncio.to_thread(_invoke, served, world, input=typed, purpose=False)
+    assert result.exit_code == 0, result.output
+    async with sessionmaker() as session:
+        purpose = await session.scalar(
+            select(AuditEvent.purpose)
+            .where(AuditEvent.reason == "worried neighbour")
+            .order_by(AuditEvent.occurred_at.desc())
+        )
+    assert purpose == "safeguarding_concern"
 
 
 async def test_names_and_a_uk_date_of_birth_are_asked_for_without_an_nhs_number(
@@ -137,7 +160,7 @@ async def test_a_date_that_is_not_one_is_bad_input_naming_the_formats(
     assert "DD/MM/YYYY" in one_clear_line(result)
 
 
-async def test_a_purpose_the_organisation_may_not_give_is_the_services_refusal(
+async def test_a_purpose_the_organisation_may_not_give_is_refused_before_it_is_asked(
     served: str, world: World
 ) -> None:
     args = (
@@ -150,7 +173,9 @@ async def test_a_purpose_the_organisation_may_not_give_is_the_services_refusal(
     )
     result = await asyncio.to_thread(_invoke, served, world, *args, purpose=False)
     assert result.exit_code == 3
-    assert "not allowed for out of hours social care" in one_clear_line(result)
+    line = one_clear_line(result)
+    assert "(out of hours social care) may not give the purpose 'police_investigation'" in line
+    assert "out_of_hours_referral, safeguarding_concern" in line
 
 
 async def test_a_refusal_over_the_volume_limit_says_whom_to_call(

@@ -893,3 +893,51 @@ async def test_unknown_subject_field_and_oversized_body_are_refused(
     big = await ask(client, world, {"nhs_number": NHS["multi"]}, reason="x" * 70_000)
     assert big.status_code == 413
     assert big.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("who", "kind", "codes"),
+    [
+        ("hospital_client", "emergency_department", ["unscheduled_care", "safeguarding_concern"]),
+        ("police_client", "police", ["police_investigation", "safeguarding_concern"]),
+        (
+            "duty_officer",
+            "out_of_hours_social_care",
+            ["out_of_hours_referral", "safeguarding_concern"],
+        ),
+    ],
+)
+async def test_a_reference_point_is_told_the_purposes_its_kind_may_give_its_own_first(
+    client: httpx.AsyncClient, world: World, who: str, kind: str, codes: list[str]
+) -> None:
+    response = await client.get("/v1/lookups/purposes", headers=world[who].headers)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["organisation_kind"] == kind
+    assert [purpose["code"] for purpose in body["purposes"]] == codes
+    assert body["default"] == codes[0]
+    assert body["purposes"][0]["label"] == codes[0].replace("_", " ").capitalize()
+    # Every purpose offered is one the lookup accepts from this caller.
+    for code in codes:
+        assert (
+            await ask(client, world, {"nhs_number": NHS["never"]}, who, purpose=code)
+        ).status_code == 200
+
+
+@pytest.mark.parametrize("who", ["custodian_a", "operator"])
+async def test_only_a_reference_point_is_told_purposes_and_a_refusal_is_audited(
+    client: httpx.AsyncClient,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    who: str,
+) -> None:
+    response = await client.get("/v1/lookups/purposes", headers=world[who].headers)
+    assert response.status_code == 403
+    assert response.json()["code"] == "not_a_reference_point"
+    async with sessionmaker() as session:
+        event = await session.scalar(
+            select(AuditEvent).where(AuditEvent.request_id == response.headers["x-request-id"])
+        )
+    assert event is not None
+    assert (event.event_type, event.refusal) == ("lookup.refused", "not_a_reference_point")
+    assert (await client.get("/v1/lookups/purposes")).status_code == 401

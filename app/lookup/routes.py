@@ -4,10 +4,16 @@ The route only reads the request; the checks, the audit event and the answer are
 app/lookup/service.py's, shared with the FHIR operation and the web client.
 """
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
 
-from app.auth.principals import bearer_token
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel
+
+from app.auth.principals import Principal, bearer_token, require_scope
+from app.deps import SettingsDep
 from app.errors import responses
+from app.identity.models import REFERENCE_POINT_KINDS, Scope
+from app.lookup.purposes import offered
 from app.lookup.schemas import LookupAnswer
 from app.lookup.service import REFUSALS, answer_enquiry
 
@@ -72,3 +78,41 @@ async def lookup(request: Request) -> Response:
     body = await request.body() if media_type == "application/json" else None
     answer = await answer_enquiry(request, token, body)
     return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
+
+
+_reference_point = require_scope(
+    Scope.lookup,
+    kinds=REFERENCE_POINT_KINDS,
+    event_type="lookup.refused",
+    kind_refusal="not_a_reference_point",
+)
+ReferencePoint = Annotated[Principal, Depends(_reference_point)]
+
+
+class PurposeRead(BaseModel):
+    code: str
+    label: str
+
+
+class PurposesRead(BaseModel):
+    """What an enquiry from this caller may give as its purpose."""
+
+    organisation_kind: str
+    purposes: list[PurposeRead]
+    default: str | None
+
+
+@router.get(
+    "/v1/lookups/purposes",
+    response_model=PurposesRead,
+    summary="The purposes your kind of organisation may give, your own first",
+)
+async def purposes(caller: ReferencePoint, settings: SettingsDep) -> PurposesRead:
+    # Read-only and about the caller alone: no child, so no audit event (a refusal is).
+    kind = caller.organisation_kind.value
+    allowed, default = offered(kind, settings)
+    return PurposesRead(
+        organisation_kind=kind,
+        purposes=[PurposeRead(code=code, label=label) for code, label in allowed],
+        default=default or None,
+    )

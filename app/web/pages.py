@@ -15,7 +15,7 @@ from app.auth.principals import Principal
 from app.config import Settings
 from app.db import DATABASE_ERRORS
 from app.errors import ProblemError, allowed_methods
-from app.lookup.schemas import Purpose
+from app.lookup.purposes import PURPOSE_WORDS as PURPOSE_WORDS  # the page modules use it
 from app.register.models import Category
 from app.web.session import (
     SESSION_COOKIE,
@@ -68,7 +68,6 @@ UNBORN = "Unborn baby: plan held against the person you asked about"
 CATEGORIES = {
     category.value: category.value.replace("_", " ").capitalize() for category in Category
 }
-PURPOSE_WORDS = {purpose.value: purpose.value.replace("_", " ").capitalize() for purpose in Purpose}
 
 SIGN_IN_RETRY_AFTER = "5"
 

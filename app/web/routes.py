@@ -23,11 +23,10 @@ from app.config import Settings
 from app.db import DATABASE_ERRORS, utcnow
 from app.deps import KeyRingDep, SessionDep, SettingsDep
 from app.errors import ProblemError
-from app.lookup.schemas import Purpose
+from app.lookup.purposes import offered
 from app.lookup.service import answer_enquiry
 from app.web.pages import (
     CATEGORIES,
-    PURPOSE_WORDS,
     SECURITY_HEADERS,
     SIGN_IN_RETRY_AFTER,
     STATUSES,
@@ -46,12 +45,6 @@ from app.web.session import (
     start_session,
 )
 
-# The purpose a kind of reference point gives most often, offered first and selected.
-OWN_PURPOSE = {
-    "emergency_department": Purpose.unscheduled_care.value,
-    "out_of_hours_social_care": Purpose.out_of_hours_referral.value,
-    "police": Purpose.police_investigation.value,
-}
 SUBJECT_FIELDS = ("nhs_number", "given_name", "family_name", "date_of_birth")
 LOOKUP_FIELDS = (*SUBJECT_FIELDS, "purpose", "reason")
 FIELD_LABELS = {
@@ -227,15 +220,8 @@ async def lookup_page(request: Request, settings: SettingsDep, signed_in: Signed
 
 
 def _purposes(principal: Principal | None, settings: Settings) -> tuple[list[tuple[str, str]], str]:
-    """The purposes the principal's kind of organisation may give (the settings'
-    purposes_by_kind, as the lookup checks them), its own first, and that default."""
     kind = principal.organisation_kind.value if principal is not None else ""
-    allowed = settings.purposes_by_kind.get(kind, frozenset())
-    own = OWN_PURPOSE.get(kind, "")
-    ordered = sorted(
-        (p.value for p in Purpose if p.value in allowed), key=lambda value: value != own
-    )
-    return [(value, PURPOSE_WORDS[value]) for value in ordered], own if own in allowed else ""
+    return offered(kind, settings)
 
 
 def _lookup_form(
