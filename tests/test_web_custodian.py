@@ -210,6 +210,27 @@ async def test_a_refused_filter_is_said_beside_its_field(
     assert 'id="organisation-error"' in bad.text
 
 
+async def test_the_enquiries_about_one_entry_name_it(
+    client: httpx.AsyncClient,
+    browser: httpx.AsyncClient,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    entry, nhs = await new_child(sessionmaker, world.orgs["authority_a"])
+    _, other = await new_child(sessionmaker, world.orgs["authority_a"])
+    for number in (nhs, other):
+        assert (await ask(client, world, "police_client", number)).status_code == 200
+    await _sign_in(browser, world, "custodian_a")
+    page = await browser.get("/web/enquiries", params={"entry": str(entry.id)})
+    assert page.status_code == 200
+    assert f"one of your children: {entry.child_given_name} Testchild" in _text(page.text)
+    [row] = _rows(page)
+    assert nhs in row
+    unknown = await browser.get("/web/enquiries", params={"entry": "not-an-entry"})
+    assert unknown.status_code == 422
+    assert "That register entry cannot be found" in unknown.text
+
+
 async def test_older_enquiries_are_paged_with_the_apis_cursor(
     client: httpx.AsyncClient,
     browser: httpx.AsyncClient,

@@ -426,6 +426,8 @@ async def _refused_enquiries(
     if fields.pop("cursor", None) is not None:
         # No field to point at: the page asked for is the problem.
         error["detail"] = "That page of enquiries cannot be found. Start again from the newest."
+    if fields.pop("entry", None) is not None:
+        error["detail"] = "That register entry cannot be found. Open it again from the register."
     return await _enquiries(
         request,
         session,
