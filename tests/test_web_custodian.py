@@ -254,6 +254,11 @@ async def test_older_enquiries_are_paged_with_the_apis_cursor(
     assert "Newest enquiries" in second.text
     shown = set(re.findall(r'datetime="([^"]+)"', "".join(_rows(first))))
     assert not shown & set(re.findall(r'datetime="([^"]+)"', "".join(_rows(second))))
+    for cursor in ("AAAA", "not a cursor!"):  # undecodable, or not even a cursor's letters
+        bad = await browser.get("/web/enquiries", params={"cursor": cursor})
+        assert 400 <= bad.status_code < 500, bad.text
+        assert bad.headers["content-type"].startswith("text/html")
+        assert 'role="alert"' in bad.text
 
 
 async def test_another_authoritys_enquiry_is_never_shown(
