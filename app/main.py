@@ -38,6 +38,7 @@ from app.notifications import routes as notification_routes
 from app.notifications import webhook_routes as notification_webhooks
 from app.openapi import build_document
 from app.register import routes as register_routes
+from app.web import review_routes as web_review_routes
 from app.web import routes as web_routes
 from app.web.pages import install_error_pages
 
@@ -100,7 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         DeadlineMiddleware,
         settings=settings,
         by_path=dict.fromkeys(
-            ("/v1/register/imports", "/v1/audit/verify"), settings.long_request_timeout_seconds
+            ("/v1/register/imports", "/v1/audit/verify", "/web/log"),
+            settings.long_request_timeout_seconds,
         )
         | dict.fromkeys(("/oauth/token", "/web/sign-in"), settings.sign_in_timeout_seconds),
     )
@@ -122,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(notification_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(web_routes.router)
+    app.include_router(web_review_routes.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

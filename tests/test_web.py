@@ -278,8 +278,8 @@ async def test_the_review_page_shows_only_the_custodians_own_children(
         assert asked.status_code == 200
         await _sign_in(custodian_a, world, "custodian_a")
         await _sign_in(custodian_b, world, "custodian_b")
-        seen_by_a = await custodian_a.get("/web/audit")
-        seen_by_b = await custodian_b.get("/web/audit")
+        seen_by_a = await custodian_a.get("/web/enquiries")
+        seen_by_b = await custodian_b.get("/web/enquiries")
     assert seen_by_a.status_code == 200
     assert unique in seen_by_a.text
     assert "<script>alert(1)</script>" not in seen_by_a.text  # escaped, never markup
@@ -292,7 +292,7 @@ async def test_a_duty_officer_cannot_open_the_review_page(
     browser: httpx.AsyncClient, world: World
 ) -> None:
     await _sign_in(browser, world, "duty_officer")
-    response = await browser.get("/web/audit")
+    response = await browser.get("/web/enquiries")
     assert response.status_code == 403
     assert "<table" not in response.text
 

@@ -33,7 +33,7 @@ from app.audit.service import commit_or_fail_closed, refuse_not_found, request_c
 from app.auth.principals import Principal
 from app.cursors import cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.db import READ_ONLY_OPTION, utcnow
-from app.identity.models import Organisation
+from app.identity.models import Organisation, OrganisationKind
 from app.lookup.schemas import Purpose, enquirer_key
 from app.register.identifiers import normalise_nhs_number
 from app.register.models import RegisterEntry
@@ -411,6 +411,70 @@ async def _csv(
             for event, name in rows:
                 writer.writerow(csv_row(event_read(event, name, authority_id)))
             yield drain()
+
+
+# The kinds of organisation that look children up (the reference points).
+ENQUIRING_KINDS = (
+    OrganisationKind.emergency_department,
+    OrganisationKind.out_of_hours_social_care,
+    OrganisationKind.police,
+)
+
+
+class OrganisationContact(BaseModel):
+    """An enquiring organisation and whom there to call about its enquiries."""
+
+    id: uuid.UUID
+    name: str
+    contact_name: str
+    contact_phone: str
+
+
+async def enquiring_organisations(session: AsyncSession) -> list[OrganisationContact]:
+    """Every organisation that may look children up, by name: what a custodian may filter
+    the enquiries by, and whom to call about them. No child is named."""
+    rows = await session.scalars(
+        select(Organisation)
+        .where(Organisation.kind.in_([kind.value for kind in ENQUIRING_KINDS]))
+        .order_by(Organisation.name)
+    )
+    return [
+        OrganisationContact(
+            id=row.id, name=row.name, contact_name=row.contact_name, contact_phone=row.contact_phone
+        )
+        for row in rows
+    ]
+
+
+def child_named(entry: RegisterEntry) -> str:
+    """How an entry names its child: names and date of birth, or, for an unborn baby,
+    the mother's."""
+    if entry.unborn:
+        names = (entry.mother_given_name, entry.mother_family_name)
+        born = entry.mother_date_of_birth
+        prefix = "Unborn baby of "
+    else:
+        names = (entry.child_given_name, entry.child_family_name)
+        born = entry.child_date_of_birth
+        prefix = ""
+    named = " ".join(name for name in names if name) or "(no name recorded)"
+    return f"{prefix}{named}" + (f", born {born:%d/%m/%Y}" if born else "")
+
+
+async def children_named(
+    session: AsyncSession, reviewer: Principal, entry_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """The child of each of ``entry_ids`` that is the reviewer's own authority's entry
+    (another authority's entry is never read, so never named)."""
+    if not entry_ids:
+        return {}
+    rows = await session.scalars(
+        select(RegisterEntry).where(
+            RegisterEntry.id.in_(entry_ids),
+            RegisterEntry.authority_id == reviewer.organisation_id,
+        )
+    )
+    return {row.id: child_named(row) for row in rows}
 
 
 async def list_page(

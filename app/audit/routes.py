@@ -1,16 +1,12 @@
 """/v1/audit: verify the log, read and request signed checkpoints."""
 
-from datetime import timedelta
-
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from app.audit.chain import CheckpointVerifier, SigningRefused
 from app.audit.deps import Reviewer, SequencerDep, VerifierDep
 from app.audit.models import AuditCheckpoint
-from app.audit.verify import verify_log
-from app.db import READ_ONLY_OPTION
+from app.audit.verify import newest_checkpoint, verify_served_log
 from app.deps import SessionDep, SettingsDep
 from app.errors import ProblemError, responses
 
@@ -52,18 +48,7 @@ async def verify(
     settings: SettingsDep,
     verifier: VerifierDep,
 ) -> VerifyReport:
-    # The walk reads the whole log: end the request's transaction (on SQLite it holds
-    # the write lock) and read in a deferred transaction that blocks no lookup.
-    await session.commit()
-    held = sorted(settings.checkpoint_dir.glob("checkpoint-*.txt"))[-1:]
-    async with request.app.state.sessionmaker() as reader:
-        await reader.connection(execution_options={READ_ONLY_OPTION: True})
-        result = await verify_log(
-            reader,
-            verifier,
-            sealing_delay=timedelta(seconds=settings.sealing_delay_seconds),
-            held_checkpoints=[path.read_text() for path in held],
-        )
+    result = await verify_served_log(session, request.app.state.sessionmaker, settings, verifier)
     return VerifyReport(
         ok=result.ok,
         size=result.size,
@@ -82,9 +67,7 @@ async def verify(
 async def latest_checkpoint(
     _reviewer: Reviewer, session: SessionDep, verifier: VerifierDep
 ) -> CheckpointRead:
-    row = await session.scalar(
-        select(AuditCheckpoint).order_by(AuditCheckpoint.size.desc()).limit(1)
-    )
+    row = await newest_checkpoint(session)
     if row is None:
         raise ProblemError(
             404, "Not found", "No checkpoint has been signed yet.", code="no_checkpoint"

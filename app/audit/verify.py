@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.chain import (
     EMPTY_HEAD,
@@ -30,6 +30,8 @@ from app.audit.chain import (
     next_head,
 )
 from app.audit.models import AuditCheckpoint, AuditEvent, AuditSeal, AuditUnsealed
+from app.config import Settings
+from app.db import READ_ONLY_OPTION
 
 # How far an event's time may run ahead of the database's clock or of the checkpoint
 # that covers it: the clocks of the service's hosts and the database's differ a little,
@@ -205,6 +207,37 @@ async def verify_log(
     )
     report.findings.extend(future.values())
     return report
+
+
+async def verify_served_log(
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    verifier: CheckpointVerifier,
+) -> Report:
+    """The service's own check (GET /v1/audit/verify, the web client's /web/log): the
+    whole log, the stored checkpoints and the newest one held in ``checkpoint_dir``.
+
+    The walk reads the whole log: the request's transaction (``session``; on SQLite it
+    holds the write lock) is ended first, and the walk reads in a deferred transaction
+    of its own that blocks no lookup."""
+    await session.commit()
+    held = sorted(settings.checkpoint_dir.glob("checkpoint-*.txt"))[-1:]
+    async with sessionmaker() as reader:
+        await reader.connection(execution_options={READ_ONLY_OPTION: True})
+        return await verify_log(
+            reader,
+            verifier,
+            sealing_delay=timedelta(seconds=settings.sealing_delay_seconds),
+            held_checkpoints=[path.read_text() for path in held],
+        )
+
+
+async def newest_checkpoint(session: AsyncSession) -> AuditCheckpoint | None:
+    """The newest signed checkpoint, or None before the first."""
+    return await session.scalar(
+        select(AuditCheckpoint).order_by(AuditCheckpoint.size.desc()).limit(1)
+    )
 
 
 async def database_now(session: AsyncSession) -> datetime:

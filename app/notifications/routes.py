@@ -1,132 +1,27 @@
 """/v1/notifications: the feed of enquiries about the custodian's children.
 
-Custodians (audit:read, local authorities) see their own authority's
-notifications only; the filter is in every statement, so another authority's
-notification is simply not found (404), never forbidden (which would confirm it).
+The feed, its authority filter and the acknowledgement are app/notifications/service.py's
+(the web client's page calls the same); another authority's notification is simply not
+found (404), never forbidden (which would confirm it).
 """
 
 import uuid
-from datetime import datetime
-from enum import StrEnum
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import ColumnElement, Select, and_, case, or_, select
 
 from app.audit.deps import Reviewer
-from app.audit.models import AuditEvent
-from app.audit.review import (
-    DEFAULT_PAGE,
-    Cursor,
-    EnquirerRead,
-    Limit,
-    begin_read_only,
-    matched_entry_ids,
-)
-from app.audit.service import commit_or_fail_closed, refuse_not_found, request_context
-from app.auth.principals import Principal
-from app.cursors import bad_cursor, cursor_id, cursor_time, decode_cursor, encode_cursor
-from app.db import utcnow
 from app.deps import SessionDep
 from app.errors import responses
-from app.identity.models import Organisation
-from app.notifications.models import Notification
+from app.notifications.service import (
+    NotificationPage,
+    NotificationQuery,
+    NotificationRead,
+    acknowledge_notification,
+    notification_page,
+)
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
-
-
-class NotificationStatus(StrEnum):
-    unacknowledged = "unacknowledged"
-    acknowledged = "acknowledged"
-    all = "all"
-
-
-class NotificationQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    status: NotificationStatus = NotificationStatus.all
-    cursor: Cursor | None = None
-    limit: Limit = DEFAULT_PAGE
-
-
-class NotificationRead(BaseModel):
-    """An enquiry about one of the authority's children, and how many more the same
-    enquirer made about the same child within the de-duplication period."""
-
-    id: uuid.UUID
-    event_id: uuid.UUID = Field(description="The enquiry; see /v1/audit/events.")
-    first_occurred_at: datetime
-    last_occurred_at: datetime
-    repeats: int
-    entry_id: uuid.UUID | None = Field(description="The entry disclosed (on_plan only).")
-    matched_entry_ids: list[uuid.UUID] = Field(
-        description="Your entries the enquiry matched (for refer_to_custodian, to resolve)."
-    )
-    outcome: str
-    purpose: str | None
-    reason: str | None
-    organisation_id: uuid.UUID | None
-    organisation_name: str | None
-    enquirer: EnquirerRead | None
-    acknowledged_at: datetime | None
-    acknowledged_by: str | None
-
-
-class NotificationPage(BaseModel):
-    items: list[NotificationRead]
-    next_cursor: str | None
-
-
-_unread_first = case((Notification.acknowledged_at.is_(None), 0), else_=1)
-
-
-def readable_notifications(reviewer: Principal) -> Select[Notification, AuditEvent, str | None]:
-    """The reviewer's own authority's notifications, with the enquiry behind each."""
-    return (
-        select(Notification, AuditEvent, Organisation.name)
-        .join(AuditEvent, AuditEvent.id == Notification.event_id)
-        .outerjoin(Organisation, Organisation.id == AuditEvent.organisation_id)
-        .where(Notification.authority_id == reviewer.organisation_id)
-    )
-
-
-def _read(notification: Notification, event: AuditEvent, name: str | None) -> NotificationRead:
-    return NotificationRead(
-        id=notification.id,
-        event_id=event.id,
-        first_occurred_at=notification.first_occurred_at,
-        last_occurred_at=notification.last_occurred_at,
-        repeats=notification.repeats,
-        entry_id=event.entry_id,
-        matched_entry_ids=matched_entry_ids(event, notification.authority_id),
-        outcome=event.outcome,
-        purpose=event.purpose,
-        reason=event.reason,
-        organisation_id=event.organisation_id,
-        organisation_name=name,
-        enquirer=EnquirerRead.model_validate(event.enquirer) if event.enquirer else None,
-        acknowledged_at=notification.acknowledged_at,
-        acknowledged_by=notification.acknowledged_by,
-    )
-
-
-def _after(cursor: str) -> ColumnElement[bool]:
-    """Keyset condition for (unacknowledged first, newest first, id)."""
-    rank_text, at_text, id_text = decode_cursor(cursor, 3)
-    if rank_text not in ("0", "1"):
-        raise bad_cursor()
-    rank, at, notification_id = int(rank_text), cursor_time(at_text), cursor_id(id_text)
-    return or_(
-        _unread_first > rank,
-        and_(
-            _unread_first == rank,
-            or_(
-                Notification.first_occurred_at < at,
-                and_(Notification.first_occurred_at == at, Notification.id < notification_id),
-            ),
-        ),
-    )
 
 
 @router.get(
@@ -139,25 +34,7 @@ async def list_notifications(
     session: SessionDep,
     query: Annotated[NotificationQuery, Query()],
 ) -> NotificationPage:
-    statement = readable_notifications(reviewer)
-    if query.status is NotificationStatus.unacknowledged:
-        statement = statement.where(Notification.acknowledged_at.is_(None))
-    elif query.status is NotificationStatus.acknowledged:
-        statement = statement.where(Notification.acknowledged_at.is_not(None))
-    if query.cursor is not None:
-        statement = statement.where(_after(query.cursor))
-    statement = statement.order_by(
-        _unread_first, Notification.first_occurred_at.desc(), Notification.id.desc()
-    ).limit(query.limit + 1)
-    await begin_read_only(session)
-    rows = (await session.execute(statement)).all()
-    items = [_read(*row) for row in rows[: query.limit]]
-    next_cursor = None
-    if len(rows) > query.limit:
-        last = rows[query.limit - 1][0]
-        rank = "0" if last.acknowledged_at is None else "1"
-        next_cursor = encode_cursor(rank, last.first_occurred_at.isoformat(), str(last.id))
-    return NotificationPage(items=items, next_cursor=next_cursor)
+    return await notification_page(session, reviewer, query)
 
 
 @router.post(
@@ -169,36 +46,4 @@ async def list_notifications(
 async def acknowledge(
     notification_id: uuid.UUID, request: Request, reviewer: Reviewer, session: SessionDep
 ) -> NotificationRead:
-    row = (
-        await session.execute(
-            readable_notifications(reviewer).where(Notification.id == notification_id)
-        )
-    ).first()
-    if row is None:
-        await refuse_not_found(
-            session,
-            request,
-            reviewer,
-            event_type="notification.refused",
-            refusal="notification_not_found",
-            detail={"notification_id": str(notification_id)},
-            message="No notification with that id for your authority.",
-        )
-    notification, event, name = row
-    if notification.acknowledged_at is None:
-        notification.acknowledged_at = utcnow()
-        notification.acknowledged_by = reviewer.subject
-        session.add(
-            AuditEvent(
-                event_type="notification.acknowledged",
-                principal=reviewer.subject,
-                organisation_id=reviewer.organisation_id,
-                authority_id=reviewer.organisation_id,
-                outcome="acknowledged",
-                entry_id=event.entry_id,
-                detail={"notification_id": str(notification.id), "event_id": str(event.id)},
-                **request_context(request),
-            )
-        )
-        await commit_or_fail_closed(session)
-    return _read(notification, event, name)
+    return await acknowledge_notification(session, request, reviewer, notification_id)

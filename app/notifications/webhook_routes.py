@@ -1,63 +1,16 @@
 """/v1/notifications/webhook: a custodian says where its authority's notifications are
-pushed, besides the feed. One webhook per authority; the signing secret is shown once."""
-
-import secrets
-from datetime import datetime
-from typing import Annotated
+pushed, besides the feed. One webhook per authority; the signing secret is shown once.
+The checks, the store and the audit are app/notifications/webhook_settings.py's."""
 
 from fastapi import APIRouter, Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
 
 from app.audit.deps import Reviewer
-from app.audit.models import AuditEvent
-from app.audit.service import commit_or_fail_closed, refuse, request_context
-from app.auth.principals import Principal
-from app.config import Environment
-from app.db import utcnow
 from app.deps import SessionDep, SettingsDep
-from app.errors import ProblemError, responses
-from app.notifications.models import NotificationWebhook
-from app.notifications.targets import RefusedTarget, vet
+from app.errors import responses
+from app.notifications import webhook_settings
+from app.notifications.webhook_settings import WebhookCreated, WebhookRead, WebhookSet
 
 router = APIRouter(prefix="/v1/notifications/webhook", tags=["notifications"])
-
-
-def _no_credentials(url: HttpUrl) -> HttpUrl:
-    if url.username or url.password:
-        raise ValueError("put no credentials in the URL: verify the X-CPR-Signature header")
-    if url.fragment:
-        raise ValueError("a webhook URL has no fragment")
-    return url
-
-
-class WebhookSet(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    url: Annotated[HttpUrl, Field(max_length=2000), AfterValidator(_no_credentials)]
-
-
-class WebhookRead(BaseModel):
-    url: str
-    active: bool
-    created_at: datetime
-
-
-class WebhookCreated(WebhookRead):
-    signing_secret: str = Field(
-        description="Shown once: HMAC-SHA256 key for the X-CPR-Signature header of each delivery."
-    )
-
-
-def _event(request: Request, reviewer: Principal, event_type: str, url: str) -> AuditEvent:
-    return AuditEvent(
-        event_type=event_type,
-        principal=reviewer.subject,
-        organisation_id=reviewer.organisation_id,
-        authority_id=reviewer.organisation_id,
-        outcome="ok",
-        detail={"url": url},
-        **request_context(request),
-    )
 
 
 @router.put(
@@ -73,50 +26,7 @@ async def set_webhook(
     settings: SettingsDep,
     webhook: WebhookSet,
 ) -> WebhookCreated:
-    url = str(webhook.url)
-    if settings.environment is Environment.production and webhook.url.scheme != "https":
-        raise ProblemError(
-            422,
-            "Invalid webhook",
-            "Notifications are only sent over https.",
-            code="invalid_webhook",
-        )
-    try:
-        await vet(url, settings.webhook_allowed_hosts)
-    except RefusedTarget as exc:
-        # On record: pointing the notifier inside the network is worth a custodian's look.
-        refused = _event(request, reviewer, "notification.webhook_refused", url)
-        refused.refusal = "webhook_target_refused"
-        await refuse(
-            session,
-            refused,
-            ProblemError(
-                422,
-                "Invalid webhook",
-                code="webhook_target_refused",
-                errors=[{"loc": ["body", "url"], "msg": str(exc), "type": "value_error"}],
-            ),
-        )
-    row = await session.get(NotificationWebhook, reviewer.organisation_id)
-    if row is None:
-        row = NotificationWebhook(organisation_id=reviewer.organisation_id)
-        session.add(row)
-    row.url, row.active, row.created_at = url, True, utcnow()
-    row.signing_secret = secrets.token_urlsafe(32)
-    session.add(_event(request, reviewer, "notification.webhook_set", url))
-    await commit_or_fail_closed(session)
-    return WebhookCreated(
-        url=url, active=True, created_at=row.created_at, signing_secret=row.signing_secret
-    )
-
-
-async def _own(session: SessionDep, reviewer: Principal) -> NotificationWebhook:
-    row = await session.get(NotificationWebhook, reviewer.organisation_id)
-    if row is None or not row.active:
-        raise ProblemError(
-            404, "Not found", "Your authority has no webhook.", code="webhook_not_found"
-        )
-    return row
+    return await webhook_settings.set_webhook(session, request, settings, reviewer, webhook)
 
 
 @router.get(
@@ -126,8 +36,7 @@ async def _own(session: SessionDep, reviewer: Principal) -> NotificationWebhook:
     summary="Your authority's webhook (never its secret)",
 )
 async def read_webhook(reviewer: Reviewer, session: SessionDep) -> WebhookRead:
-    row = await _own(session, reviewer)
-    return WebhookRead(url=row.url, active=row.active, created_at=row.created_at)
+    return await webhook_settings.read_webhook(session, reviewer)
 
 
 @router.delete(
@@ -137,7 +46,4 @@ async def read_webhook(reviewer: Reviewer, session: SessionDep) -> WebhookRead:
     summary="Stop pushing notifications (the feed keeps them)",
 )
 async def delete_webhook(request: Request, reviewer: Reviewer, session: SessionDep) -> None:
-    row = await _own(session, reviewer)
-    row.active = False
-    session.add(_event(request, reviewer, "notification.webhook_removed", row.url))
-    await commit_or_fail_closed(session)
+    await webhook_settings.delete_webhook(session, request, reviewer)

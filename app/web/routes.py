@@ -1,6 +1,6 @@
 """Pages of the thin web client. Each page does what the API does, through the same
-code: the sign-in is the password grant, the lookup is answer_enquiry, the review
-page is the review API's list, so every check and every audit event is the API's."""
+code: the sign-in is the password grant, the lookup is answer_enquiry, so every check and
+every audit event is the API's. The custodian's review pages are app/web/review_routes.py."""
 
 import json
 from typing import Any
@@ -10,9 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from sqlalchemy import update
 
-from app.audit.deps import admit_reviewer
 from app.audit.models import AuditEvent
-from app.audit.review import EnquiryListQuery, list_page
 from app.audit.service import commit_or_fail_closed, request_context
 from app.auth.certificates import presented_thumbprint
 from app.auth.models import AccessToken
@@ -364,32 +362,3 @@ async def lookup(request: Request, settings: SettingsDep, signed_in: SignedInDep
     asked = [(FIELD_LABELS[field], form[field]) for field in SUBJECT_FIELDS if form[field]]
     blank = dict.fromkeys(LOOKUP_FIELDS, "") | {"purpose": form["purpose"]}
     return _lookup_form(request, settings, principal, form=blank, answer=answer, asked=asked)
-
-
-@router.get("/web/audit")
-async def audit_page(
-    request: Request, session: SessionDep, settings: SettingsDep, signed_in: SignedInDep
-) -> Response:
-    if signed_in is None:
-        return to_sign_in(settings)
-    principal = signed_in.principal
-    context: dict[str, Any] = {
-        "title": "Enquiries about your children",
-        "who": principal.display_name,
-        "principal": principal,
-    }
-    try:
-        reviewer = await admit_reviewer(request, principal, session)
-        page = await list_page(session, request, reviewer, EnquiryListQuery())
-    except ProblemError as problem:
-        error = {"title": problem.title, "detail": problem.detail}
-        return render(
-            request,
-            settings,
-            "audit.html",
-            status_code=problem.status,
-            page=None,
-            error=error,
-            **context,
-        )
-    return render(request, settings, "audit.html", page=page, **context)
