@@ -247,7 +247,7 @@ async def test_a_custodian_cannot_look_up_from_the_page(
     browser: httpx.AsyncClient, world: World
 ) -> None:
     signed_in = await _sign_in(browser, world, "custodian_a")
-    assert signed_in.headers["location"] == "/web/audit"
+    assert signed_in.headers["location"] == "/web/enquiries"
     response = await _look_up(browser, nhs_number=NHS["neglect"])
     assert response.status_code == 403
     assert "On a child protection plan" not in response.text

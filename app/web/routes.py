@@ -141,7 +141,7 @@ async def sign_in(
             notice="You are signed in again. Check what you typed, then press Look up.",
         )
     else:
-        to = "/web/lookup" if "register:lookup" in scopes else "/web/audit"
+        to = "/web/lookup" if "register:lookup" in scopes else "/web/enquiries"
         response = RedirectResponse(to, status_code=303, headers=SECURITY_HEADERS)
     start_session(response, result.access_token, result.expires_in, settings)
     return response
