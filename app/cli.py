@@ -38,8 +38,8 @@ from app.audit.chain import (
     ensure_key,
     rotate_key,
 )
-from app.audit.sealing import Sequencer, verifier_keys_path
-from app.audit.verify import verify_log
+from app.audit.sealing import Sequencer, latest_copy, verifier_keys_path
+from app.audit.verify import Report, verify_log, verify_since
 from app.auth.assertions import InvalidPublicKey, public_jwks
 from app.auth.lockout import unlock_event
 from app.auth.models import AccessToken, UsedClientAssertion
@@ -762,40 +762,58 @@ def audit_checkpoint() -> None:
     help="A published verifier-key history (JSON): each checkpoint is checked with the key "
     "that signed it, within that key's validity. Public keys only: no private key needed.",
 )
+@click.option(
+    "--since",
+    "since",
+    default=None,
+    metavar="CHECKPOINT",
+    help="Incremental: a signed checkpoint you hold (its file, or its text). Its signature "
+    "is checked, and that the log still has its head at its size; then only the events "
+    "sealed after it are verified.",
+)
 def audit_verify(
-    held: tuple[Path, ...], verifier_key: str | None, verifier_keys: Path | None
+    held: tuple[Path, ...],
+    verifier_key: str | None,
+    verifier_keys: Path | None,
+    since: str | None,
 ) -> None:
-    """Recompute every hash and signature; exit 1 naming the first problem.
+    """Recompute every hash and signature (or, with --since, those after a checkpoint
+    held); exit 1 naming the first problem.
 
     \b
     Exit codes: 0 the log verifies; 1 it does not (or the keys given do not);
     2 bad options; 4 the database cannot be reached (DATABASE_URL).
     """
     settings = get_settings()
+    start = None if since is None else _held_note(since)
     try:
         verifier = _audit_verifier(settings, verifier_key, verifier_keys)
     except (CheckpointError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     notes = [path.read_text() for path in held]
-    notes += [p.read_text() for p in sorted(settings.checkpoint_dir.glob("checkpoint-*.txt"))[-1:]]
+    latest = latest_copy(settings.checkpoint_dir)
+    notes += [] if latest is None else [latest]
+    delay = timedelta(seconds=settings.sealing_delay_seconds)
 
-    async def work(session: AsyncSession) -> Any:
-        return await verify_log(
-            session,
-            verifier,
-            sealing_delay=timedelta(seconds=settings.sealing_delay_seconds),
-            held_checkpoints=notes,
+    async def work(session: AsyncSession) -> Report:
+        if start is None:
+            return await verify_log(session, verifier, sealing_delay=delay, held_checkpoints=notes)
+        return await verify_since(
+            session, verifier, start, sealing_delay=delay, held_checkpoints=notes
         )
 
     try:
         report = _with_session(settings, work)
     except DATABASE_ERRORS as exc:
         raise _database_unreachable(settings, exc) from exc
+    after = "" if start is None else f" after size {report.since}"
+    origin = "" if start is None else f", from the checkpoint held at size {report.since}"
     click.echo(
-        f"size {report.size}, head {report.head}, {report.checkpoints_checked} checkpoints checked"
+        f"size {report.size}, head {report.head}, "
+        f"{report.checkpoints_checked} checkpoints checked{origin}"
     )
     if report.ok:
-        click.echo("OK: every event, hash and checkpoint verifies")
+        click.echo(f"OK: every event, hash and checkpoint{after} verifies")
         return
     for finding in report.findings:
         where = f"position {finding.position}" if finding.position else ""
@@ -803,6 +821,21 @@ def audit_verify(
         named = " ".join(part for part in (finding.kind, where, event) if part)
         click.echo(f"FAILED {named}: {finding.detail}")
     sys.exit(1)
+
+
+def _held_note(value: str) -> str:
+    """--since: a checkpoint note's file, or the note itself (it spans several lines)."""
+    path = Path(value)
+    try:
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"{value} cannot be read ({exc})", param_hint="--since") from exc
+    if "\n" in value:
+        return value
+    raise click.BadParameter(
+        f"{value} is neither a file nor a checkpoint note", param_hint="--since"
+    )
 
 
 def _database_unreachable(settings: Settings, exc: BaseException) -> CommandError:

@@ -351,6 +351,15 @@ def publish_checkpoints(directory: Path, checkpoints: Sequence[tuple[int, str]])
         _write_atomically(latest, note)
 
 
+def latest_copy(directory: Path) -> str | None:
+    """The newest checkpoint copied to ``directory`` (``latest.txt``), unchecked; None if
+    there is none. One file: the directory is never listed."""
+    try:
+        return (directory / "latest.txt").read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None
+
+
 def publish_checkpoint(directory: Path, note: str, size: int) -> None:
     """Copy one checkpoint outside the database (see publish_checkpoints)."""
     publish_checkpoints(directory, [(size, note)])

@@ -147,7 +147,7 @@ async def verify_since(
     report.since = report.size = start.size
     report.head = start.head.hex()
     held = _open_held(report, verifier, held_checkpoints)
-    if not await _extends(connection, report, start, "the checkpoint held"):
+    if not await _extends(connection, report, start, "checkpoint held"):
         return report
     # Held checkpoints older than the one started from: one read each.
     for size in sorted(s for s in held if s < start.size):
