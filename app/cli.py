@@ -771,11 +771,20 @@ def audit_checkpoint() -> None:
     "is checked, and that the log still has its head at its size; then only the events "
     "sealed after it are verified.",
 )
+@click.option(
+    "--keep",
+    "keep",
+    default=None,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="When the log verifies, write here the newest checkpoint it was found to extend: "
+    "the one to verify --since next time (it may be the --since file itself).",
+)
 def audit_verify(
     held: tuple[Path, ...],
     verifier_key: str | None,
     verifier_keys: Path | None,
     since: str | None,
+    keep: Path | None,
 ) -> None:
     """Recompute every hash and signature (or, with --since, those after a checkpoint
     held); exit 1 naming the first problem.
@@ -814,6 +823,13 @@ def audit_verify(
     )
     if report.ok:
         click.echo(f"OK: every event, hash and checkpoint{after} verifies")
+        if keep is not None and report.newest is not None:
+            try:
+                _keep_checkpoint(keep, report.newest)
+            except OSError as exc:
+                raise click.ClickException(f"the log verifies, but {keep}: {exc}") from exc
+            size = report.newest.split("\n")[1]
+            click.echo(f"kept the checkpoint at size {size} in {keep}")
         return
     for finding in report.findings:
         where = f"position {finding.position}" if finding.position else ""
@@ -821,6 +837,13 @@ def audit_verify(
         named = " ".join(part for part in (finding.kind, where, event) if part)
         click.echo(f"FAILED {named}: {finding.detail}")
     sys.exit(1)
+
+
+def _keep_checkpoint(path: Path, note: str) -> None:
+    """Written aside and renamed into place: the file holds the old note or the new."""
+    aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    aside.write_text(note, encoding="utf-8")
+    os.replace(aside, path)
 
 
 def _held_note(value: str) -> str:

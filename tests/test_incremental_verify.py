@@ -354,3 +354,34 @@ async def test_a_checkpoint_asked_for_is_signed_whatever_the_interval(log: Log) 
     assert again is not None
     assert again.size == 11  # the head has not moved: the same checkpoint, not a new one
     assert await _stored(log) == 3
+
+
+@pytest.mark.usefixtures("command_env")
+async def test_the_command_keeps_the_checkpoint_to_verify_from_next_time(
+    log: Log, tmp_path: Path
+) -> None:
+    """Full once, then --since what it kept, again and again: each run starts where the
+    last one ended, and a run that fails keeps nothing."""
+    kept = tmp_path / "verified.txt"
+    first = await cpr("audit", "verify", "--keep", str(kept))
+    assert first.exit_code == 0, first.output
+    assert "kept the checkpoint at size 10" in first.output
+    assert log.signer.verifier.open(kept.read_text()).size == 10
+
+    await log.write(2)
+    await log.sequencer.run_once(checkpoint=True)
+    await log.load_positions()
+    second = await cpr("audit", "verify", "--since", str(kept), "--keep", str(kept))
+    assert second.exit_code == 0, second.output
+    assert "from the checkpoint held at size 10" in second.output
+    assert log.signer.verifier.open(kept.read_text()).size == 12
+
+    await log.write(1)
+    sealed, signed = await log.sequencer.run_once()  # sealed, not yet under a checkpoint
+    assert (sealed.size, signed) == (13, None)
+    await log.load_positions()
+    await log.superuser(f"UPDATE audit_events SET outcome = 'on_plan' WHERE id = {log.uid(13)}")
+    third = await cpr("audit", "verify", "--since", str(kept), "--keep", str(kept))
+    assert third.exit_code == 1, third.output
+    assert "FAILED altered position 13" in third.output
+    assert log.signer.verifier.open(kept.read_text()).size == 12  # unchanged

@@ -51,7 +51,8 @@ MAX_LISTED = 100
 # Seals (with their events), checkpoints and events read per statement.
 PAGE_SIZE = 1000
 
-Labelled = list[tuple[str, Checkpoint]]
+# (where it came from, the checkpoint, its note)
+Labelled = list[tuple[str, Checkpoint, str]]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class Report:
     checkpoints_checked: int = 0
     # The size of the checkpoint verification started from (0: the whole log).
     since: int = 0
+    # The newest signed checkpoint note the chain was found to have (the one held, or
+    # a stored one after it): what to start from next time (``verify_since``).
+    newest: str | None = None
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -146,12 +150,13 @@ async def verify_since(
     report.checkpoints_checked += 1
     report.since = report.size = start.size
     report.head = start.head.hex()
+    report.newest = since
     held = _open_held(report, verifier, held_checkpoints)
     if not await _extends(connection, report, start, "checkpoint held"):
         return report
     # Held checkpoints older than the one started from: one read each.
     for size in sorted(s for s in held if s < start.size):
-        for label, checkpoint in held.pop(size):
+        for label, checkpoint, _ in held.pop(size):
             await _extends(connection, report, checkpoint, label)
     held = {size: labelled for size, labelled in held.items() if size != start.size}
     walked = await _walk(
@@ -222,7 +227,7 @@ def _open_held(
     for note in notes:
         opened = _open(report, verifier, "held checkpoint", note)
         if opened is not None:
-            held.setdefault(opened.size, []).append(("held checkpoint", opened))
+            held.setdefault(opened.size, []).append(("held checkpoint", opened, note))
     return held
 
 
@@ -306,7 +311,7 @@ async def _stored_checkpoints(
                     )
                 )
             elif opened is not None:
-                group = [(label, opened), *group]
+                group = [(label, opened, row.note), *group]
             if group:
                 yield row.size, group
         if len(rows) < page_size:
@@ -380,7 +385,7 @@ async def _walk(
             if upcoming is not None:
                 _dated_after(walked, seal.position, event, upcoming, future_tolerance)
                 if upcoming[0] == seal.position:
-                    for label, checkpoint in upcoming[1]:
+                    for label, checkpoint, note in upcoming[1]:
                         if checkpoint.head != head:
                             report.findings.append(
                                 Finding(
@@ -390,6 +395,8 @@ async def _walk(
                                     position=seal.position,
                                 )
                             )
+                        else:
+                            report.newest = note
             expected += 1
         if walked.broken:
             break
@@ -399,7 +406,7 @@ async def _walk(
     # rest are still read, for their signatures.
     while upcoming is not None:
         if upcoming[0] > report.size and not walked.broken:
-            for label, _ in upcoming[1]:
+            for label, _, _ in upcoming[1]:
                 report.findings.append(
                     Finding(
                         "truncated",
@@ -424,7 +431,7 @@ def _dated_after(
     if len(walked.future) >= MAX_LISTED:
         return
     size, labelled = covering
-    signed = datetime.fromtimestamp(min(c.signed_at for _, c in labelled), UTC)
+    signed = datetime.fromtimestamp(min(c.signed_at for _, c, _ in labelled), UTC)
     if event["occurred_at"] > signed + tolerance:
         event_id = str(event["id"])
         walked.future[event_id] = Finding(
