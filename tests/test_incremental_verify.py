@@ -4,6 +4,7 @@ what was sealed after it is verified as the full walk would. Tampering goes thro
 owner's connection, as in tests/test_audit_chain.py; both databases."""
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,8 +15,9 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import func, select
 
+from app.audit.archive import ARCHIVED, verify_archive
 from app.audit.chain import Checkpoint
-from app.audit.models import AuditCheckpoint
+from app.audit.models import AuditCheckpoint, AuditEvent
 from app.audit.sealing import Sequencer
 from app.audit.verify import Report, verify_since
 from app.cli import main
@@ -385,3 +387,81 @@ async def test_the_command_keeps_the_checkpoint_to_verify_from_next_time(
     assert third.exit_code == 1, third.output
     assert "FAILED altered position 13" in third.output
     assert log.signer.verifier.open(kept.read_text()).size == 12  # unchanged
+
+
+# --- archives: a closed segment that verifies on its own ------------------------------------
+
+
+@pytest.mark.usefixtures("command_env")
+async def test_an_archive_of_the_segment_up_to_a_checkpoint_verifies_on_its_own(
+    log: Log, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = tmp_path / "held.txt"
+    held.write_text(log.held)  # type: ignore[attr-defined]
+    archive = tmp_path / "segment.jsonl"
+    written = await cpr("audit", "archive", "--before", str(held), "--to", str(archive))
+    assert written.exit_code == 0, written.output
+    assert "wrote positions 1 to 6" in written.output
+    lines = archive.read_text().splitlines()
+    assert len(lines) == 7  # the header and six events
+    async with log.sessionmaker() as session:
+        recorded = (
+            await session.scalars(select(AuditEvent).where(AuditEvent.event_type == ARCHIVED))
+        ).one()
+    assert recorded.detail is not None
+    assert recorded.detail["to_size"] == 6
+    assert recorded.detail["sha256"] in written.output
+
+    again = await cpr("audit", "archive", "--before", str(held), "--to", str(archive))
+    assert again.exit_code == 2, again.output
+    assert "an archive is never replaced" in again.output
+
+    # The file alone, with the public keys: no database (none can be reached here).
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    get_settings.cache_clear()
+    keys = tmp_path / "verifiers.json"
+    keys.write_text(log.signer.verifier.to_json())
+    checked = await cpr("audit", "verify", "--archive", str(archive), "--verifier-keys", str(keys))
+    assert checked.exit_code == 0, checked.output
+    assert "size 6" in checked.output
+    assert "OK: every event, hash and checkpoint in segment.jsonl verifies" in checked.output
+    assert verify_archive(archive, log.signer.verifier).ok
+
+    # Changed, cut short, or closed by a forged checkpoint: each is named.
+    header, *events = lines
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(
+        "\n".join([header, *events[:2], events[2].replace("not_on_plan", "on_plan"), *events[3:]])
+        + "\n"
+    )
+    assert [
+        (f.kind, f.position) for f in verify_archive(changed, log.signer.verifier).findings
+    ] == [("altered", 3)]
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join([header, *events[:5]]) + "\n")
+    assert [f.kind for f in verify_archive(short, log.signer.verifier).findings] == ["truncated"]
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text("\n".join([header.replace("\\n6\\n", "\\n7\\n"), *events]) + "\n")
+    refused = await cpr("audit", "verify", "--archive", str(forged), "--verifier-keys", str(keys))
+    assert refused.exit_code == 1, refused.output
+    assert "FAILED forged_checkpoint: the closing checkpoint" in refused.output
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text("not json\n")
+    broken = await cpr("audit", "verify", "--archive", str(garbage), "--verifier-keys", str(keys))
+    assert broken.exit_code == 1, broken.output
+    assert "FAILED malformed_archive" in broken.output
+    assert "Traceback" not in broken.output + refused.output
+
+
+@pytest.mark.usefixtures("command_env")
+async def test_no_archive_is_written_of_a_chain_that_does_not_verify(
+    log: Log, tmp_path: Path
+) -> None:
+    await log.superuser(f"UPDATE audit_events SET outcome = 'on_plan' WHERE id = {log.uid(4)}")
+    archive = tmp_path / "segment.jsonl"
+    result = await cpr("audit", "archive", "--before", log.held, "--to", str(archive))  # type: ignore[attr-defined]
+    assert result.exit_code == 1, result.output
+    assert "FAILED altered: the event differs" in result.output
+    assert "nothing was written" in result.output
+    assert not archive.exists()
+    assert [n for n in os.listdir(tmp_path) if "segment" in n] == []  # no partial file either

@@ -97,7 +97,7 @@ async def verify_log(
     any event has neither a seal nor a queue row (only then are they looked for).
     """
     report = Report()
-    connection = await _reader(session)
+    connection = await reader(session)
     await _refresh(verifier, report)
     held = _open_held(report, verifier, held_checkpoints)
     walked = await _walk(
@@ -140,7 +140,7 @@ async def verify_since(
     ``occurred_at``; the full walk finds any other.
     """
     report = Report()
-    connection = await _reader(session)
+    connection = await reader(session)
     await _refresh(verifier, report)
     try:
         start = verifier.open(since)
@@ -152,12 +152,12 @@ async def verify_since(
     report.head = start.head.hex()
     report.newest = since
     held = _open_held(report, verifier, held_checkpoints)
-    if not await _extends(connection, report, start, "checkpoint held"):
+    if not await extends(connection, report, start, "checkpoint held"):
         return report
     # Held checkpoints older than the one started from: one read each.
     for size in sorted(s for s in held if s < start.size):
         for label, checkpoint, _ in held.pop(size):
-            await _extends(connection, report, checkpoint, label)
+            await extends(connection, report, checkpoint, label)
     held = {size: labelled for size, labelled in held.items() if size != start.size}
     walked = await _walk(
         connection,
@@ -197,7 +197,7 @@ class _Walked:
     future: dict[str, Finding] = field(default_factory=dict)
 
 
-async def _reader(session: AsyncSession) -> AsyncConnection:
+async def reader(session: AsyncSession) -> AsyncConnection:
     """A read that blocks no writer: on SQLite a deferred transaction (in WAL mode one
     snapshot for the whole walk, and no lookup waits for it)."""
     if session.in_transaction():
@@ -241,7 +241,7 @@ def _open(report: Report, verifier: CheckpointVerifier, label: str, note: str) -
     return checkpoint
 
 
-async def _extends(
+async def extends(
     connection: AsyncConnection, report: Report, checkpoint: Checkpoint, label: str
 ) -> bool:
     """Whether the stored chain has, at the checkpoint's size, the checkpoint's head:
@@ -321,7 +321,7 @@ async def _stored_checkpoints(
         yield waiting.popleft()
 
 
-async def _seal_pages(
+async def seal_pages(
     connection: AsyncConnection, *, after: int, page_size: int
 ) -> AsyncIterator[list[tuple[Any, RowMapping | None]]]:
     """The seals after position ``after`` in order, ``page_size`` at a time, each with its
@@ -371,9 +371,9 @@ async def _walk(
     )
     upcoming = await anext(checkpoints, None)
     expected = size + 1
-    async for page in _seal_pages(connection, after=size, page_size=page_size):
+    async for page in seal_pages(connection, after=size, page_size=page_size):
         for seal, event in page:
-            finding = _check(seal, event, expected, head)
+            finding = check_seal(seal, event, expected, head)
             if finding is not None:
                 report.findings.append(finding)
                 walked.broken = True
@@ -578,7 +578,7 @@ async def _never_queued_after(
         last = (rows[-1].occurred_at, rows[-1].id)
 
 
-def _check(seal: Any, event: RowMapping | None, expected: int, head: bytes) -> Finding | None:
+def check_seal(seal: Any, event: RowMapping | None, expected: int, head: bytes) -> Finding | None:
     if seal.position != expected:
         return Finding(
             "removed",
