@@ -31,6 +31,13 @@ from app.apiclient import (
     request,
     sign_in,
 )
+from app.audit.archive import (
+    Archived,
+    ArchiveRefused,
+    archived_event,
+    verify_archive,
+    write_archive,
+)
 from app.audit.chain import (
     CheckpointError,
     CheckpointSigner,
@@ -38,8 +45,8 @@ from app.audit.chain import (
     ensure_key,
     rotate_key,
 )
-from app.audit.sealing import Sequencer, verifier_keys_path
-from app.audit.verify import verify_log
+from app.audit.sealing import Sequencer, latest_copy, verifier_keys_path
+from app.audit.verify import Report, verify_log, verify_since
 from app.auth.assertions import InvalidPublicKey, public_jwks
 from app.auth.lockout import unlock_event
 from app.auth.models import AccessToken, UsedClientAssertion
@@ -766,40 +773,94 @@ def audit_checkpoint() -> None:
     help="A published verifier-key history (JSON): each checkpoint is checked with the key "
     "that signed it, within that key's validity. Public keys only: no private key needed.",
 )
+@click.option(
+    "--since",
+    "since",
+    default=None,
+    metavar="CHECKPOINT",
+    help="Incremental: a signed checkpoint you hold (its file, or its text). Its signature "
+    "is checked, and that the log still has its head at its size; then only the events "
+    "sealed after it are verified.",
+)
+@click.option(
+    "--keep",
+    "keep",
+    default=None,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="When the log verifies, write here the newest checkpoint it was found to extend: "
+    "the one to verify --since next time (it may be the --since file itself).",
+)
+@click.option(
+    "--archive",
+    "archive",
+    default=None,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Verify an archive file (cpr audit archive) on its own, without the database.",
+)
 def audit_verify(
-    held: tuple[Path, ...], verifier_key: str | None, verifier_keys: Path | None
+    held: tuple[Path, ...],
+    verifier_key: str | None,
+    verifier_keys: Path | None,
+    since: str | None,
+    keep: Path | None,
+    archive: Path | None,
 ) -> None:
-    """Recompute every hash and signature; exit 1 naming the first problem.
+    """Recompute every hash and signature (or, with --since, those after a checkpoint
+    held); exit 1 naming the first problem.
 
     \b
     Exit codes: 0 the log verifies; 1 it does not (or the keys given do not);
     2 bad options; 4 the database cannot be reached (DATABASE_URL).
     """
     settings = get_settings()
+    if archive is not None and (since is not None or held or keep is not None):
+        raise click.UsageError(
+            "--archive verifies the file alone: no --since, --checkpoint, --keep"
+        )
+    start = None if since is None else _held_note(since)
     try:
         verifier = _audit_verifier(settings, verifier_key, verifier_keys)
     except (CheckpointError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if archive is not None:
+        _echo_report(verify_archive(archive, verifier), f" in {archive.name}")
+        return
     notes = [path.read_text() for path in held]
-    notes += [p.read_text() for p in sorted(settings.checkpoint_dir.glob("checkpoint-*.txt"))[-1:]]
+    latest = latest_copy(settings.checkpoint_dir)
+    notes += [] if latest is None else [latest]
+    delay = timedelta(seconds=settings.sealing_delay_seconds)
 
-    async def work(session: AsyncSession) -> Any:
-        return await verify_log(
-            session,
-            verifier,
-            sealing_delay=timedelta(seconds=settings.sealing_delay_seconds),
-            held_checkpoints=notes,
+    async def work(session: AsyncSession) -> Report:
+        if start is None:
+            return await verify_log(session, verifier, sealing_delay=delay, held_checkpoints=notes)
+        return await verify_since(
+            session, verifier, start, sealing_delay=delay, held_checkpoints=notes
         )
 
     try:
         report = _with_session(settings, work)
     except DATABASE_ERRORS as exc:
         raise _database_unreachable(settings, exc) from exc
+    after = "" if start is None else f" after size {report.since}"
+    origin = "" if start is None else f", from the checkpoint held at size {report.since}"
+    _echo_report(report, after, origin)
+    if keep is not None and report.newest is not None:
+        try:
+            _keep_checkpoint(keep, report.newest)
+        except OSError as exc:
+            raise click.ClickException(f"the log verifies, but {keep}: {exc}") from exc
+        size = report.newest.split("\n")[1]
+        click.echo(f"kept the checkpoint at size {size} in {keep}")
+
+
+def _echo_report(report: Report, after: str = "", origin: str = "") -> None:
+    """The verification's result; exit 1 (after naming each problem) unless it verifies."""
     click.echo(
-        f"size {report.size}, head {report.head}, {report.checkpoints_checked} checkpoints checked"
+        f"size {report.size}, head {report.head}, "
+        f"{report.checkpoints_checked} checkpoints checked{origin}"
     )
     if report.ok:
-        click.echo("OK: every event, hash and checkpoint verifies")
+        click.echo(f"OK: every event, hash and checkpoint{after} verifies")
         return
     for finding in report.findings:
         where = f"position {finding.position}" if finding.position else ""
@@ -807,6 +868,82 @@ def audit_verify(
         named = " ".join(part for part in (finding.kind, where, event) if part)
         click.echo(f"FAILED {named}: {finding.detail}")
     sys.exit(1)
+
+
+@audit_group.command("archive")
+@click.option(
+    "--before",
+    "before",
+    required=True,
+    metavar="CHECKPOINT",
+    help="The signed checkpoint that closes the segment (its file, or its text): every "
+    "event up to its size is written.",
+)
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The file to write (never replaced): `cpr audit verify --archive` verifies it alone.",
+)
+def audit_archive(before: str, to: Path) -> None:
+    """Write the closed segment of the log up to a checkpoint to a file that verifies on
+    its own (events in canonical form, their seals, the checkpoint). Nothing is deleted
+    (docs/audit-log.md, "Retention"); the writing is recorded in the log.
+
+    \b
+    Exit codes: 0 written; 1 the checkpoint or the chain up to it does not verify
+    (nothing written); 2 bad options or the file exists; 4 the database cannot be reached.
+    """
+    settings = get_settings()
+    closing = _held_note(before, "--before")
+    if to.exists():
+        raise CommandError(f"{to} exists: an archive is never replaced", EXIT_BAD_INPUT)
+    try:
+        verifier = _audit_verifier(settings, None, None)
+    except (CheckpointError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def work(session: AsyncSession) -> Archived:
+        archived = await write_archive(session, verifier, closing, to)
+        await session.rollback()  # the read's transaction; the record is written apart
+        session.add(archived_event(archived, to, "cli:audit-archive"))
+        await session.commit()
+        return archived
+
+    try:
+        archived = _with_session(settings, work)
+    except ArchiveRefused as exc:
+        click.echo(f"FAILED {exc}; nothing was written")
+        sys.exit(1)
+    except FileExistsError as exc:
+        raise CommandError(f"{to} exists: an archive is never replaced", EXIT_BAD_INPUT) from exc
+    except DATABASE_ERRORS as exc:
+        raise _database_unreachable(settings, exc) from exc
+    click.echo(
+        f"wrote positions 1 to {archived.size} (head {archived.head}) to {to}, "
+        f"sha256 {archived.sha256}"
+    )
+
+
+def _keep_checkpoint(path: Path, note: str) -> None:
+    """Written aside and renamed into place: the file holds the old note or the new."""
+    aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    aside.write_text(note, encoding="utf-8")
+    os.replace(aside, path)
+
+
+def _held_note(value: str, option: str = "--since") -> str:
+    """A checkpoint note's file, or the note itself (it spans several lines)."""
+    path = Path(value)
+    try:
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"{value} cannot be read ({exc})", param_hint=option) from exc
+    if "\n" in value:
+        return value
+    raise click.BadParameter(f"{value} is neither a file nor a checkpoint note", param_hint=option)
 
 
 def _database_unreachable(settings: Settings, exc: BaseException) -> CommandError:

@@ -124,7 +124,11 @@ class Settings(BaseSettings):
     # Events read per statement: each read is decoded in one go on the worker's event
     # loop, so a small batch keeps the lookups sharing that loop from waiting on it.
     sealing_batch_size: Annotated[int, Field(gt=0)] = 250
-    checkpoint_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+    # At most one checkpoint per interval for the whole service (however many sequencers),
+    # and none while the head has not moved: a year is at most 525,600 checkpoints, which
+    # the full verification checks in about a minute. Shorter narrows the tail that no
+    # signed checkpoint covers yet; one can always be asked for (cpr audit checkpoint).
+    checkpoint_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
     # The verifier reports any event still unsealed this long after it was written.
     sealing_delay_seconds: Annotated[int, Field(gt=0)] = 30
 

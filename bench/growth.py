@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.growth                      # 100,000 and 1,000,000 events
     .venv/bin/python -m bench.growth --sizes 2000000,10000000
-    .venv/bin/python -m bench.growth --sizes 100000 --verify
+    .venv/bin/python -m bench.growth --sizes 100000 --verify   # and time both verifications
 
 For each size, in a scratch database of its own on the PostgreSQL server of
 BENCH_POSTGRES_URL (trust auth, a superuser; dropped at the end), migrated with
@@ -53,10 +53,10 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit.chain import EMPTY_HEAD, CheckpointSigner
+from app.audit.chain import EMPTY_HEAD, Checkpoint, CheckpointSigner
 from app.audit.models import AuditEvent, AuditUnsealed
 from app.audit.sealing import _chain, seal_pending
-from app.audit.verify import verify_log
+from app.audit.verify import verify_log, verify_since
 from app.cli import upgrade_database
 from app.config import Environment, Settings
 from app.db import create_engine, create_sessionmaker
@@ -72,6 +72,8 @@ BATCH = 250
 RUNS = 5
 CLIENTS = 397
 STREAM_PARTITION = 10_000
+# --verify: the incremental walk starts this many events before the head.
+SINCE_TAIL = 1_000
 
 
 def _dsn(url: str) -> str:
@@ -140,7 +142,7 @@ def _events_sql(first: int, count: int, *, start: str, step_us: float, extra: st
         INSERT INTO audit_events (id, occurred_at, event_type, request_id, principal,
             enquirer, enquirer_id, purpose, reason, query, outcome, source_address)
         SELECT gen_random_uuid(),
-               {start} + (i * {step_us}) * interval '1 microsecond',
+               {start} + ((i - {first}) * {step_us}) * interval '1 microsecond',
                'lookup', md5(i::text), {extra},
                json_build_object('nhs_number', '9990000018'),
                CASE WHEN i % 50 = 0 THEN 'refer_to_custodian'
@@ -337,21 +339,51 @@ async def _one_size(size: int, *, verify: bool) -> dict[str, Any]:
                 for who, enquirer in (("long", "E-long"), ("fresh", "E-fresh"))
             }
             if verify:
-                report["verify"] = await _verify(engine)
+                report["verify"] = await _verify(engine, admin)
             return report
         finally:
             await admin.close()
             await engine.dispose()
 
 
-async def _verify(engine: AsyncEngine) -> str:
+async def _verify(engine: AsyncEngine, admin: asyncpg.Connection) -> dict[str, Any]:
+    """The whole walk, then ``--since`` a checkpoint of the log as it was SINCE_TAIL
+    events ago (signed here: the seeded log has none), timed each."""
+    await _seal_directly(engine, admin, BACKLOG)  # the backlog too: nothing left unsealed
+    delay = timedelta(seconds=Settings().sealing_delay_seconds)
     with tempfile.TemporaryDirectory() as directory:
         signer = CheckpointSigner.from_file(
             Path(directory) / "checkpoint.pem", "bench.growth/audit", create=True
         )
-        async with create_sessionmaker(engine)() as session:
-            result = await verify_log(session, signer.verifier, sealing_delay=timedelta(hours=1))
-    return "ok" if result.ok else f"FAILED: {result.findings[:3]}"
+        sessionmaker = create_sessionmaker(engine)
+        async with sessionmaker() as session:
+            started = time.perf_counter()
+            full = await verify_log(session, signer.verifier, sealing_delay=delay)
+            full_s = time.perf_counter() - started
+        at = await admin.fetchrow(
+            "SELECT position, chain_hash FROM audit_seals ORDER BY position DESC OFFSET $1 LIMIT 1",
+            SINCE_TAIL,
+        )
+        note = signer.sign(
+            Checkpoint(
+                "bench.growth/audit",
+                at["position"],
+                bytes.fromhex(at["chain_hash"]),
+                int(time.time()),
+            )
+        )
+        async with sessionmaker() as session:
+            started = time.perf_counter()
+            since = await verify_since(session, signer.verifier, note, sealing_delay=delay)
+            since_s = time.perf_counter() - started
+    return {
+        "full": "ok" if full.ok else f"FAILED: {full.findings[:3]}",
+        "full_s": full_s,
+        "full_size": full.size,
+        "since": "ok" if since.ok else f"FAILED: {since.findings[:3]}",
+        "since_s": since_s,
+        "since_events": since.size - since.since,
+    }
 
 
 def _print(reports: list[dict[str, Any]]) -> None:
@@ -413,8 +445,19 @@ def _print(reports: list[dict[str, Any]]) -> None:
         print(
             f"  {report['size']:,}: seeded in {report['seed_events_s']:.1f} s, "
             f"body sealed in {report['seal_body_s']:.1f} s"
-            + (f", verify {report['verify']}" if "verify" in report else "")
         )
+    if any("verify" in report for report in reports):
+        print("\n## Verification: the whole log, and --since a checkpoint\n")
+        print("| events sealed | full: s | µs an event | since: events | s | result |")
+        print("|---:|---:|---:|---:|---:|---|")
+    for report in reports:
+        if "verify" in report:
+            v = report["verify"]
+            print(
+                f"| {v['full_size']:,} | {v['full_s']:.1f} | "
+                f"{v['full_s'] / max(v['full_size'], 1) * 1e6:.0f} | {v['since_events']:,} | "
+                f"{v['since_s']:.3f} | full {v['full']}, since {v['since']} |"
+            )
     for report in reports:
         for who in ("long",):
             for kind in ("custom", "generic"):

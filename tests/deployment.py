@@ -112,6 +112,9 @@ def service_env(database: ProductionDatabase, work: Path) -> dict[str, str]:
         "CPR_LOOKUP_LIMIT_PER_CLIENT": "100000000",
         "CPR_LOOKUP_LIMIT_PER_ENQUIRER": "100000000",
         "CPR_LOG_LEVEL": "WARNING",
+        # The tests wait (up to 20 s) for the background checkpoint to cover what they
+        # sealed; production's default interval is a minute.
+        "CPR_CHECKPOINT_INTERVAL_SECONDS": "5",
     }
 
 

@@ -291,8 +291,9 @@ async def test_a_checkpoint_by_the_retired_key_dated_after_its_retirement_is_ref
         r"FAILED retired_key: held checkpoint: signed at .* retired at ", result.stdout
     )
 
-    # Planted in the checkpoint directory, the verify endpoint refuses it too.
-    (service.settings.checkpoint_dir / "checkpoint-999999999999.txt").write_text(forged)
+    # Planted in the checkpoint directory (its latest.txt, the one copy verification reads
+    # there), the verify endpoint refuses it too.
+    (service.settings.checkpoint_dir / "latest.txt").write_text(forged)
     report = await service.verify_over_http()
     assert [f["kind"] for f in report["findings"]] == ["retired_key"]
 

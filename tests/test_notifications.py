@@ -20,6 +20,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -453,6 +454,81 @@ async def test_a_stopped_notifier_resumes_from_its_cursor_and_repeats_nothing(
     assert await _count(site, Notification) == 3
     assert again.created == again.scanned == 0
     assert resumed.position == derived.position + resumed.scanned
+
+
+async def _repeats(site: Site) -> int:
+    async with site.sessionmaker() as session:
+        return await session.scalar(select(func.sum(Notification.repeats))) or 0
+
+
+async def test_a_fresh_notifier_starts_from_the_recorded_position_in_one_read(
+    site: Site,
+) -> None:
+    """A new process (its own engine and pool, as after a new deployment) reads where to
+    start (the cursor row, and the newest notification's position: two indexed reads)
+    and the log's head, and nothing of the log before it: it neither misses nor
+    repeats a notification."""
+    _, nhs = await new_child(site.sessionmaker, site.authority)
+    await site.lookup(nhs)
+    await site.lookup(nhs)  # a repeat
+    await site.app.state.sequencer.run_once()
+    first = await site.notifier().run_once()
+    assert (first.created, first.repeats) == (1, 1)
+
+    fresh = Notifier.with_own_engine(site.app.state.settings)
+    assert fresh._engine is not None
+    statements: list[str] = []
+    sqlalchemy_event.listen(
+        fresh._engine.sync_engine,
+        "before_cursor_execute",
+        lambda _c, _k, statement, *_: statements.append(statement),
+    )
+    try:
+        idle = await fresh.run_once()
+        assert (idle.scanned, idle.created, idle.repeats) == (0, 0, 0)
+        assert not [s for s in statements if "audit_events" in s], statements
+        _, other = await new_child(site.sessionmaker, site.authority)
+        await site.lookup(other)
+        await site.app.state.sequencer.run_once()
+        resumed = await fresh.run_once()
+    finally:
+        await fresh.close()
+    assert (resumed.created, resumed.repeats) == (1, 0)
+    assert await _count(site, Notification) == 2
+    assert await _repeats(site) == 1
+
+
+async def test_a_cursor_lost_or_set_back_neither_repeats_nor_misses(
+    site: Site, fresh_admin_sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """The newest notification's position is a floor under the cursor row: with the row
+    gone, or set back to 0, the notifier does not read the log from the start again,
+    nor count a repeat twice (nor fail on a notification it already made)."""
+    _, nhs = await new_child(site.sessionmaker, site.authority)
+    await site.lookup(nhs)
+    await site.lookup(nhs)
+    await site.app.state.sequencer.run_once()
+    await site.notifier().run_once()
+    assert (await _count(site, Notification), await _repeats(site)) == (1, 1)
+
+    for statement in (
+        "UPDATE notifier_cursor SET position = 0",
+        "DELETE FROM notifier_cursor",
+    ):
+        async with fresh_admin_sessionmaker() as session:
+            await session.execute(text(statement))
+            await session.commit()
+        again = await site.notifier().run_once()
+        assert (again.created, again.repeats) == (0, 0)
+        assert (await _count(site, Notification), await _repeats(site)) == (1, 1)
+
+    await site.lookup(nhs)  # a third enquiry: one more repeat, counted once
+    _, other = await new_child(site.sessionmaker, site.authority)
+    await site.lookup(other)
+    await site.app.state.sequencer.run_once()
+    later = await site.notifier().run_once()
+    assert (later.created, later.repeats) == (1, 1)
+    assert (await _count(site, Notification), await _repeats(site)) == (2, 2)
 
 
 async def test_an_event_sealed_late_is_still_notified(site: Site) -> None:

@@ -23,8 +23,10 @@ import math
 import os
 import secrets
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -190,12 +192,23 @@ _EVENTS_BY_ID_POSTGRESQL = (
 _EVENTS_BY_ID = select(_EVENTS).where(_EVENTS.c.id.in_(bindparam("event_ids", expanding=True)))
 
 
+async def events_by_id(
+    connection: AsyncConnection, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, RowMapping]:
+    """The events of ``ids`` (every column), each found by its primary key; an id whose
+    event is gone is left out. The sequencer's batch and the verifier's pages alike."""
+    if not ids:
+        return {}
+    by_id = _EVENTS_BY_ID_POSTGRESQL if connection.dialect.name == "postgresql" else _EVENTS_BY_ID
+    rows = await connection.execute(by_id, {"event_ids": list(ids)})
+    return {row["id"]: row for row in rows.mappings()}
+
+
 async def _pending(connection: AsyncConnection, batch_size: int) -> tuple[list[RowMapping], bool]:
     """Up to ``batch_size`` queued events in chain order, and whether that was a whole
     batch (more may be waiting). A queue row whose event is gone (only someone going
     around the guards can do that) is passed over, as the join did, and never stops
     sealing: the queue is read on after it."""
-    by_id = _EVENTS_BY_ID_POSTGRESQL if connection.dialect.name == "postgresql" else _EVENTS_BY_ID
     pending: list[RowMapping] = []
     queue = _QUEUED
     while True:
@@ -204,10 +217,7 @@ async def _pending(connection: AsyncConnection, batch_size: int) -> tuple[list[R
         if not queued:
             return pending, False
         ids = [row.event_id for row in queued]
-        events = {
-            row["id"]: row
-            for row in (await connection.execute(by_id, {"event_ids": ids})).mappings()
-        }
+        events = await events_by_id(connection, ids)
         pending += [events[event_id] for event_id in ids if event_id in events]
         if len(queued) < wanted:
             return pending, False
@@ -279,6 +289,24 @@ async def sign_checkpoint(
     return row
 
 
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    size: int
+    signed_at: datetime
+
+
+async def newest_checkpoint(session: AsyncSession) -> StoredCheckpoint | None:
+    """The newest checkpoint stored, by any sequencer: one read of the primary key."""
+    row = (
+        await session.execute(
+            select(AuditCheckpoint.size, AuditCheckpoint.signed_at)
+            .order_by(AuditCheckpoint.size.desc())
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else StoredCheckpoint(row.size, row.signed_at)
+
+
 def _write_atomically(path: Path, text: str) -> None:
     """Written aside, flushed to the disk, then renamed into place: a reader sees the
     old file or the new one, and a failed write (a full disk) leaves no debris."""
@@ -321,6 +349,15 @@ def publish_checkpoints(directory: Path, checkpoints: Sequence[tuple[int, str]])
         current = None  # none yet, or unreadable: write it
     if current is None or current < size:
         _write_atomically(latest, note)
+
+
+def latest_copy(directory: Path) -> str | None:
+    """The newest checkpoint copied to ``directory`` (``latest.txt``), unchecked; None if
+    there is none. One file: the directory is never listed."""
+    try:
+        return (directory / "latest.txt").read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None
 
 
 def publish_checkpoint(directory: Path, note: str, size: int) -> None:
@@ -421,6 +458,8 @@ class Sequencer:
                     break
             self._unsigned = self._unsigned or total.count > 0
             signed, refused = None, None
+            if not checkpoint and self._unsigned and self._checkpoint_due():
+                await self._defer_to_stored(session, total.size)
             if checkpoint or (self._unsigned and self._checkpoint_due()):
                 try:
                     signed = await sign_checkpoint(
@@ -440,6 +479,19 @@ class Sequencer:
         every round until one is)."""
         interval = self._settings.checkpoint_interval_seconds
         return time.monotonic() - self._last_checkpoint >= interval
+
+    async def _defer_to_stored(self, session: AsyncSession, size: int) -> None:
+        """One checkpoint per interval for the whole service, not per sequencer: under
+        the sealing lock, the newest stored checkpoint (whichever replica signed it)
+        counts as this one's last. None is due when it already covers ``size`` (the
+        head has not moved), nor until the interval has passed since it was signed."""
+        newest = await newest_checkpoint(session)
+        if newest is None:
+            return
+        if newest.size >= size:
+            self._unsigned = False
+        age = (utcnow() - newest.signed_at).total_seconds()
+        self._last_checkpoint = max(self._last_checkpoint, time.monotonic() - max(age, 0.0))
 
     # --- the checkpoint key -------------------------------------------------------------
 

@@ -11,15 +11,24 @@ Each checkpoint is checked with the key that signed it, from the checkpoint key'
 verifier-key history, and only if it was signed (the time inside the signed note) while
 that key was valid: a checkpoint signed by a retired key after its retirement is
 ``retired_key``, one by a key the history does not name ``forged_checkpoint``.
+
+Two ways, both reading in pages by position (the seals' and the checkpoints' primary
+keys, the events by theirs), so memory is bounded however long the log: ``verify_log``
+walks the whole chain; ``verify_since`` starts from a checkpoint the auditor holds,
+checks that the log still reaches exactly its head at its size, and walks only what
+was sealed after it, in time proportional to that.
 """
 
 import asyncio
-from collections.abc import Sequence
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import or_, select, text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import RowMapping, exists, func, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.audit.chain import (
     EMPTY_HEAD,
@@ -30,6 +39,7 @@ from app.audit.chain import (
     next_head,
 )
 from app.audit.models import AuditCheckpoint, AuditEvent, AuditSeal, AuditUnsealed
+from app.audit.sealing import events_by_id, latest_copy
 from app.config import Settings
 from app.db import READ_ONLY_OPTION
 
@@ -39,6 +49,11 @@ from app.db import READ_ONLY_OPTION
 FUTURE_TOLERANCE = timedelta(seconds=60)
 # Events named per kind of finding (unsealed, future_dated); the first are what matter.
 MAX_LISTED = 100
+# Seals (with their events), checkpoints and events read per statement.
+PAGE_SIZE = 1000
+
+# (where it came from, the checkpoint, its note)
+Labelled = list[tuple[str, Checkpoint, str]]
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,11 @@ class Report:
     size: int = 0
     head: str = EMPTY_HEAD.hex()
     checkpoints_checked: int = 0
+    # The size of the checkpoint verification started from (0: the whole log).
+    since: int = 0
+    # The newest signed checkpoint note the chain was found to have (the one held, or
+    # a stored one after it): what to start from next time (``verify_since``).
+    newest: str | None = None
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -68,144 +88,94 @@ async def verify_log(
     sealing_delay: timedelta,
     held_checkpoints: Sequence[str] = (),
     future_tolerance: timedelta = FUTURE_TOLERANCE,
+    page_size: int = PAGE_SIZE,
 ) -> Report:
     """Walk the whole chain; ``held_checkpoints`` are notes kept outside the database.
 
-    A handful of statements whatever the log's size: the checkpoints, the walk of
-    every seal with its event, the database's clock, the events dated after it, and
-    the events without a seal; nothing is read per event.
+    Pages of ``page_size`` seals (each page's events by primary key) and checkpoints, so
+    memory stays bounded; then the database's clock, the events dated after it (an
+    index range), the queue (what waits to be sealed), and one count that says whether
+    any event has neither a seal nor a queue row (only then are they looked for).
     """
     report = Report()
-    try:
-        # A history bound to its file is read again if it changed: a rotation since.
-        await asyncio.to_thread(verifier.refresh)
-    except (OSError, ValueError) as exc:
-        report.findings.append(
-            Finding(
-                "verifier_keys_unreadable",
-                f"the verifier-key history cannot be read again ({exc}); checked with the "
-                "keys read before",
-            )
-        )
-    wanted = _checkpoints(
+    connection = await reader(session)
+    await _refresh(verifier, report)
+    held = _open_held(report, verifier, held_checkpoints)
+    walked = await _walk(
+        connection,
         report,
         verifier,
-        [
-            (f"stored checkpoint {row.size}", row.note)
-            for row in await session.scalars(select(AuditCheckpoint))
-        ],
-        [("held checkpoint", note) for note in held_checkpoints],
+        held,
+        size=0,
+        head=EMPTY_HEAD,
+        page_size=page_size,
+        future_tolerance=future_tolerance,
     )
-
-    # For each checkpoint size, the earliest time it was signed: every event it covers
-    # was written before then.
-    covering = sorted(
-        (size, datetime.fromtimestamp(min(c.signed_at for _, c in labelled), UTC))
-        for size, labelled in wanted.items()
-    )
-    cover = 0
-    future: dict[str, Finding] = {}
-
-    expected, head = 1, EMPTY_HEAD
-    rows = await session.stream(
-        select(AuditSeal, AuditEvent)
-        .outerjoin(AuditEvent, AuditEvent.id == AuditSeal.event_id)
-        .order_by(AuditSeal.position)
-        .execution_options(yield_per=1000)
-    )
-    async for seal, event in rows:
-        finding = _check(seal, event, expected, head)
-        if finding is not None:
-            report.findings.append(finding)
-            break
-        head = bytes.fromhex(seal.chain_hash)
-        while cover < len(covering) and covering[cover][0] < seal.position:
-            cover += 1
-        if cover < len(covering) and len(future) < MAX_LISTED:
-            size, signed = covering[cover]
-            if event.occurred_at > signed + future_tolerance:
-                future[str(event.id)] = Finding(
-                    "future_dated",
-                    f"the event is dated {event.occurred_at.isoformat()}, after the checkpoint "
-                    f"at size {size} that covers it was signed ({signed.isoformat()})",
-                    position=seal.position,
-                    event_id=str(event.id),
-                )
-        for label, checkpoint in wanted.get(seal.position, ()):
-            if checkpoint.head != head:
-                report.findings.append(
-                    Finding(
-                        "rewritten",
-                        f"the log at size {seal.position} no longer matches the {label}: "
-                        "history was rewritten",
-                        position=seal.position,
-                    )
-                )
-        expected += 1
-    await rows.close()
-    report.size, report.head = expected - 1, head.hex()
-
-    for size, labelled in sorted(wanted.items()):
-        if size > report.size and not report.findings:
-            for label, _ in labelled:
-                report.findings.append(
-                    Finding(
-                        "truncated",
-                        f"the {label} covers {size} events but the log verifies only "
-                        f"{report.size}: events were removed from the tail",
-                        position=report.size + 1,
-                    )
-                )
-
     now = await database_now(session)
-    ahead = await session.execute(
-        select(AuditEvent.id, AuditEvent.occurred_at, AuditSeal.position)
-        .outerjoin(AuditSeal, AuditSeal.event_id == AuditEvent.id)
-        .where(AuditEvent.occurred_at > now + future_tolerance)
-        .order_by(AuditEvent.occurred_at.desc())
-        .limit(MAX_LISTED)
-    )
-    for row in ahead:
-        future.setdefault(
-            str(row.id),
-            Finding(
-                "future_dated",
-                f"the event is dated {row.occurred_at.isoformat()}, after the database's "
-                f"clock ({now.isoformat()})",
-                position=row.position,
-                event_id=str(row.id),
-            ),
-        )
+    await _future_dated(connection, report, walked, now, future_tolerance)
+    await _queued_too_long(connection, report, now, sealing_delay)
+    if walked.broken or await _some_event_unaccounted(connection):
+        await _never_queued(connection, report)
+    report.findings.extend(walked.future.values())
+    return report
 
-    # Unsealed: queued longer ago than the delay, by the database's clock; or not
-    # queued at all, which only sealing may end (or someone who went around the guards).
-    unsealed = await session.execute(
-        select(AuditEvent.id, AuditUnsealed.queued_at)
-        .outerjoin(AuditSeal, AuditSeal.event_id == AuditEvent.id)
-        .outerjoin(AuditUnsealed, AuditUnsealed.event_id == AuditEvent.id)
-        .where(
-            AuditSeal.position.is_(None),
-            or_(
-                AuditUnsealed.event_id.is_(None),
-                AuditUnsealed.queued_at < now - sealing_delay,
-            ),
-        )
-        .order_by(AuditEvent.occurred_at)
-        .limit(MAX_LISTED)
+
+async def verify_since(
+    session: AsyncSession,
+    verifier: CheckpointVerifier,
+    since: str,
+    *,
+    sealing_delay: timedelta,
+    held_checkpoints: Sequence[str] = (),
+    future_tolerance: timedelta = FUTURE_TOLERANCE,
+    page_size: int = PAGE_SIZE,
+) -> Report:
+    """Verify what was sealed after the checkpoint note ``since`` (one the auditor holds).
+
+    Its signature is checked, then that the seal at its size carries its head (the log
+    still extends it; else ``rewritten``, or ``truncated`` if the log is shorter), then
+    only the seals after it, as ``verify_log`` does, with the checkpoints stored after
+    it. Unsealed and future-dated events are looked for as in the full walk, except
+    events with neither seal nor queue row: only those dated after the checkpoint
+    (less the sealing delay and the tolerance) are looked at, through the index on
+    ``occurred_at``; the full walk finds any other.
+    """
+    report = Report()
+    connection = await reader(session)
+    await _refresh(verifier, report)
+    try:
+        start = verifier.open(since)
+    except CheckpointError as exc:
+        report.findings.append(Finding(exc.finding, f"the checkpoint held: {exc}"))
+        return report
+    report.checkpoints_checked += 1
+    report.since = report.size = start.size
+    report.head = start.head.hex()
+    report.newest = since
+    held = _open_held(report, verifier, held_checkpoints)
+    if not await extends(connection, report, start, "checkpoint held"):
+        return report
+    # Held checkpoints older than the one started from: one read each.
+    for size in sorted(s for s in held if s < start.size):
+        for label, checkpoint, _ in held.pop(size):
+            await extends(connection, report, checkpoint, label)
+    held = {size: labelled for size, labelled in held.items() if size != start.size}
+    walked = await _walk(
+        connection,
+        report,
+        verifier,
+        held,
+        size=start.size,
+        head=start.head,
+        page_size=page_size,
+        future_tolerance=future_tolerance,
     )
-    report.findings.extend(
-        Finding(
-            "unsealed",
-            "event never sealed and no longer queued for sealing: its queue entry was "
-            "removed, or it was written around the sequencer"
-            if row.queued_at is None
-            else f"event queued at {row.queued_at.isoformat()} and still not sealed: the "
-            "sequencer stopped or cannot keep up",
-            event_id=str(row.id),
-        )
-        for row in unsealed
-    )
-    report.findings.extend(future.values())
+    now = await database_now(session)
+    await _future_dated(connection, report, walked, now, future_tolerance)
+    await _queued_too_long(connection, report, now, sealing_delay)
+    after = datetime.fromtimestamp(start.signed_at, UTC) - sealing_delay - future_tolerance
+    await _never_queued_after(connection, report, after, page_size)
+    report.findings.extend(walked.future.values())
     return report
 
 
@@ -214,22 +184,25 @@ async def verify_served_log(
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
     verifier: CheckpointVerifier,
+    since: str | None = None,
 ) -> Report:
     """The service's own check (GET /v1/audit/verify, the web client's /web/log): the
-    whole log, the stored checkpoints and the newest one held in ``checkpoint_dir``.
+    whole log, or only what was sealed after the checkpoint note ``since``, with the
+    stored checkpoints and the newest copy held in ``checkpoint_dir``.
 
-    The walk reads the whole log: the request's transaction (``session``; on SQLite it
-    holds the write lock) is ended first, and the walk reads in a deferred transaction
-    of its own that blocks no lookup."""
+    The walk reads the log: the request's transaction (``session``; on SQLite it holds
+    the write lock) is ended first, and the walk reads in a deferred transaction of its
+    own that blocks no lookup."""
     await session.commit()
-    held = sorted(settings.checkpoint_dir.glob("checkpoint-*.txt"))[-1:]
+    latest = latest_copy(settings.checkpoint_dir)
+    held = [] if latest is None else [latest]
+    delay = timedelta(seconds=settings.sealing_delay_seconds)
     async with sessionmaker() as reader:
         await reader.connection(execution_options={READ_ONLY_OPTION: True})
-        return await verify_log(
-            reader,
-            verifier,
-            sealing_delay=timedelta(seconds=settings.sealing_delay_seconds),
-            held_checkpoints=[path.read_text() for path in held],
+        if since is None:
+            return await verify_log(reader, verifier, sealing_delay=delay, held_checkpoints=held)
+        return await verify_since(
+            reader, verifier, since, sealing_delay=delay, held_checkpoints=held
         )
 
 
@@ -250,23 +223,397 @@ async def database_now(session: AsyncSession) -> datetime:
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
-def _checkpoints(
-    report: Report, verifier: CheckpointVerifier, *sources: list[tuple[str, str]]
-) -> dict[int, list[tuple[str, Checkpoint]]]:
-    wanted: dict[int, list[tuple[str, Checkpoint]]] = {}
-    for source in sources:
-        for label, note in source:
-            try:
-                checkpoint = verifier.open(note)
-            except CheckpointError as exc:
-                report.findings.append(Finding(exc.finding, f"{label}: {exc}"))
-                continue
-            report.checkpoints_checked += 1
-            wanted.setdefault(checkpoint.size, []).append((label, checkpoint))
-    return wanted
+# --- the walk --------------------------------------------------------------------------------
 
 
-def _check(seal: AuditSeal, event: AuditEvent | None, expected: int, head: bytes) -> Finding | None:
+@dataclass
+class _Walked:
+    broken: bool = False
+    future: dict[str, Finding] = field(default_factory=dict)
+
+
+async def reader(session: AsyncSession) -> AsyncConnection:
+    """A read that blocks no writer: on SQLite a deferred transaction (in WAL mode one
+    snapshot for the whole walk, and no lookup waits for it)."""
+    if session.in_transaction():
+        return await session.connection()
+    return await session.connection(execution_options={READ_ONLY_OPTION: True})
+
+
+async def _refresh(verifier: CheckpointVerifier, report: Report) -> None:
+    try:
+        # A history bound to its file is read again if it changed: a rotation since.
+        await asyncio.to_thread(verifier.refresh)
+    except (OSError, ValueError) as exc:
+        report.findings.append(
+            Finding(
+                "verifier_keys_unreadable",
+                f"the verifier-key history cannot be read again ({exc}); checked with the "
+                "keys read before",
+            )
+        )
+
+
+def _open_held(
+    report: Report, verifier: CheckpointVerifier, notes: Iterable[str]
+) -> dict[int, Labelled]:
+    """The notes held outside the database, by size (few: kept in memory)."""
+    held: dict[int, Labelled] = {}
+    for note in notes:
+        opened = _open(report, verifier, "held checkpoint", note)
+        if opened is not None:
+            held.setdefault(opened.size, []).append(("held checkpoint", opened, note))
+    return held
+
+
+def _open(report: Report, verifier: CheckpointVerifier, label: str, note: str) -> Checkpoint | None:
+    try:
+        checkpoint = verifier.open(note)
+    except CheckpointError as exc:
+        report.findings.append(Finding(exc.finding, f"{label}: {exc}"))
+        return None
+    report.checkpoints_checked += 1
+    return checkpoint
+
+
+async def extends(
+    connection: AsyncConnection, report: Report, checkpoint: Checkpoint, label: str
+) -> bool:
+    """Whether the stored chain has, at the checkpoint's size, the checkpoint's head:
+    one read of the seals' primary key (and, if there is no such seal, of its end)."""
+    if checkpoint.size == 0:
+        return True
+    stored = await connection.scalar(
+        select(AuditSeal.chain_hash).where(AuditSeal.position == checkpoint.size)
+    )
+    if stored is None:
+        sealed = await connection.scalar(select(func.max(AuditSeal.position))) or 0
+        report.findings.append(
+            Finding(
+                "truncated",
+                f"the {label} covers {checkpoint.size} events but the log has only {sealed}: "
+                "events were removed from the tail (or the checkpoint is not this log's)",
+                position=sealed + 1,
+            )
+        )
+        return False
+    if stored != checkpoint.head.hex():
+        report.findings.append(
+            Finding(
+                "rewritten",
+                f"the log no longer extends the {label}: at size {checkpoint.size} its head "
+                "is not the one the checkpoint signed (history was rewritten)",
+                position=checkpoint.size,
+            )
+        )
+        return False
+    return True
+
+
+async def _stored_checkpoints(
+    connection: AsyncConnection,
+    report: Report,
+    verifier: CheckpointVerifier,
+    held: dict[int, Labelled],
+    *,
+    after: int,
+    page_size: int,
+) -> AsyncIterator[tuple[int, Labelled]]:
+    """Every checkpoint after size ``after``, stored (read in pages by size, each
+    signature checked as it is read) or held, grouped by size, smallest first."""
+    waiting = deque(sorted((s, labelled) for s, labelled in held.items() if s > after))
+    last = after
+    while True:
+        rows = (
+            await connection.execute(
+                select(AuditCheckpoint.size, AuditCheckpoint.note)
+                .where(AuditCheckpoint.size > last)
+                .order_by(AuditCheckpoint.size)
+                .limit(page_size)
+            )
+        ).all()
+        for row in rows:
+            while waiting and waiting[0][0] < row.size:
+                yield waiting.popleft()
+            group = waiting.popleft()[1] if waiting and waiting[0][0] == row.size else []
+            label = f"stored checkpoint {row.size}"
+            opened = _open(report, verifier, label, row.note)
+            if opened is not None and opened.size != row.size:
+                report.findings.append(
+                    Finding(
+                        "forged_checkpoint",
+                        f"{label}: the note states size {opened.size}, not {row.size}",
+                    )
+                )
+            elif opened is not None:
+                group = [(label, opened, row.note), *group]
+            if group:
+                yield row.size, group
+        if len(rows) < page_size:
+            break
+        last = rows[-1].size
+    while waiting:
+        yield waiting.popleft()
+
+
+async def seal_pages(
+    connection: AsyncConnection, *, after: int, page_size: int
+) -> AsyncIterator[list[tuple[Any, RowMapping | None]]]:
+    """The seals after position ``after`` in order, ``page_size`` at a time, each with its
+    event (None if it is gone): a range of the seals' primary key, then the page's
+    events by theirs, as the sequencer reads them."""
+    last = after
+    while True:
+        seals = (
+            await connection.execute(
+                select(
+                    AuditSeal.position,
+                    AuditSeal.event_id,
+                    AuditSeal.leaf_hash,
+                    AuditSeal.chain_hash,
+                )
+                .where(AuditSeal.position > last)
+                .order_by(AuditSeal.position)
+                .limit(page_size)
+            )
+        ).all()
+        if not seals:
+            return
+        events = await events_by_id(connection, list({seal.event_id for seal in seals}))
+        yield [(seal, events.get(seal.event_id)) for seal in seals]
+        if len(seals) < page_size:
+            return
+        last = seals[-1].position
+
+
+async def _walk(
+    connection: AsyncConnection,
+    report: Report,
+    verifier: CheckpointVerifier,
+    held: dict[int, Labelled],
+    *,
+    size: int,
+    head: bytes,
+    page_size: int,
+    future_tolerance: timedelta,
+) -> _Walked:
+    """Recompute every leaf and head after position ``size`` (whose head is ``head``),
+    checking each checkpoint after it at its size, and each event's date against the
+    first checkpoint that covers it."""
+    walked = _Walked()
+    checkpoints = _stored_checkpoints(
+        connection, report, verifier, held, after=size, page_size=page_size
+    )
+    upcoming = await anext(checkpoints, None)
+    expected = size + 1
+    async for page in seal_pages(connection, after=size, page_size=page_size):
+        for seal, event in page:
+            finding = check_seal(seal, event, expected, head)
+            if finding is not None:
+                report.findings.append(finding)
+                walked.broken = True
+                break
+            assert event is not None  # _check said so
+            head = bytes.fromhex(seal.chain_hash)
+            while upcoming is not None and upcoming[0] < seal.position:
+                upcoming = await anext(checkpoints, None)
+            if upcoming is not None:
+                _dated_after(walked, seal.position, event, upcoming, future_tolerance)
+                if upcoming[0] == seal.position:
+                    for label, checkpoint, note in upcoming[1]:
+                        if checkpoint.head != head:
+                            report.findings.append(
+                                Finding(
+                                    "rewritten",
+                                    f"the log at size {seal.position} no longer matches the "
+                                    f"{label}: history was rewritten",
+                                    position=seal.position,
+                                )
+                            )
+                        else:
+                            report.newest = note
+            expected += 1
+        if walked.broken:
+            break
+    report.size, report.head = expected - 1, head.hex()
+
+    # Checkpoints beyond where the chain verifies: the first says the tail is gone; the
+    # rest are still read, for their signatures.
+    while upcoming is not None:
+        if upcoming[0] > report.size and not walked.broken:
+            for label, _, _ in upcoming[1]:
+                report.findings.append(
+                    Finding(
+                        "truncated",
+                        f"the {label} covers {upcoming[0]} events but the log verifies only "
+                        f"{report.size}: events were removed from the tail",
+                        position=report.size + 1,
+                    )
+                )
+            walked.broken = True
+        upcoming = await anext(checkpoints, None)
+    return walked
+
+
+def _dated_after(
+    walked: _Walked,
+    position: int,
+    event: RowMapping,
+    covering: tuple[int, Labelled],
+    tolerance: timedelta,
+) -> None:
+    """Every event a checkpoint covers was written before it was signed."""
+    if len(walked.future) >= MAX_LISTED:
+        return
+    size, labelled = covering
+    signed = datetime.fromtimestamp(min(c.signed_at for _, c, _ in labelled), UTC)
+    if event["occurred_at"] > signed + tolerance:
+        event_id = str(event["id"])
+        walked.future[event_id] = Finding(
+            "future_dated",
+            f"the event is dated {event['occurred_at'].isoformat()}, after the checkpoint "
+            f"at size {size} that covers it was signed ({signed.isoformat()})",
+            position=position,
+            event_id=event_id,
+        )
+
+
+# --- what the walk cannot see: events dated ahead, and events without a seal ----------------
+
+
+async def _future_dated(
+    connection: AsyncConnection,
+    report: Report,
+    walked: _Walked,
+    now: datetime,
+    tolerance: timedelta,
+) -> None:
+    """Events dated after the database's clock: a range of the index on occurred_at."""
+    ahead = await connection.execute(
+        select(AuditEvent.id, AuditEvent.occurred_at, AuditSeal.position)
+        .outerjoin(AuditSeal, AuditSeal.event_id == AuditEvent.id)
+        .where(AuditEvent.occurred_at > now + tolerance)
+        .order_by(AuditEvent.occurred_at.desc())
+        .limit(MAX_LISTED)
+    )
+    for row in ahead:
+        walked.future.setdefault(
+            str(row.id),
+            Finding(
+                "future_dated",
+                f"the event is dated {row.occurred_at.isoformat()}, after the database's "
+                f"clock ({now.isoformat()})",
+                position=row.position,
+                event_id=str(row.id),
+            ),
+        )
+
+
+async def _queued_too_long(
+    connection: AsyncConnection, report: Report, now: datetime, delay: timedelta
+) -> None:
+    """Queue rows older than the delay, by the database's clock: the queue holds only
+    what waits to be sealed, so this reads the backlog, never the log."""
+    rows = await connection.execute(
+        select(AuditUnsealed.event_id, AuditUnsealed.queued_at)
+        .where(
+            AuditUnsealed.queued_at < now - delay,
+            exists().where(AuditEvent.id == AuditUnsealed.event_id),
+        )
+        .order_by(AuditUnsealed.occurred_at, AuditUnsealed.event_id)
+        .limit(MAX_LISTED)
+    )
+    report.findings.extend(
+        Finding(
+            "unsealed",
+            f"event queued at {row.queued_at.isoformat()} and still not sealed: the "
+            "sequencer stopped or cannot keep up",
+            event_id=str(row.event_id),
+        )
+        for row in rows
+    )
+
+
+def _not_queued(event_id: uuid.UUID) -> Finding:
+    return Finding(
+        "unsealed",
+        "event never sealed and no longer queued for sealing: its queue entry was "
+        "removed, or it was written around the sequencer",
+        event_id=str(event_id),
+    )
+
+
+async def _some_event_unaccounted(connection: AsyncConnection) -> bool:
+    """Whether the log holds more events than are sealed (a gap-free chain: its last
+    position) and queued; one statement, so one snapshot. Counting reads one index of
+    the log, never a join of it; the events themselves are looked for only if so."""
+    events = select(func.count()).select_from(AuditEvent).scalar_subquery()
+    sealed = select(func.coalesce(func.max(AuditSeal.position), 0)).scalar_subquery()
+    queued = (
+        select(func.count())
+        .select_from(AuditUnsealed)
+        .where(exists().where(AuditEvent.id == AuditUnsealed.event_id))
+        .scalar_subquery()
+    )
+    row = (await connection.execute(select(events, sealed, queued))).one()
+    return bool(row[0] > row[1] + row[2])
+
+
+async def _never_queued(connection: AsyncConnection, report: Report) -> None:
+    """The events with neither a seal nor a queue row (only when there are some, or the
+    chain is broken already: it reads the whole log)."""
+    rows = await connection.execute(
+        select(AuditEvent.id)
+        .where(
+            ~exists().where(AuditSeal.event_id == AuditEvent.id),
+            ~exists().where(AuditUnsealed.event_id == AuditEvent.id),
+        )
+        .order_by(AuditEvent.occurred_at)
+        .limit(MAX_LISTED)
+    )
+    report.findings.extend(_not_queued(row.id) for row in rows)
+
+
+async def _never_queued_after(
+    connection: AsyncConnection, report: Report, after: datetime, page_size: int
+) -> None:
+    """As _never_queued, for the events dated after ``after`` only: pages of the index on
+    occurred_at, each page's ids then looked up in the seals and the queue."""
+    last: tuple[datetime, uuid.UUID] | None = None
+    found = 0
+    while found < MAX_LISTED:
+        page = select(AuditEvent.occurred_at, AuditEvent.id).where(
+            AuditEvent.occurred_at >= (after if last is None else last[0])
+        )
+        if last is not None:
+            page = page.where(
+                or_(
+                    AuditEvent.occurred_at > last[0],
+                    (AuditEvent.occurred_at == last[0]) & (AuditEvent.id > last[1]),
+                )
+            )
+        ordered = page.order_by(AuditEvent.occurred_at, AuditEvent.id).limit(page_size)
+        rows = (await connection.execute(ordered)).all()
+        if not rows:
+            return
+        ids = [row.id for row in rows]
+        accounted = set(
+            await connection.scalars(select(AuditSeal.event_id).where(AuditSeal.event_id.in_(ids)))
+        ) | set(
+            await connection.scalars(
+                select(AuditUnsealed.event_id).where(AuditUnsealed.event_id.in_(ids))
+            )
+        )
+        for event_id in ids:
+            if event_id not in accounted and found < MAX_LISTED:
+                report.findings.append(_not_queued(event_id))
+                found += 1
+        if len(rows) < page_size:
+            return
+        last = (rows[-1].occurred_at, rows[-1].id)
+
+
+def check_seal(seal: Any, event: RowMapping | None, expected: int, head: bytes) -> Finding | None:
     if seal.position != expected:
         return Finding(
             "removed",
@@ -280,20 +627,20 @@ def _check(seal: AuditSeal, event: AuditEvent | None, expected: int, head: bytes
             position=seal.position,
             event_id=str(seal.event_id),
         )
-    leaf = leaf_hash(event)
+    leaf = leaf_hash(cast(Mapping[str, Any], event))
     if leaf.hex() != seal.leaf_hash:
         return Finding(
             "altered",
             "the event differs from what was sealed at this position "
             "(changed, or swapped with another)",
             position=seal.position,
-            event_id=str(event.id),
+            event_id=str(event["id"]),
         )
     if next_head(head, seal.position, leaf).hex() != seal.chain_hash:
         return Finding(
             "reordered",
             "the chain breaks here: an event was inserted, moved or its seal rewritten",
             position=seal.position,
-            event_id=str(event.id),
+            event_id=str(event["id"]),
         )
     return None

@@ -26,6 +26,8 @@ class Notification(Base):
         # The de-duplication look-up, and the feed (newest first per authority).
         Index("ix_notifications_dedupe", "authority_id", "dedupe_key", "first_occurred_at"),
         Index("ix_notifications_feed", "authority_id", "first_occurred_at"),
+        # Where the notifier starts when its cursor row is behind (migration 0013).
+        Index("ix_notifications_last_position", "last_position"),
         # Named as migration 0006 named it: the convention would name it after event_id
         # alone, as 0003's constraint on event_id alone was.
         UniqueConstraint("event_id", "authority_id", name="uq_notifications_event_id_authority_id"),
@@ -41,6 +43,9 @@ class Notification(Base):
     first_occurred_at: Mapped[datetime]
     last_occurred_at: Mapped[datetime]
     repeats: Mapped[int] = mapped_column(default=0)
+    # The seal position of the last enquiry that raised or repeated it (none before
+    # migration 0013): the notifier never reads the log again before the newest one.
+    last_position: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     acknowledged_at: Mapped[datetime | None]
     acknowledged_by: Mapped[str | None] = mapped_column(String(100))

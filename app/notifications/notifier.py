@@ -105,6 +105,7 @@ async def derive_notifications(session: AsyncSession, settings: Settings) -> Der
     if cursor is None:
         cursor = NotifierCursor(name=CURSOR_NAME, position=0)
         session.add(cursor)
+    await _not_before_notified(session, cursor)
     sealed_to = await session.scalar(select(func.max(AuditSeal.position))) or 0
     upto = min(cursor.position + settings.notifier_batch_size, sealed_to)
     if upto <= cursor.position:
@@ -113,7 +114,12 @@ async def derive_notifications(session: AsyncSession, settings: Settings) -> Der
     # One row per authority concerned: the event's own, or each of several.
     rows = (
         await session.execute(
-            select(AuditEvent, Organisation.name, AuditEventAuthority.authority_id)
+            select(
+                AuditEvent,
+                Organisation.name,
+                AuditEventAuthority.authority_id,
+                AuditSeal.position,
+            )
             .join(AuditSeal, AuditSeal.event_id == AuditEvent.id)
             .outerjoin(Organisation, Organisation.id == AuditEvent.organisation_id)
             .outerjoin(AuditEventAuthority, AuditEventAuthority.event_id == AuditEvent.id)
@@ -131,8 +137,8 @@ async def derive_notifications(session: AsyncSession, settings: Settings) -> Der
     ).all()
     created = repeats = 0
     if rows:
-        concerned: list[tuple[AuditEvent, str | None, uuid.UUID]] = [
-            (e, n, e.authority_id or linked) for e, n, linked in rows
+        concerned: list[tuple[AuditEvent, str | None, uuid.UUID, int]] = [
+            (e, n, e.authority_id or linked, position) for e, n, linked, position in rows
         ]
         created, repeats = await _notify(session, settings, concerned)
     scanned = upto - cursor.position
@@ -140,20 +146,33 @@ async def derive_notifications(session: AsyncSession, settings: Settings) -> Der
     return Derived(scanned, created, repeats, upto)
 
 
+async def _not_before_notified(session: AsyncSession, cursor: NotifierCursor) -> None:
+    """The cursor row is where the notifier starts; the newest notification's position
+    (its own index, migration 0013) is a floor under it, so a cursor row lost or set back
+    makes it neither read the log again from the start nor count repeats twice. Events
+    after that position and before the lost cursor raised nothing, so nothing is missed
+    by reading them again."""
+    notified = await session.scalar(select(func.max(Notification.last_position)))
+    if notified is not None and notified > cursor.position:
+        log.warning("notifier_cursor_behind", cursor=cursor.position, notified=notified)
+        cursor.position = notified
+
+
 async def _notify(
     session: AsyncSession,
     settings: Settings,
-    rows: list[tuple[AuditEvent, str | None, uuid.UUID]],
+    rows: list[tuple[AuditEvent, str | None, uuid.UUID, int]],
 ) -> tuple[int, int]:
     """New notifications, repeats counted on open ones, and webhook deliveries, written
     with Core executemany: this runs for every enquiry about a child on the register,
     and the ORM's unit of work cost three times as much per row."""
     period = timedelta(hours=settings.notification_dedupe_hours)
     keyed = [
-        (event, name, authority, dedupe_key(event, authority)) for event, name, authority in rows
+        (event, name, authority, dedupe_key(event, authority), position)
+        for event, name, authority, position in rows
     ]
-    authorities = {authority for _, _, authority, _ in keyed}
-    earliest = min(event.occurred_at for event, _, _, _ in keyed) - period
+    authorities = {authority for _, _, authority, _, _ in keyed}
+    earliest = min(event.occurred_at for event, _, _, _, _ in keyed) - period
     table = Notification.__table__
     # The newest notification per (authority, key): existing ones first, then this batch's.
     latest: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
@@ -167,7 +186,7 @@ async def _notify(
             table.c.repeats,
         ).where(
             table.c.authority_id.in_(authorities),
-            table.c.dedupe_key.in_({key for _, _, _, key in keyed}),
+            table.c.dedupe_key.in_({key for _, _, _, key, _ in keyed}),
             table.c.first_occurred_at > earliest,
         )
     )
@@ -185,11 +204,12 @@ async def _notify(
     repeated: dict[uuid.UUID, dict[str, Any]] = {}  # existing notifications with new repeats
     deliveries: list[dict[str, Any]] = []
     now = utcnow()
-    for event, organisation_name, authority, key in keyed:
+    for event, organisation_name, authority, key, position in keyed:
         current = latest.get((authority, key))
         if current is not None and abs(event.occurred_at - current["first_occurred_at"]) < period:
             current["repeats"] += 1
             current["last_occurred_at"] = max(current["last_occurred_at"], event.occurred_at)
+            current["last_position"] = position
             if not current.get("new"):
                 repeated[current["id"]] = current
             continue
@@ -201,6 +221,7 @@ async def _notify(
             "first_occurred_at": event.occurred_at,
             "last_occurred_at": event.occurred_at,
             "repeats": 0,
+            "last_position": position,
             "created_at": now,
             "new": True,
         }
@@ -225,12 +246,17 @@ async def _notify(
         await session.execute(
             update(table)
             .where(table.c.id == bindparam("notification_id"))
-            .values(repeats=bindparam("new_repeats"), last_occurred_at=bindparam("new_last")),
+            .values(
+                repeats=bindparam("new_repeats"),
+                last_occurred_at=bindparam("new_last"),
+                last_position=bindparam("new_position"),
+            ),
             [
                 {
                     "notification_id": n["id"],
                     "new_repeats": n["repeats"],
                     "new_last": n["last_occurred_at"],
+                    "new_position": n["last_position"],
                 }
                 for n in repeated.values()
             ],
