@@ -72,6 +72,14 @@ CATEGORIES = {
     category.value: category.value.replace("_", " ").capitalize() for category in Category
 }
 PURPOSE_WORDS = {purpose.value: purpose.value.replace("_", " ").capitalize() for purpose in Purpose}
+# An enquiry's outcome and purpose in words on the review page: a custodian reads them,
+# and words wrap where identifiers would not (WCAG 1.4.10, reflow).
+OUTCOME_WORDS = {
+    "on_plan": "On a plan",
+    "not_on_plan": "Not on a plan",
+    "refer_to_custodian": "Call before acting",
+    "refused": "Refused",
+}
 # The purpose a kind of reference point gives most often, offered first and selected.
 OWN_PURPOSE = {
     "emergency_department": Purpose.unscheduled_care.value,
@@ -323,13 +331,15 @@ def _lookup_form(
     """The lookup page. ``principal`` is None only on a form whose CSRF token had
     expired, where nobody is authenticated with: the page offers the form again."""
     purposes, own = _purposes(principal, settings)
-    # Focus starts in the first field refused, else in the first field of all.
+    # Focus starts in the first field refused; else on the answer or the refusal, so
+    # that it is what a screen reader reads first (WCAG 2.4.3); else in the first field.
     refused = [
         "nhs_number" if field == "subject" else field
         for field in ("subject", *LOOKUP_FIELDS)
         if field in (context.get("field_errors") or {})
     ]
-    context.setdefault("focus", refused[0] if refused else "nhs_number")
+    first = "answer" if context.get("answer") else "error" if context.get("error") else None
+    context.setdefault("focus", refused[0] if refused else first or "nhs_number")
     form = context.pop("form", None) or dict.fromkeys(LOOKUP_FIELDS, "")
     if not form.get("purpose"):
         form = form | {"purpose": own}
@@ -464,6 +474,8 @@ async def audit_page(
     context: dict[str, Any] = {
         "title": "Enquiries about your children",
         "who": principal.display_name,
+        "purpose_words": PURPOSE_WORDS,
+        "outcome_words": OUTCOME_WORDS,
     }
     try:
         reviewer = await admit_reviewer(request, principal, session)
