@@ -24,7 +24,6 @@ from typing import Any, ParamSpec, TypeVar
 import pytest
 
 from app.config import Settings
-from tests.test_cli_lookup import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -126,6 +125,8 @@ def chromium(chromium_session: Any) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 async def site(settings: Settings) -> AsyncIterator[str]:
     """A replica of the service for the module's pages (one port: one cookie jar)."""
+    from tests.test_cli_lookup import serve  # here: tests/conftest.py loads this module
+
     async with serve(settings) as url:
         yield url
 
@@ -252,10 +253,27 @@ window.__cprSteady = () => {
 """
 
 
+# A link looks the same whether this browser followed it before or not (which depends on
+# the order the tests ran in); the page's own link colours still win (:where: no weight).
+UNVISITED = ":where(a):visited { color: LinkText; }"
+
+
+def _style(driver: Any, css: str) -> str:
+    """Add a style sheet to the page through DevTools (the page's Content Security
+    Policy allows none of its own), for the screenshot only; returns its id."""
+    driver.execute_cdp_cmd("DOM.enable", {})
+    driver.execute_cdp_cmd("CSS.enable", {})
+    frame = driver.execute_cdp_cmd("Page.getFrameTree", {})["frameTree"]["frame"]["id"]
+    sheet = str(driver.execute_cdp_cmd("CSS.createStyleSheet", {"frameId": frame})["styleSheetId"])
+    driver.execute_cdp_cmd("CSS.setStyleSheetText", {"styleSheetId": sheet, "text": css})
+    return sheet
+
+
 def save_screenshot(driver: Any, name: str) -> Path:
     """docs/screenshots/<name>.png: the whole page at 1280 px wide, volatile text steady
     (STEADY) and no blinking caret, so that an unchanged page gives the same file."""
     driver.execute_script(_STEADY_SCRIPT, [list(pair) for pair in STEADY])
+    unvisited = _style(driver, UNVISITED)
     try:
         height = int(driver.execute_script("return document.documentElement.scrollHeight"))
         shot = driver.execute_cdp_cmd(
@@ -267,6 +285,7 @@ def save_screenshot(driver: Any, name: str) -> Path:
             },
         )
     finally:
+        driver.execute_cdp_cmd("CSS.setStyleSheetText", {"styleSheetId": unvisited, "text": ""})
         driver.execute_script("window.__cprSteady && window.__cprSteady()")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
