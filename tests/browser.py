@@ -98,7 +98,8 @@ def chromium_session() -> Iterator[Any]:
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # Dates and numbers as a browser in England shows them (headless, --lang is not enough).
+    # Dates as a browser in England shows them (dd/mm/yyyy): Chromium's en-GB locale
+    # (chromium-l10n, make browser) chosen by the environment; headless, --lang is not enough.
     locale = {"LANGUAGE": "en_GB", "LANG": "en_GB.UTF-8", "TZ": "UTC"}
     service = Service(str(CHROMEDRIVER), env={**os.environ, **locale})
     driver = webdriver.Chrome(options=options, service=service)
