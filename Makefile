@@ -33,11 +33,23 @@ run: install
 test: install lint browser front
 	$(BIN)/pytest -n 2 --dist loadgroup
 
-# The web client's browser test (tests/test_web_browser.py) drives Debian's Chromium.
-# Installed when it can be (root, apt); without it that test skips, or fails under CI.
-browser:
-	@command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) \
+# The web client's browser tests (tests/test_web_browser.py) drive Debian's Chromium (its
+# en-GB locale from chromium-l10n: dates as dd/mm/yyyy) and inject axe-core, the npm
+# package pinned by tests/axe/package-lock.json (npm ci, again when the lock changes).
+# Installed when they can be (root, apt, the npm registry); without them those tests
+# skip, or fail under CI.
+AXE := tests/axe/node_modules/axe-core/axe.min.js
+
+browser: $(AXE)
+	@(command -v chromedriver >/dev/null && test -f /usr/lib/chromium/locales/en-GB.pak) \
+		|| (apt-get update -qq && apt-get install -y -qq chromium chromium-driver chromium-l10n) \
 		|| echo "Chromium not installed: tests/test_web_browser.py will skip"
+
+$(AXE): tests/axe/package.json tests/axe/package-lock.json
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm) \
+		|| echo "npm not installed: tests/test_web_browser.py will skip"
+	@(cd tests/axe && npm ci --no-audit --no-fund --silent && touch node_modules/axe-core/axe.min.js) \
+		|| echo "axe-core not installed: tests/test_web_browser.py will skip"
 
 # The TLS / mutual-TLS front's test (tests/test_front.py) runs Debian's nginx with the
 # committed template. Installed when it can be (root, apt), without starting the distribution's
@@ -85,4 +97,4 @@ fuzz: install
 		$(BIN)/pytest -s tests/test_contract.py -k schemathesis
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info tests/axe/node_modules

@@ -38,6 +38,9 @@ from app.register.schemas import EntryCreate, Person
 from app.register.service import Actor, create_entry, end_entry
 from tests.production import APP_ROLE, asyncpg_dsn, production_database, run_as_superuser
 
+# The browser tests' fixtures (chromium, site), for any module that drives Chromium.
+pytest_plugins = ["tests.browser"]
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "CPR_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )

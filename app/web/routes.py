@@ -233,13 +233,15 @@ def _lookup_form(
     """The lookup page. ``principal`` is None only on a form whose CSRF token had
     expired, where nobody is authenticated with: the page offers the form again."""
     purposes, own = _purposes(principal, settings)
-    # Focus starts in the first field refused, else in the first field of all.
+    # Focus starts in the first field refused; else on the answer or the refusal, so
+    # that it is what a screen reader reads first (WCAG 2.4.3); else in the first field.
     refused = [
         "nhs_number" if field == "subject" else field
         for field in ("subject", *LOOKUP_FIELDS)
         if field in (context.get("field_errors") or {})
     ]
-    context.setdefault("focus", refused[0] if refused else "nhs_number")
+    first = "answer" if context.get("answer") else "error" if context.get("error") else None
+    context.setdefault("focus", refused[0] if refused else first or "nhs_number")
     form = context.pop("form", None) or dict.fromkeys(LOOKUP_FIELDS, "")
     if not form.get("purpose"):
         form = form | {"purpose": own}
