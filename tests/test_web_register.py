@@ -359,6 +359,8 @@ async def test_form_errors_are_beside_their_fields_in_plain_words_with_the_value
     assert f'value="{form["child_family_name"]}"' in response.text
     assert 'value="31/02/2020"' in response.text
     assert "Value error" not in words
+    # The summary follows the fields' order on the page.
+    assert words.index("Child's date of birth:") < words.index("Categories:")
     assert await _events(sessionmaker, response) == []
     # A rule broken (the plan start in the future) is named beside its field too.
     future = _entry_form(plan_start=_uk(TODAY + timedelta(days=3)))

@@ -115,6 +115,29 @@ ENTRY_FIELDS = (
     "team_contact",
     "notes",
 )
+# The fields in the order the pages show them (a person: names, date of birth, NHS number).
+_PERSON_ORDER = ("given_name", "family_name", "date_of_birth", "nhs_number")
+FORM_ORDER = (
+    *(f"{prefix}_{field}" for prefix in PEOPLE for field in _PERSON_ORDER),
+    "expected_delivery_date",
+    "categories",
+    "plan_start",
+    "next_review",
+    "last_review",
+    "lead_professional",
+    "team_contact",
+    "notes",
+    "reason",
+    "held_on",
+    "end_reason",
+    "ended_on",
+    "note",
+    "nhs_number",
+    "given_name",
+    "family_name",
+    "date_of_birth",
+    "file",
+)
 CHANGE_FIELDS = (*(f for f in ENTRY_FIELDS if f != "last_review"), "reason")
 # What a version changed, in words, for the history.
 CHANGED_WORDS = {
@@ -224,6 +247,16 @@ async def _posted(request: Request, settings: Settings) -> tuple[FormData, Respo
     return form, form_refused(request, settings, form.get(CSRF_FIELD))
 
 
+def _in_form_order(errors: dict[str, str]) -> dict[str, str]:
+    """The errors in the order of the fields on the page, for the summary at the top."""
+    return dict(
+        sorted(
+            errors.items(),
+            key=lambda item: FORM_ORDER.index(item[0]) if item[0] in FORM_ORDER else 0,
+        )
+    )
+
+
 def _page(
     request: Request,
     settings: Settings,
@@ -233,6 +266,9 @@ def _page(
     status_code: int = 200,
     **context: Any,
 ) -> Response:
+    error = context.get("error")
+    if error and error.get("fields"):
+        context["error"] = error | {"fields": _in_form_order(error["fields"])}
     return render(
         request,
         settings,
@@ -285,8 +321,11 @@ def _person(
 def _plain(error: dict[str, Any], field: str) -> str:
     """A validation error in plain words: what is wrong, and what to enter."""
     kind, message = str(error.get("type", "")), str(error.get("msg", ""))
-    if kind in ("missing", "string_type", "date_type", "none_required") or (
-        kind == "too_short" and field != "categories"
+    empty = "input" in error and error["input"] is None  # left empty (never shown back)
+    if (
+        empty
+        or kind in ("missing", "string_type", "date_type", "none_required")
+        or (kind == "too_short" and field != "categories")
     ):
         return "This is needed." + (f" {DATE_HELP}" if field in DATE_FIELDS else "")
     if field == "categories":
@@ -299,8 +338,8 @@ def _plain(error: dict[str, Any], field: str) -> str:
     if kind == "string_too_short":
         return "This is too short: say it in a few words."
     message = message.removeprefix("Value error, ").strip()
-    if message.startswith("must be a date"):
-        return f"This date is out of range. {DATE_HELP}"
+    if message.startswith("must be a date from"):
+        return "This date cannot be right: give a date from 1900 onwards, at most 5 years ahead."
     return f"{message[:1].upper()}{message[1:]}." if message else "This was not accepted."
 
 
@@ -317,7 +356,8 @@ def _validate(
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        for error in exc.errors(include_input=False, include_url=False):
+        # The inputs only to tell an empty field; no value is ever shown back in a message.
+        for error in exc.errors(include_url=False):
             field = _field_of(error["loc"], whole)
             errors.setdefault(field, _plain(dict(error), field))
         return None
