@@ -340,6 +340,11 @@ async def test_a_child_is_put_on_the_register_from_the_form_with_uk_dates(
     iso = _entry_form(child_date_of_birth=(TODAY - timedelta(days=1500)).isoformat())
     again = await _post_form(custodian, f"{REGISTER}/new", f"{REGISTER}/new", iso)
     assert again.status_code == 303, again.text
+    # The same child again is refused, as the API refuses it, pointing at the entry.
+    twice = await _post_form(custodian, f"{REGISTER}/new", f"{REGISTER}/new", form)
+    assert twice.status_code == 409
+    assert "Already on the register" in twice.text
+    assert f'href="{REGISTER}/{event.entry_id}"' in twice.text
 
 
 async def test_form_errors_are_beside_their_fields_in_plain_words_with_the_values_kept(

@@ -1,7 +1,7 @@
 """Writing register entries: every change is a new immutable version and an audit event.
 
-Functions add to the session; the caller commits once. Callers check
-``app/register/rules.py`` and :func:`live_duplicate` first.
+Functions add to the session; the caller commits once. The write sequences
+(app/register/writes.py) check ``rules.py`` and :func:`live_duplicate` first.
 """
 
 import uuid
