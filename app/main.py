@@ -38,6 +38,7 @@ from app.notifications import routes as notification_routes
 from app.notifications import webhook_routes as notification_webhooks
 from app.openapi import build_document
 from app.register import routes as register_routes
+from app.web import register_routes as web_register
 from app.web import review_routes as web_review_routes
 from app.web import routes as web_routes
 from app.web.pages import install_error_pages
@@ -101,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         DeadlineMiddleware,
         settings=settings,
         by_path=dict.fromkeys(
-            ("/v1/register/imports", "/v1/audit/verify", "/web/log"),
+            ("/v1/register/imports", "/web/register/import", "/v1/audit/verify", "/web/log"),
             settings.long_request_timeout_seconds,
         )
         | dict.fromkeys(("/oauth/token", "/web/sign-in"), settings.sign_in_timeout_seconds),
@@ -109,7 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
-        by_path={"/v1/register/imports": settings.import_max_bytes},
+        by_path=dict.fromkeys(
+            ("/v1/register/imports", "/web/register/import"), settings.import_max_bytes
+        ),
     )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
@@ -125,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_routes.router)
     app.include_router(web_routes.router)
     app.include_router(web_review_routes.router)
+    app.include_router(web_register.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -29,14 +29,16 @@ from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditEvent, AuditEventAuthority
-from app.audit.service import commit_or_fail_closed, refuse_not_found, request_context
+from app.audit.service import commit_or_fail_closed, request_context
 from app.auth.principals import Principal
 from app.cursors import cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.db import READ_ONLY_OPTION, utcnow
 from app.identity.models import Organisation, OrganisationKind
 from app.lookup.schemas import Purpose, enquirer_key
+from app.register.deps import load_entry
 from app.register.identifiers import normalise_nhs_number
 from app.register.models import RegisterEntry
+from app.register.queries import only, own_entries
 from app.spreadsheet import safe_cell
 
 LOOKUP = "lookup"
@@ -230,9 +232,8 @@ def filtered(
     if nhs_number is not None:
         # Asked with that number, or answered with one of our entries for that child
         # (an enquiry by names and date of birth carries no NHS number).
-        entries = select(RegisterEntry.id).where(
-            RegisterEntry.authority_id == reviewer.organisation_id,
-            RegisterEntry.subject_nhs_number == nhs_number,
+        entries = only(own_entries(reviewer), RegisterEntry.id).where(
+            RegisterEntry.subject_nhs_number == nhs_number
         )
         statement = statement.where(
             or_(asked_with_nhs_number(nhs_number), AuditEvent.entry_id.in_(entries))
@@ -498,25 +499,16 @@ async def entry_page(
     entry_id: uuid.UUID,
     page: PageQuery,
 ) -> AuditEventPage:
-    """Who has asked about one of the custodian's children (404, audited, otherwise)."""
-    found = (
-        await session.execute(
-            select(RegisterEntry.subject_nhs_number).where(
-                RegisterEntry.id == entry_id,
-                RegisterEntry.authority_id == reviewer.organisation_id,
-            )
-        )
-    ).first()
-    if found is None:
-        await refuse_not_found(
-            session,
-            request,
-            reviewer,
-            event_type="audit.refused",
-            refusal="entry_not_found",
-            detail={"entry_id": str(entry_id)},
-            message="No entry with that id in your authority's register.",
-        )
+    """Who has asked about one of the custodian's children: the entry through the
+    register's own loader (another authority's, or none, is 404 ``audit.refused``)."""
+    found = await load_entry(
+        session,
+        request,
+        reviewer,
+        entry_id,
+        event_type="audit.refused",
+        message="No entry with that id in your authority's register.",
+    )
     about_child = AuditEvent.entry_id == entry_id
     if found.subject_nhs_number is not None:
         # Also the enquiries with the child's number that a custodian had to resolve.

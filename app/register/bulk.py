@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.principals import Principal
 from app.db import utcnow
 from app.register.csvformat import ParsedRow, RowProblem
 from app.register.models import RegisterEntry, RegisterEntryVersion
-from app.register.service import Actor, live, snapshot_of
+from app.register.queries import live, only, own_entries
+from app.register.service import Actor, snapshot_of
 
 CHUNK = 2_000
 
@@ -45,15 +47,17 @@ class LiveIndex:
         return None
 
 
-async def live_index(session: AsyncSession, authority_id: uuid.UUID, today: date) -> LiveIndex:
+async def live_index(session: AsyncSession, custodian: Principal, today: date) -> LiveIndex:
+    """The live plans of the custodian's authority."""
     index = LiveIndex()
     rows = await session.execute(
-        select(
+        only(
+            own_entries(custodian),
             RegisterEntry.id,
             RegisterEntry.unborn,
             RegisterEntry.subject_nhs_number,
             RegisterEntry.subject_match_key,
-        ).where(RegisterEntry.authority_id == authority_id, live(today))
+        ).where(live(today))
     )
     for entry_id, unborn, nhs, key in rows:
         index.add(unborn, nhs, key, f"an active entry already exists: {entry_id}")

@@ -1,7 +1,7 @@
 """Writing register entries: every change is a new immutable version and an audit event.
 
-Functions add to the session; the caller commits once. Callers check
-``app/register/rules.py`` and :func:`live_duplicate` first.
+Functions add to the session; the caller commits once. The write sequences
+(app/register/writes.py) check ``rules.py`` and :func:`live_duplicate` first.
 """
 
 import uuid
@@ -9,14 +9,18 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import and_, or_, select, text
+from fastapi import Request
+from sqlalchemy import and_, or_, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.audit.models import AuditEvent
+from app.audit.service import request_context
+from app.auth.principals import Principal
 from app.db import utcnow
 from app.register.identifiers import eighteenth_birthday, match_key
 from app.register.models import Category, EndReason, RegisterEntry, RegisterEntryVersion
+from app.register.queries import live, only, own_entries
 from app.register.rules import default_next_review
 from app.register.schemas import EntryCreate, Person
 
@@ -36,12 +40,29 @@ class Actor:
     source_address: str | None = None
 
 
-def live(today: date) -> ColumnElement[bool]:
-    """Entries that are still plans: not ended, and the child not yet 18."""
-    return and_(
-        RegisterEntry.ended_on.is_(None),
-        or_(RegisterEntry.adult_on.is_(None), RegisterEntry.adult_on > today),
+def actor_of(request: Request, custodian: Principal) -> Actor:
+    """The custodian making a change through ``request``."""
+    context = request_context(request)
+    return Actor(
+        subject=custodian.subject,
+        organisation_id=custodian.organisation_id,
+        request_id=context["request_id"],
+        source_address=context["source_address"],
     )
+
+
+def register_event(
+    request: Request, custodian: Principal, event_type: str, **fields: Any
+) -> AuditEvent:
+    """An audit event of the custodian's, about their own authority's register."""
+    values: dict[str, Any] = {
+        "principal": custodian.subject,
+        "organisation_id": custodian.organisation_id,
+        "authority_id": custodian.organisation_id,
+        "outcome": "ok",
+        **request_context(request),
+    }
+    return AuditEvent(event_type=event_type, **(values | fields))
 
 
 def entry_values(data: EntryCreate) -> dict[str, Any]:
@@ -131,16 +152,15 @@ def same_child(values: dict[str, Any]) -> ColumnElement[bool]:
 
 async def live_duplicate(
     session: AsyncSession,
-    authority_id: uuid.UUID,
+    custodian: Principal,
     data: EntryCreate,
     today: date,
     *,
     excluding: uuid.UUID | None = None,
 ) -> uuid.UUID | None:
-    """The id of another live plan of this authority for the same child, if any."""
+    """The id of another live plan of the custodian's authority for the same child, if any."""
     values = entry_values(data)
-    statement = select(RegisterEntry.id).where(
-        RegisterEntry.authority_id == authority_id,
+    statement = only(own_entries(custodian), RegisterEntry.id).where(
         RegisterEntry.unborn == values["unborn"],
         live(today),
         same_child(values),
