@@ -258,7 +258,7 @@ async def _own_authority(
             plan_start=today - timedelta(days=40),
             lead_professional="Lead Professional Name",
         )
-        create_entry(session, actor=Actor(ACTOR), authority_id=authority.id, data=entry)
+        created = create_entry(session, actor=Actor(ACTOR), authority_id=authority.id, data=entry)
         await session.commit()
         username = user.username
     subject = {
@@ -269,7 +269,7 @@ async def _own_authority(
     for reason in ("child brought to the duty desk at 02:10", "call from the police at 03:40"):
         response = await ask(client, world, subject, "duty_officer", reason=reason)
         assert response.status_code == 200, response.text
-    return {"username": username, "password": password}
+    return {"username": username, "password": password, "entry_id": str(created.id)}
 
 
 def _custodian_by_keyboard(driver: Any, url: str, credentials: dict[str, str]) -> list[str]:
@@ -376,4 +376,44 @@ async def test_a_duty_officer_looks_up_a_child_by_keyboard_alone(
     assert "On a child protection plan" in seen["answer"]
     assert "Neglect" in seen["answer"]  # the category in words
     assert "Whom to call" in seen["answer"]
+    assert not _csp_violations(chromium)
+
+
+def _register_pages(driver: Any, url: str, credentials: dict[str, str]) -> None:
+    """The custodian's register pages, each as it opens, and a form sent empty."""
+    from selenium.webdriver.common.by import By
+
+    entry = credentials["entry_id"]
+    sign_in(driver, url, credentials)
+    driver.get(f"{url}/web/register")
+    assert "Nia" in text(driver), text(driver)
+    audit(driver, "register")
+    for suffix, name in (
+        ("", "register-entry"),
+        ("/change", "register-change"),
+        ("/review", "register-review"),
+        ("/end", "register-end"),
+    ):
+        driver.get(f"{url}/web/register/{entry}{suffix}")
+        audit(driver, name)
+    driver.get(f"{url}/web/register/new")
+    audit(driver, "register-new")
+    # Sent empty: each error beside its field, and a summary linking to them.
+    with loads(driver):
+        driver.find_element(By.CSS_SELECTOR, "main form[action='/web/register/new'] button").click()
+    assert "There is a problem" in text(driver) or "This is needed" in text(driver), text(driver)
+    audit(driver, "register-new-errors")
+    driver.get(f"{url}/web/register/import")
+    audit(driver, "register-import")
+
+
+async def test_the_register_pages_are_accessible_and_seen(
+    chromium: Any,
+    site: str,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    client: httpx.AsyncClient,
+) -> None:
+    credentials = await _own_authority(sessionmaker, client, world)
+    await drive(_register_pages, chromium, site, credentials)
     assert not _csp_violations(chromium)

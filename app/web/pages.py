@@ -2,6 +2,7 @@
 words for statuses, categories and purposes, the form check, and the error pages. The
 page modules (app/web/*routes.py) import this, never each other."""
 
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,25 @@ from app.web.session import (
 
 log = structlog.get_logger()
 
+
+def uk_date(value: date | datetime | str | None) -> str:
+    """A date as people here read it: DD/MM/YYYY, and HH:MM (UTC) for a time; an ISO
+    date as the log keeps one (what an enquirer typed) likewise."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        sent = value
+        try:
+            value = date.fromisoformat(sent)
+        except ValueError:
+            return sent  # not a date: shown as it was sent
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.strftime("%d/%m/%Y %H:%M")
+    return value.strftime("%d/%m/%Y")
+
+
 # The custodian's pages, in the order of the navigation bar (base.html).
 CUSTODIAN_NAV = (
     ("/web/register", "Register"),
@@ -39,6 +59,7 @@ CUSTODIAN_NAV = (
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["uk_date"] = uk_date
 STYLESHEET = (HERE / "static" / "app.css").read_text()
 
 # No script, no framing, no other origin: the pages need nothing else.

@@ -3,7 +3,6 @@ what was typed becomes the API's body (dates DD/MM/YYYY or YYYY-MM-DD), and how 
 refusal becomes an error beside each field in plain words, never repeating a value.
 """
 
-from datetime import date, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -19,6 +18,7 @@ from app.register.schemas import (
     ReviewRecord,
     VersionRead,
 )
+from app.web.pages import uk_date
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -147,15 +147,6 @@ CHANGED_WORDS = {
     "ended_on": "end date",
     "end_reason": "grounds for ending",
 }
-
-
-def uk_date(value: date | datetime | None) -> str:
-    """A date as the custodian reads it: DD/MM/YYYY (and HH:MM for a time, in UTC)."""
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.strftime("%d/%m/%Y %H:%M")
-    return value.strftime("%d/%m/%Y")
 
 
 def in_form_order(errors: dict[str, str]) -> dict[str, str]:

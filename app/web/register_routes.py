@@ -40,7 +40,7 @@ from app.register.schemas import (
     ReviewRecord,
     VersionRead,
 )
-from app.web.pages import CATEGORIES, SECURITY_HEADERS, form_refused, render, templates, to_sign_in
+from app.web.pages import CATEGORIES, SECURITY_HEADERS, form_refused, render, to_sign_in
 from app.web.register_forms import (
     CHANGE_FIELDS,
     END_REASONS,
@@ -54,7 +54,6 @@ from app.web.register_forms import (
     refusal,
     step_body,
     typed_values,
-    uk_date,
     validated,
     version_of,
 )
@@ -66,9 +65,6 @@ PAGE_SIZE = 25
 STATUSES: dict[str, str] = {"active": "Active plans", "ended": "Ended plans", "all": "All plans"}
 STATUS_FILTERS: dict[str, StatusFilter] = {"active": "active", "ended": "ended", "all": "all"}
 CONFLICT = "Someone changed this entry while you were editing"
-
-
-templates.env.filters["uk_date"] = uk_date
 
 
 # --- who may use the pages -------------------------------------------------------------
