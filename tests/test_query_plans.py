@@ -1,7 +1,9 @@
-"""The plan of the statement whose cost must not grow with the audit log (issue 18):
+"""The plans of the statements whose cost must not grow with the audit log (issue 18):
 the sequencer's read of a batch (app/audit/sealing.py) goes through the queue's index
-and fetches the events by primary key, never a scan of ``audit_events``. On PostgreSQL
-it is checked with no statistics and after ANALYZE.
+and fetches the events by primary key, never a scan of ``audit_events``; the volume
+limits' counts (app/lookup/limits.py) read the caller's window from a limit index and
+nothing of its history. On PostgreSQL they are checked with no statistics and after
+ANALYZE (the limits in the custom and the generic plan, with EXPLAIN ANALYZE's buffers).
 """
 
 import json
@@ -11,12 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditEvent
 from app.audit.sealing import seal_pending
+from app.config import Environment, Settings
 from app.db import create_engine, create_sessionmaker
+from app.lookup.limits import limit_columns, limit_parameters
 from tests.conftest import FreshDatabase
 
 # PostgreSQL: a log of this many events, HISTORY of them by one client (and enquirer),
@@ -194,3 +198,108 @@ async def test_sealing_reads_the_queue_by_its_index_and_events_by_primary_key(
     assert on_events, scans
     assert all(scan.get("Index Name") == "pk_audit_events" for scan in on_events), on_events
     assert not [scan for scan in scans if scan["Node Type"] == "Seq Scan"], scans
+
+
+# --- the volume limits (app/lookup/limits.py) ------------------------------------------
+
+# Each of client:long and client:fresh has three lookups in every limit's window (the
+# fixtures' last 20 s); client:long also HISTORY before it (a day ago and older), which
+# the count must not read.
+IN_WINDOW = 3
+LIMIT_INDEXES = {
+    "ix_audit_events_lookups_principal_limit_time",
+    "ix_audit_events_lookups_enquirer_id_principal_limit_time",
+    "ix_audit_events_referrals_principal_limit_time",
+}
+
+
+async def _limit_statement(engine: AsyncEngine, principal: str, enquirer: str) -> tuple[str, Any]:
+    """The three counts of the lookup's statement (limit_columns), as sent."""
+    settings = Settings(environment=Environment.test)
+    dialect = engine.dialect.name
+    parameters = limit_parameters(
+        settings, principal=principal, enquirer_id=enquirer, now=datetime.now(UTC)
+    )
+    async with _captured(engine) as statements, engine.connect() as connection:
+        row = (await connection.execute(select(*limit_columns(dialect)), parameters)).one()
+    assert all(value is None for value in row), row  # three in the window: within limits
+    (statement,) = statements
+    return statement
+
+
+async def _generic_plan(
+    connection: AsyncConnection, statement: str, parameters: Any
+) -> dict[str, Any]:
+    """The plan asyncpg's prepared statement comes to run: the generic one, the values
+    unknown to the planner."""
+    await connection.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+    await connection.exec_driver_sql(f"PREPARE cpr_limits AS {statement}")
+    try:
+        arguments = ", ".join(_literal(value) for value in parameters)
+        raw = (
+            await connection.exec_driver_sql(
+                f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE cpr_limits({arguments})"
+            )
+        ).scalar_one()
+    finally:
+        await connection.exec_driver_sql("DEALLOCATE cpr_limits")
+        await connection.exec_driver_sql("RESET plan_cache_mode")
+    plan: dict[str, Any] = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+    return plan
+
+
+def _buffers(plan: dict[str, Any]) -> int:
+    return int(plan.get("Shared Hit Blocks", 0)) + int(plan.get("Shared Read Blocks", 0))
+
+
+def _assert_bounded_by_the_window(plan: dict[str, Any]) -> None:
+    """Every read of audit_events goes through a limit index with the window as an
+    index condition, and reads no more than the window's lookups."""
+    scans = [scan for scan in _scans(plan) if scan.get("Node Type") != "Result"]
+    assert scans, plan
+    for scan in scans:
+        assert scan.get("Index Name") in LIMIT_INDEXES, scans
+        assert "(timezone('UTC'::text, occurred_at)) >=" in scan.get("Index Cond", ""), scans
+        # Per loop: each count runs once. Rows the index gave (before any filter).
+        read = scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)
+        assert read <= IN_WINDOW, scans
+
+
+@pytest.mark.parametrize("analyze", [False, True], ids=["no statistics", "analyzed"])
+async def test_volume_limits_read_the_window_not_the_history(
+    engine: AsyncEngine, fresh: FreshDatabase, analyze: bool
+) -> None:
+    if fresh.settings.is_sqlite and analyze:
+        pytest.skip("SQLite keeps no statistics unless asked")
+    await _analyze(engine, fresh, analyze)
+    long = await _limit_statement(engine, "client:long", "E-long")
+    new = await _limit_statement(engine, "client:fresh", "E-fresh")
+    async with engine.connect() as connection:
+        if fresh.settings.is_sqlite:
+            for statement in (long, new):
+                lines = await _sqlite_plan(connection, *statement)
+                searches = [line for line in lines if "audit_events" in line]
+                # Three counts, each a range of a limit index on the caller's key and
+                # the window: SQLite's walk stops at either end of it.
+                assert len(searches) == 3, lines
+                for line in searches:
+                    assert line.startswith("SEARCH audit_events USING"), lines
+                    assert any(name in line for name in LIMIT_INDEXES), lines
+                    assert "principal=?" in line, lines  # (and enquirer_id=?)
+                    assert "occurred_at>?" in line, lines
+            return
+        plans = {
+            (who, kind): await plan(connection, *statement, analyze=True)
+            if kind == "custom"
+            else await _generic_plan(connection, *statement)
+            for who, statement in (("long", long), ("fresh", new))
+            for kind, plan in (("custom", _postgresql_plan), ("generic", None))
+        }
+    for plan in plans.values():
+        _assert_bounded_by_the_window(plan)
+    # The cost is the window's, not the history's: the client with HISTORY past lookups
+    # reads what the client with none reads.
+    for kind in ("custom", "generic"):
+        long_buffers, new_buffers = _buffers(plans["long", kind]), _buffers(plans["fresh", kind])
+        assert long_buffers <= new_buffers + 3, (kind, long_buffers, new_buffers)
+        assert long_buffers <= 20, (kind, long_buffers)
