@@ -7,9 +7,10 @@ ANALYZE (the limits in the custom and the generic plan, with EXPLAIN ANALYZE's b
 """
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,9 +18,12 @@ from sqlalchemy import event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditEvent
+from app.audit.review import EnquiryListQuery, filtered, readable_enquiries
 from app.audit.sealing import seal_pending
+from app.auth.principals import Principal
 from app.config import Environment, Settings
 from app.db import create_engine, create_sessionmaker
+from app.identity.models import OrganisationKind
 from app.lookup.limits import limit_columns, limit_parameters
 from tests.conftest import FreshDatabase
 
@@ -303,3 +307,141 @@ async def test_volume_limits_read_the_window_not_the_history(
         long_buffers, new_buffers = _buffers(plans["long", kind]), _buffers(plans["fresh", kind])
         assert long_buffers <= new_buffers + 3, (kind, long_buffers, new_buffers)
         assert long_buffers <= 20, (kind, long_buffers)
+
+
+# --- the custodians' reads (app/audit/review.py) ----------------------------------------
+
+AUTHORITY = uuid.UUID("00000000-0000-4000-8000-00000000000a")
+OTHER = uuid.UUID("00000000-0000-4000-8000-00000000000b")
+REVIEW_EVENTS = 30_000  # every third about AUTHORITY's children, the rest another's
+PAGE = 100
+REVIEW_INDEXES = {
+    "ix_audit_events_lookups_authority_id_index_time",
+    "ix_audit_events_lookups_authority_id_enquirer_id_index_time",
+    "ix_audit_events_lookups_authority_id_purpose_index_time",
+}
+
+
+_PRIMARY_KEYS = {"pk_audit_events", "pk_audit_event_authorities", "pk_organisations"}
+
+
+def _review_rows(count: int) -> Iterator[dict[str, Any]]:
+    now = datetime.now(UTC).timestamp()
+    for i in range(count):
+        ours = i % 3 == 0
+        yield {
+            "id": uuid.uuid4(),
+            "occurred_at": datetime.fromtimestamp(now - 86_400 * 30 + i * 80, UTC),
+            "event_type": "lookup",
+            "principal": f"client:{i % 97}",
+            "enquirer_id": f"e{i % 20}",
+            "purpose": ("unscheduled_care", "safeguarding_concern")[i % 2],
+            "query": {"nhs_number": f"9{i % 5_000:09d}"},
+            "outcome": "on_plan",
+            "authority_id": AUTHORITY if ours else OTHER,
+            "entry_id": uuid.UUID(int=i % 5_000 + 1),
+        }
+
+
+@pytest.fixture
+async def review_engine(
+    fresh: FreshDatabase, fresh_admin_sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[AsyncEngine]:
+    """The service's engine over a log of REVIEW_EVENTS lookups answered on plan."""
+    rows = list(_review_rows(REVIEW_EVENTS if not fresh.settings.is_sqlite else 3_000))
+    async with fresh_admin_sessionmaker() as session:
+        for start in range(0, len(rows), 5_000):
+            await session.execute(insert(AuditEvent.__table__), rows[start : start + 5_000])
+        await session.commit()
+    service = create_engine(fresh.settings)
+    try:
+        yield service
+    finally:
+        await service.dispose()
+
+
+def _custodian() -> Principal:
+    return Principal(
+        kind="user",
+        id="reviewer",
+        display_name="reviewer",
+        role=None,
+        organisation_id=AUTHORITY,
+        organisation_kind=OrganisationKind.local_authority,
+        organisation_name="authority",
+        scopes=frozenset(),
+    )
+
+
+_READS: dict[str, tuple[dict[str, Any], str | None]] = {
+    "list": ({}, None),
+    "enquirer": ({"enquirer_id": "E9"}, None),
+    "purpose": ({"purpose": "safeguarding_concern"}, None),
+    "one day": ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"}, None),
+    "nhs number": ({}, "9000000009"),
+}
+
+
+async def _review_statement(
+    engine: AsyncEngine, filters: dict[str, Any], nhs_number: str | None
+) -> tuple[str, Any]:
+    reviewer = _custodian()
+    if "from" in filters:
+        day = datetime.now(UTC) - timedelta(days=10)
+        filters = {"from": day, "to": day + timedelta(days=1)}
+    statement = filtered(
+        readable_enquiries(reviewer), EnquiryListQuery.model_validate(filters), reviewer, nhs_number
+    ).newest_first(PAGE + 1)
+    async with _captured(engine) as statements, engine.connect() as connection:
+        await connection.execute(statement)
+    (captured,) = statements
+    return captured
+
+
+@pytest.mark.parametrize("read", list(_READS))
+@pytest.mark.parametrize("analyze", [False, True], ids=["no statistics", "analyzed"])
+async def test_custodian_reads_are_walks_of_an_index_led_by_the_authority(
+    review_engine: AsyncEngine, fresh: FreshDatabase, analyze: bool, read: str
+) -> None:
+    """Each read walks an index led by the authority (the NHS number's, by its own
+    index), never the whole log nor every event of the authority: on PostgreSQL the
+    buffers stay within a page's worth."""
+    if fresh.settings.is_sqlite and analyze:
+        pytest.skip("SQLite keeps no statistics unless asked")
+    await _analyze(review_engine, fresh, analyze)
+    statement = await _review_statement(review_engine, *_READS[read])
+    expected = (
+        {
+            "ix_audit_events_lookups_asked_nhs_number",
+            "ix_audit_events_entry_id",
+        }
+        if read == "nhs number"
+        else REVIEW_INDEXES
+    )
+    async with review_engine.connect() as connection:
+        if fresh.settings.is_sqlite:
+            lines = await _sqlite_plan(connection, *statement)
+            on_events = [line for line in lines if " audit_events " in f"{line} "]
+            assert on_events, lines
+            assert not [line for line in on_events if line.startswith("SCAN")], lines
+            assert any(name in line for line in on_events for name in expected), lines
+            return
+        plan = await _postgresql_plan(connection, *statement, analyze=True)
+    scans = list(_scans(plan))
+    assert not [
+        scan
+        for scan in scans
+        if scan["Node Type"] == "Seq Scan" and scan["Relation Name"] == "audit_events"
+    ], scans
+    # Besides the primary keys (the linked half: each linked event by its id).
+    used = {
+        scan["Index Name"]
+        for scan in scans
+        if scan.get("Index Name") not in {None, *_PRIMARY_KEYS}
+        and not scan["Index Name"].startswith("ix_register_entries")  # the child's entries
+    }
+    assert used, scans
+    assert used <= expected, scans
+    # A page's worth (each of its rows may lie on a heap page of its own, plus the
+    # index), not the authority's REVIEW_EVENTS / 3 events (over 1,500 buffers).
+    assert _buffers(plan) <= 3 * PAGE, (_buffers(plan), scans)

@@ -36,13 +36,15 @@ class AskedNhsNumber(ColumnElement[str]):
         self.column = column
 
 
-class LimitTime(ColumnElement[datetime]):
-    """``occurred_at`` as the volume limits' indexes hold it (app/lookup/limits.py): on
-    PostgreSQL ``timezone('UTC', occurred_at)``, an expression no other index holds, so
-    a count's window can only be read from its limit index, where it is a range the scan
-    stops at (a plain range on ``occurred_at`` let the planner prefer
-    ix_audit_events_occurred_at, through every principal's events in the window, once
-    the statistics showed the log's append order). On SQLite, the column itself."""
+class IndexTime(ColumnElement[datetime]):
+    """``occurred_at`` as the keyed indexes hold it, the volume limits' (app/lookup/
+    limits.py) and the custodians' (app/audit/review.py): on PostgreSQL
+    ``timezone('UTC', occurred_at)``, an expression no other index holds. So a count's
+    window, or a page's newest-first order, can only be read from its own index, led by
+    the caller or the authority, where it is a range the scan stops at: with the plain
+    column the planner, once ANALYZE showed the log's append order, preferred walking
+    ix_audit_events_occurred_at through every principal's or authority's events instead.
+    On SQLite, the column itself."""
 
     type = DateTime()
     inherit_cache = True
@@ -52,13 +54,13 @@ class LimitTime(ColumnElement[datetime]):
         self.value = value
 
 
-@compiles(LimitTime, "postgresql")
-def _limit_time_postgresql(element: LimitTime, compiler: SQLCompiler, **kw: object) -> str:
+@compiles(IndexTime, "postgresql")
+def _index_time_postgresql(element: IndexTime, compiler: SQLCompiler, **kw: object) -> str:
     return f"timezone('UTC', {compiler.process(element.value, **kw)})"
 
 
-@compiles(LimitTime)
-def _limit_time(element: LimitTime, compiler: SQLCompiler, **kw: object) -> str:
+@compiles(IndexTime)
+def _index_time(element: IndexTime, compiler: SQLCompiler, **kw: object) -> str:
     return compiler.process(element.value, **kw)
 
 
@@ -78,25 +80,7 @@ class AuditEvent(Base):
     __tablename__ = "audit_events"
     # Sign-in lockout counts recent events by principal; the lookup's limits count
     # lookups and referrals only, from partial indexes of just those (below).
-    __table_args__ = (
-        Index("ix_audit_events_principal_occurred_at", "principal", "occurred_at"),
-        # A custodian's reads (app/audit/review.py): led by the authority, then the
-        # filter, then newest-first order with its tie-break, so a page is a walk that
-        # stops when the page is full (migration 0012).
-        *(
-            Index(
-                f"ix_audit_events_lookups_authority_id_{''.join(c + '_' for c in filters)}"
-                "occurred_at",
-                "authority_id",
-                *filters,
-                "occurred_at",
-                "id",
-                sqlite_where=text(AUTHORITY_LOOKUPS),
-                postgresql_where=text(AUTHORITY_LOOKUPS),
-            )
-            for filters in ((), ("enquirer_id",), ("purpose",))
-        ),
-    )
+    __table_args__ = (Index("ix_audit_events_principal_occurred_at", "principal", "occurred_at"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -128,7 +112,7 @@ class AuditEvent(Base):
 # whole history. On PostgreSQL each also carries occurred_at itself, so that a count is
 # read from the index alone.
 _EVENTS = AuditEvent.__table__.c
-for _name, _keys, _where in (
+_LIMIT_KEYS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("ix_audit_events_lookups_principal_limit_time", ("principal",), LOOKUPS),
     (
         "ix_audit_events_lookups_enquirer_id_principal_limit_time",
@@ -136,14 +120,34 @@ for _name, _keys, _where in (
         LOOKUPS,
     ),
     ("ix_audit_events_referrals_principal_limit_time", ("principal",), REFERRALS),
-):
+)
+for _name, _keys, _where in _LIMIT_KEYS:
     Index(
         _name,
         *(_EVENTS[key] for key in _keys),
-        LimitTime(_EVENTS.occurred_at),
+        IndexTime(_EVENTS.occurred_at),
         sqlite_where=text(_where),
         postgresql_where=text(_where),
         postgresql_include=["occurred_at"],
+    )
+
+# A custodian's reads (app/audit/review.py; migration 0012): led by the authority, then
+# the filter, then newest-first order with its tie-break, so a page is a walk that stops
+# when the page is full. Lookups about one authority's child only (a third of the log).
+_CUSTODIAN_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ix_audit_events_lookups_authority_id_index_time", ()),
+    ("ix_audit_events_lookups_authority_id_enquirer_id_index_time", ("enquirer_id",)),
+    ("ix_audit_events_lookups_authority_id_purpose_index_time", ("purpose",)),
+)
+for _name, _keys in _CUSTODIAN_KEYS:
+    Index(
+        _name,
+        _EVENTS.authority_id,
+        *(_EVENTS[key] for key in _keys),
+        IndexTime(_EVENTS.occurred_at),
+        _EVENTS.id,
+        sqlite_where=text(AUTHORITY_LOOKUPS),
+        postgresql_where=text(AUTHORITY_LOOKUPS),
     )
 
 # A custodian's search by a child's NHS number (migration 0012).

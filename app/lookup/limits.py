@@ -8,7 +8,7 @@ A limit of ``limit`` lookups per ``window`` is reached exactly when the
 when that lookup leaves it. So each limit is one scalar subquery, "the
 ``limit``-th newest lookup's time, if it is in the window" (NULL otherwise),
 over a partial index of lookups whose leading columns are the caller's key and
-then the time (app.audit.models.LimitTime; migration 0012): ``principal`` for
+then the time (app.audit.models.IndexTime; migration 0012): ``principal`` for
 the client's count and the probing count (an index of referrals only),
 ``(enquirer_id, principal)`` for the enquirer's. The window is a range of that
 index the scan stops at, and no other index can serve it (see
@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import Integer, Label, ScalarSelect, bindparam, literal_column, select
 
-from app.audit.models import AuditEvent, LimitTime
+from app.audit.models import AuditEvent, IndexTime
 from app.config import Settings
 
 CLIENT_FULL_AT = "client_limit_reached_at"
@@ -68,7 +68,7 @@ def _nth_newest_lookup(
     kept = [AuditEvent.event_type == literal_column("'lookup'")]
     if outcome is not None:
         kept.append(AuditEvent.outcome == literal_column(f"'{outcome}'"))
-    # The window as a plain range on the limit index's time (LimitTime: on PostgreSQL an
+    # The window as a plain range on the limit index's time (IndexTime: on PostgreSQL an
     # expression only the limit indexes hold) after the key's equalities: the walk down
     # from the caller's newest stops at the window's start, or after the limit's worth;
     # a bitmap scan reads the window's entries only. (Neither a plain range on
@@ -76,10 +76,10 @@ def _nth_newest_lookup(
     # through every principal's events in the window, nor a row comparison
     # ``(principal, occurred_at) >= (p, since)``, which the walk down does not stop at:
     # 89 buffers for a client with 4,898 past lookups against 3.)
-    at = LimitTime(AuditEvent.occurred_at.expression)
+    at = IndexTime(AuditEvent.occurred_at.expression)
     return (
         select(AuditEvent.occurred_at)
-        .where(*caller, *kept, at >= LimitTime(since))
+        .where(*caller, *kept, at >= IndexTime(since))
         .order_by(at.desc())
         .offset(offset)
         .limit(1)

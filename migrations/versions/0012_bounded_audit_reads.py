@@ -6,15 +6,16 @@
   ``(principal, enquirer_id, occurred_at)`` also served the *client's* count and with
   no statistics PostgreSQL chose it, reading the client's whole history (33 buffers for
   a window of three lookups); and on PostgreSQL the time is ``timezone('UTC',
-  occurred_at)`` (app.audit.models.LimitTime), which no other index holds: with a plain
+  occurred_at)`` (app.audit.models.IndexTime), which no other index holds: with a plain
   ``occurred_at`` the planner, once ANALYZE showed the log's append order, read the
   window of every principal from ix_audit_events_occurred_at instead. ``INCLUDE
   (occurred_at)`` keeps each count an index-only read. SQLite's are the columns.
 - A custodian's reads (app/audit/review.py) each have an index led by the authority
-  and ending in their newest-first order ``(occurred_at, id)``: the list and time
-  range ``(authority_id, occurred_at, id)``, the enquirer and purpose filters
-  ``(authority_id, enquirer_id | purpose, occurred_at, id)``. Partial: lookups about
-  one authority's child only (``authority_id IS NOT NULL``), a third of the log.
+  and ending in their newest-first order ``(time, id)``, the time as the limit
+  indexes hold it (the planner walked ix_audit_events_occurred_at otherwise): the list
+  and time range ``(authority_id, time, id)``, the enquirer and purpose filters
+  ``(authority_id, enquirer_id | purpose, time, id)``. Partial: lookups about one
+  authority's child only (``authority_id IS NOT NULL``), a third of the log.
 - The child's NHS number as asked, an expression index on ``query.nhs_number`` (the
   same expression the search writes, app.audit.models.AskedNhsNumber): built from the
   events already in the log, kept by the database for new ones, and nothing written
@@ -56,21 +57,11 @@ LIMITS = (
     ),
     ("ix_audit_events_referrals_principal_limit_time", ["principal"], REFERRALS),
 )
-AUTHORITY = {
-    "ix_audit_events_lookups_authority_id_occurred_at": ["authority_id", "occurred_at", "id"],
-    "ix_audit_events_lookups_authority_id_enquirer_id_occurred_at": [
-        "authority_id",
-        "enquirer_id",
-        "occurred_at",
-        "id",
-    ],
-    "ix_audit_events_lookups_authority_id_purpose_occurred_at": [
-        "authority_id",
-        "purpose",
-        "occurred_at",
-        "id",
-    ],
-}
+AUTHORITY = (
+    ("ix_audit_events_lookups_authority_id_index_time", []),
+    ("ix_audit_events_lookups_authority_id_enquirer_id_index_time", ["enquirer_id"]),
+    ("ix_audit_events_lookups_authority_id_purpose_index_time", ["purpose"]),
+)
 NHS_NUMBER = "ix_audit_events_lookups_asked_nhs_number"
 # As SQLAlchemy compiles app.audit.models.AskedNhsNumber for each database.
 ASKED_NHS_NUMBER = {
@@ -94,13 +85,11 @@ def upgrade() -> None:
             )
     for name, _, _ in REPLACED:
         op.drop_index(name, table_name="audit_events")
-    for name, columns in AUTHORITY.items():
-        op.create_index(
-            name,
-            "audit_events",
-            columns,
-            postgresql_where=sa.text(AUTHORITY_LOOKUPS),
-            sqlite_where=sa.text(AUTHORITY_LOOKUPS),
+    for name, keys in AUTHORITY:
+        time = "timezone('UTC', occurred_at)" if dialect == "postgresql" else "occurred_at"
+        op.execute(
+            f"CREATE INDEX {name} ON audit_events "
+            f"({', '.join(['authority_id', *keys, time, 'id'])}) WHERE {AUTHORITY_LOOKUPS}"
         )
     op.execute(
         f"CREATE INDEX {NHS_NUMBER} ON audit_events ({ASKED_NHS_NUMBER[dialect]}, occurred_at) "
@@ -110,7 +99,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index(NHS_NUMBER, table_name="audit_events")
-    for name in AUTHORITY:
+    for name, _ in AUTHORITY:
         op.drop_index(name, table_name="audit_events")
     for name, columns, rows in REPLACED:
         op.create_index(
