@@ -154,11 +154,11 @@ async def verify_since(
     held = _open_held(report, verifier, held_checkpoints)
     if not await extends(connection, report, start, "checkpoint held"):
         return report
-    # Held checkpoints older than the one started from: one read each.
-    for size in sorted(s for s in held if s < start.size):
+    # Held checkpoints no newer than the one started from (of its size too: two signed
+    # heads at one size are a fork): one read each.
+    for size in sorted(s for s in held if s <= start.size):
         for label, checkpoint, _ in held.pop(size):
             await extends(connection, report, checkpoint, label)
-    held = {size: labelled for size, labelled in held.items() if size != start.size}
     walked = await _walk(
         connection,
         report,
