@@ -224,11 +224,17 @@ async def test_a_custodian_verifies_from_a_checkpoint_held_over_http(log: Log) -
         assert ok.json()["size"] > 10
         whole = await http.get("/v1/audit/verify", headers=headers)
         assert (whole.json()["ok"], whole.json()["since"]) == (True, 0)
+        # What to keep, and send as since next time: the newest checkpoint verified.
+        kept = whole.json()["checkpoint"]
+        assert log.signer.verifier.open(kept).size == whole.json()["size"]
+        onwards = await http.get("/v1/audit/verify", params={"since": kept}, headers=headers)
+        assert (onwards.json()["ok"], onwards.json()["since"]) == (True, whole.json()["size"])
 
         forged = held.replace("\n6\n", "\n7\n")
         refused = await http.get("/v1/audit/verify", params={"since": forged}, headers=headers)
         assert refused.status_code == 200
         assert refused.json()["ok"] is False
+        assert refused.json()["checkpoint"] is None
         assert [f["kind"] for f in refused.json()["findings"]] == ["forged_checkpoint"]
 
         await log.superuser(f"UPDATE audit_events SET outcome = 'on_plan' WHERE id = {log.uid(7)}")
