@@ -39,7 +39,13 @@ from app.audit.chain import (
     leaf_hash,
     next_head,
 )
-from app.audit.models import AuditCheckpoint, AuditEvent, AuditSeal, AuditUnsealed
+from app.audit.models import (
+    AuditArchive,
+    AuditCheckpoint,
+    AuditEvent,
+    AuditSeal,
+    AuditUnsealed,
+)
 from app.audit.sealing import events_by_id
 from app.db import READ_ONLY_OPTION
 
@@ -104,13 +110,15 @@ async def verify_log(
     connection = await reader(session)
     await _refresh(verifier, report)
     held = _open_held(report, verifier, held_checkpoints)
+    size, head = await archived_start(connection, report, verifier)
+    report.since = size
     walked = await _walk(
         connection,
         report,
         verifier,
         held,
-        size=0,
-        head=EMPTY_HEAD,
+        size=size,
+        head=head,
         page_size=page_size,
         future_tolerance=future_tolerance,
     )
@@ -158,13 +166,35 @@ async def verify_since(
     report.head = start.head.hex()
     report.newest = since
     held = _open_held(report, verifier, held_checkpoints)
-    if not await extends(connection, report, start, "checkpoint held"):
+    archived, archived_head = await archived_start(connection, report, verifier)
+    if start.size < archived:
+        report.findings.append(
+            Finding(
+                "archived",
+                f"the checkpoint held (size {start.size}) is older than the log's archived "
+                f"segment (positions up to {archived}): verify the archive files "
+                "(--archive), then --since the newest archive's closing checkpoint",
+            )
+        )
+        return report
+    if start.size == archived and start.head != archived_head:
+        report.findings.append(
+            Finding(
+                "rewritten",
+                f"the log no longer extends the checkpoint held: the archive at size "
+                f"{archived} closed with another head",
+                position=archived,
+            )
+        )
+        return report
+    if start.size > archived and not await extends(connection, report, start, "checkpoint held"):
         return report
     # Held checkpoints no newer than the one started from (of its size too: two signed
-    # heads at one size are a fork): one read each.
+    # heads at one size are a fork), and not archived: one read each.
     for size in sorted(s for s in held if s <= start.size):
         for label, checkpoint, _ in held.pop(size):
-            await extends(connection, report, checkpoint, label)
+            if size > archived:
+                await extends(connection, report, checkpoint, label)
     walked = await _walk(
         connection,
         report,
@@ -201,6 +231,29 @@ async def database_now(session: AsyncSession) -> datetime:
 class _Walked:
     broken: bool = False
     future: dict[str, Finding] = field(default_factory=dict)
+
+
+async def archived_start(
+    connection: AsyncConnection, report: Report, verifier: CheckpointVerifier
+) -> tuple[int, bytes]:
+    """Where the chain in the database starts: the newest archive's closing size and head
+    (its note's signature checked), or position 0 and the empty head."""
+    row = (
+        await connection.execute(
+            select(AuditArchive.size, AuditArchive.head_hash, AuditArchive.note)
+            .order_by(AuditArchive.size.desc())
+            .limit(1)
+        )
+    ).first()
+    if row is None:
+        return 0, EMPTY_HEAD
+    label = f"archive closing checkpoint {row.size}"
+    opened = _open(report, verifier, label, row.note)
+    if opened is not None and (opened.size, opened.head.hex()) != (row.size, row.head_hash):
+        report.findings.append(
+            Finding("forged_checkpoint", f"{label}: the note does not state this size and head")
+        )
+    return row.size, bytes.fromhex(row.head_hash)
 
 
 async def reader(session: AsyncSession) -> AsyncConnection:
