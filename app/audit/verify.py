@@ -253,6 +253,8 @@ async def archived_start(
         report.findings.append(
             Finding("forged_checkpoint", f"{label}: the note does not state this size and head")
         )
+    elif opened is not None:
+        report.newest = row.note  # until a checkpoint after it is found to match
     return row.size, bytes.fromhex(row.head_hash)
 
 
