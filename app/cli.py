@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import CursorResult, delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin import service as admin
 from app.admin.schemas import Name, OrganisationCreate, Username
 from app.apiclient import (
     EXIT_BAD_INPUT,
+    EXIT_FAILED,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     URL_HELP,
@@ -35,6 +36,7 @@ from app.audit.archive import (
     Archived,
     ArchiveRefused,
     archived_event,
+    delete_archived,
     verify_archive,
     write_archive,
 )
@@ -102,7 +104,7 @@ def main() -> None:
         raise CommandError(
             f"the settings (environment) are wrong: {wrong}", EXIT_BAD_INPUT
         ) from exc
-    configure_logging(settings.log_level, sys.stderr)
+    configure_logging(settings.log_level, "stderr")
 
 
 def _message(error: Any) -> str:
@@ -887,13 +889,16 @@ def _echo_report(report: Report, after: str = "", origin: str = "") -> None:
     help="The file to write (never replaced): `cpr audit verify --archive` verifies it alone.",
 )
 def audit_archive(before: str, to: Path) -> None:
-    """Write the closed segment of the log up to a checkpoint to a file that verifies on
-    its own (events in canonical form, their seals, the checkpoint). Nothing is deleted
-    (docs/audit-log.md, "Retention"); the writing is recorded in the log.
+    """Write the closed segment of the log (after the last one archived) up to a
+    checkpoint to a file that verifies on its own (events in canonical form, their seals,
+    the checkpoints that open and close it); then, if every event in it is older than
+    CPR_AUDIT_RETENTION_DAYS and the command runs as the schema owner, delete it from the
+    database (docs/audit-log.md, "Retention"). Either is recorded in the log.
 
     \b
     Exit codes: 0 written; 1 the checkpoint or the chain up to it does not verify
-    (nothing written); 2 bad options or the file exists; 4 the database cannot be reached.
+    (nothing written), or the database refused the deletion; 2 bad options or the file
+    exists; 4 the database cannot be reached.
     """
     settings = get_settings()
     closing = _held_note(before, "--before")
@@ -904,15 +909,27 @@ def audit_archive(before: str, to: Path) -> None:
     except (CheckpointError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
-    async def work(session: AsyncSession) -> Archived:
+    async def work(session: AsyncSession) -> tuple[Archived, int | None, str | None]:
         archived = await write_archive(session, verifier, closing, to)
-        await session.rollback()  # the read's transaction; the record is written apart
-        session.add(archived_event(archived, to, "cli:audit-archive"))
+        await session.rollback()  # the read's transaction; the rest is written apart
+        kept = _kept_because(settings, archived)
+        deleted = None
+        if kept is None:
+            try:
+                deleted = await delete_archived(session, archived)
+            except DBAPIError as exc:
+                await session.rollback()
+                raise CommandError(
+                    f"the database refused the deletion ({type(exc.orig).__name__}); "
+                    f"nothing was deleted, and {to} holds the segment",
+                    EXIT_FAILED,
+                ) from exc
+        session.add(archived_event(archived, to, "cli:audit-archive", deleted=deleted))
         await session.commit()
-        return archived
+        return archived, deleted, kept
 
     try:
-        archived = _with_session(settings, work)
+        archived, deleted, kept = _with_session(settings, work)
     except ArchiveRefused as exc:
         click.echo(f"FAILED {exc}; nothing was written")
         sys.exit(1)
@@ -921,9 +938,33 @@ def audit_archive(before: str, to: Path) -> None:
     except DATABASE_ERRORS as exc:
         raise _database_unreachable(settings, exc) from exc
     click.echo(
-        f"wrote positions 1 to {archived.size} (head {archived.head}) to {to}, "
-        f"sha256 {archived.sha256}"
+        f"wrote positions {archived.from_size + 1} to {archived.size} (head {archived.head}) "
+        f"to {to}, sha256 {archived.sha256}"
     )
+    if deleted is None:
+        click.echo(f"nothing deleted: {kept}")
+    else:
+        click.echo(
+            f"deleted {deleted} events from the database; the log now starts after "
+            f"position {archived.size}"
+        )
+
+
+def _kept_because(settings: Settings, archived: Archived) -> str | None:
+    """Why the segment stays in the database too, or None: it may be deleted."""
+    days = settings.audit_retention_days
+    if days is None:
+        return "no retention period is set (CPR_AUDIT_RETENTION_DAYS)"
+    if settings.database_role is not None:
+        role = settings.database_role
+        return (
+            f"the command acts as the role {role}, which has no right to this deletion; "
+            "run it as the schema owner (its DATABASE_URL, no CPR_DATABASE_ROLE)"
+        )
+    newest = archived.last_occurred_at
+    if newest is None or newest > utcnow() - timedelta(days=days):
+        return f"events in it are within the retention period ({days} days)"
+    return None
 
 
 def _keep_checkpoint(path: Path, note: str) -> None:

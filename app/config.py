@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     checkpoint_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
     # The verifier reports any event still unsealed this long after it was written.
     sealing_delay_seconds: Annotated[int, Field(gt=0)] = 30
+    # Retention (docs/audit-log.md, "Retention"): `cpr audit archive` deletes the segment
+    # it wrote from the database only when its every event is older than this many days,
+    # and only when run as the schema owner. None: nothing is ever deleted.
+    audit_retention_days: Annotated[int, Field(gt=0)] | None = None
 
     # Where the background work (sealing, checkpoints, notifications, webhooks) runs:
     # in each API process (the embedded default, `make run`), or only in `cpr worker`,

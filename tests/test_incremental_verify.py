@@ -13,16 +13,19 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 
-from app.audit.archive import ARCHIVED, verify_archive
+from app.audit import verify
+from app.audit.archive import ARCHIVE_DELETED, ARCHIVED, verify_archive
 from app.audit.chain import Checkpoint
-from app.audit.models import AuditCheckpoint, AuditEvent
+from app.audit.models import AuditCheckpoint, AuditEvent, AuditSeal
 from app.audit.sealing import Sequencer
 from app.audit.verify import Report, verify_since
 from app.cli import main
 from app.config import Settings, get_settings
 from app.main import create_app
+from tests.conftest import FreshDatabase
 from tests.test_audit_chain import DELAY, Log, _custodian_headers
 
 
@@ -224,11 +227,17 @@ async def test_a_custodian_verifies_from_a_checkpoint_held_over_http(log: Log) -
         assert ok.json()["size"] > 10
         whole = await http.get("/v1/audit/verify", headers=headers)
         assert (whole.json()["ok"], whole.json()["since"]) == (True, 0)
+        # What to keep, and send as since next time: the newest checkpoint verified.
+        kept = whole.json()["checkpoint"]
+        assert log.signer.verifier.open(kept).size == whole.json()["size"]
+        onwards = await http.get("/v1/audit/verify", params={"since": kept}, headers=headers)
+        assert (onwards.json()["ok"], onwards.json()["since"]) == (True, whole.json()["size"])
 
         forged = held.replace("\n6\n", "\n7\n")
         refused = await http.get("/v1/audit/verify", params={"since": forged}, headers=headers)
         assert refused.status_code == 200
         assert refused.json()["ok"] is False
+        assert refused.json()["checkpoint"] is None
         assert [f["kind"] for f in refused.json()["findings"]] == ["forged_checkpoint"]
 
         await log.superuser(f"UPDATE audit_events SET outcome = 'on_plan' WHERE id = {log.uid(7)}")
@@ -402,6 +411,7 @@ async def test_an_archive_of_the_segment_up_to_a_checkpoint_verifies_on_its_own(
     written = await cpr("audit", "archive", "--before", str(held), "--to", str(archive))
     assert written.exit_code == 0, written.output
     assert "wrote positions 1 to 6" in written.output
+    assert "nothing deleted: no retention period is set" in written.output
     lines = archive.read_text().splitlines()
     assert len(lines) == 7  # the header and six events
     async with log.sessionmaker() as session:
@@ -465,3 +475,158 @@ async def test_no_archive_is_written_of_a_chain_that_does_not_verify(
     assert "nothing was written" in result.output
     assert not archive.exists()
     assert [n for n in os.listdir(tmp_path) if "segment" in n] == []  # no partial file either
+
+
+async def test_the_full_walk_finds_an_event_off_the_queue_in_any_id_range(
+    log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events are counted against seals and queue by id range (so no statement reads
+    the whole log): split into 16 ranges here, the event is named all the same."""
+    monkeypatch.setattr(verify, "RANGE_EVENTS", 1)
+    assert len(verify.id_ranges(10)) == 16
+    assert (await log.verify()).ok
+    await log.write(1)
+    removed = log.ids[-1]
+    await log.superuser(f"DELETE FROM audit_unsealed WHERE event_id = {log.stored(removed)}")
+    findings = (await log.verify()).findings
+    assert [(f.kind, f.event_id) for f in findings] == [("unsealed", str(removed))]
+
+
+# --- archiving then deleting: the chain goes on from the archive ----------------------------
+
+
+@pytest.fixture
+async def old_log(fresh_settings: Settings) -> AsyncIterator[Log]:
+    """Six events ten days old under a checkpoint (held), then four of today under another."""
+    app = create_app(fresh_settings)
+    async with app.router.lifespan_context(app):
+        sealed = Log(app, fresh_settings)
+        try:
+            await sealed.write(6, occurred_at=datetime.now(UTC) - timedelta(days=10))
+            await sealed.sequencer.run_once(checkpoint=True)
+            sealed.held = held_note(fresh_settings)  # type: ignore[attr-defined]
+            await sealed.write(4)
+            await sealed.sequencer.run_once(checkpoint=True)
+            await sealed.load_positions()
+            yield sealed
+        finally:
+            await sealed.close()
+
+
+@pytest.fixture
+def owner_env(
+    old_log: Log, fresh: FreshDatabase, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """`cpr` as the schema owner (its own login, no CPR_DATABASE_ROLE), retention one day."""
+    settings = old_log.settings
+    monkeypatch.setenv("DATABASE_URL", fresh.database.owner_url)
+    monkeypatch.delenv("CPR_DATABASE_ROLE", raising=False)
+    monkeypatch.setenv("CPR_ENVIRONMENT", settings.environment.value)
+    monkeypatch.setenv("CPR_KEY_DIR", str(settings.key_dir))
+    monkeypatch.setenv("CPR_CHECKPOINT_KEY_PATH", str(settings.checkpoint_key_path))
+    monkeypatch.setenv("CPR_CHECKPOINT_DIR", str(settings.checkpoint_dir))
+    monkeypatch.setenv("CPR_AUDIT_RETENTION_DAYS", "1")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+async def _seal_positions(log: Log) -> list[int]:
+    async with log.sessionmaker() as session:
+        return list(await session.scalars(select(AuditSeal.position).order_by(AuditSeal.position)))
+
+
+@pytest.mark.usefixtures("owner_env")
+async def test_an_archived_segment_is_deleted_and_the_chain_goes_on_from_it(
+    old_log: Log, tmp_path: Path
+) -> None:
+    log = old_log
+    first = tmp_path / "segment-1.jsonl"
+    written = await cpr("audit", "archive", "--before", log.held, "--to", str(first))  # type: ignore[attr-defined]
+    assert written.exit_code == 0, written.output
+    assert "wrote positions 1 to 6" in written.output
+    assert "deleted 6 events from the database" in written.output
+    assert (await _seal_positions(log))[0] == 7
+    assert verify_archive(first, log.signer.verifier).ok
+
+    # Verification starts from the archive's closing checkpoint, full and --since.
+    report = await log.verify()
+    assert report.ok, report.findings
+    assert (report.since, report.size) == (6, 10)
+    assert (await since(log, log.held)).ok  # type: ignore[attr-defined]
+    async with log.sessionmaker() as session:
+        recorded = list(
+            await session.scalars(
+                select(AuditEvent.event_type).where(AuditEvent.event_type == ARCHIVE_DELETED)
+            )
+        )
+    assert recorded == [ARCHIVE_DELETED]
+    older = log.signer.sign(
+        Checkpoint(log.settings.audit_log_origin, 3, bytes(32), int(time.time()))
+    )
+    assert [f.kind for f in (await since(log, older)).findings] == ["archived"]
+
+    # The owner, guards on, still cannot delete what no archive covers.
+    async with log.admin() as session:
+        with pytest.raises(DBAPIError, match="append-only"):
+            await session.execute(text("DELETE FROM audit_seals WHERE position = 8"))
+        await session.rollback()
+
+    # Archived up to the head: the sequencer goes on from the archive's head.
+    _, signed = await log.sequencer.run_once(checkpoint=True)  # the archiving's own event
+    assert signed is not None
+    second = tmp_path / "segment-2.jsonl"
+    again = await cpr("audit", "archive", "--before", signed.note, "--to", str(second))
+    assert again.exit_code == 0, again.output
+    assert f"wrote positions 7 to {signed.size}" in again.output
+    assert "nothing deleted: events in it are within the retention period (1 days)" in again.output
+    checked = verify_archive(second, log.signer.verifier)
+    assert checked.ok, checked.findings
+    assert (checked.since, checked.size) == (6, signed.size)
+
+
+@pytest.mark.usefixtures("owner_env")
+async def test_a_log_archived_to_its_head_is_sealed_on_from_the_archive(
+    old_log: Log, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every seal deleted: the sequencer takes the chain's head from the archive, and the
+    next event is sealed at the next position, as if nothing had been deleted."""
+    log = old_log
+    # Retention of none at all (any event is old enough): everything to the head goes.
+    monkeypatch.setenv("CPR_AUDIT_RETENTION_DAYS", "1")
+    monkeypatch.setattr("app.cli.utcnow", lambda: datetime.now(UTC) + timedelta(days=30))
+    _, signed = await log.sequencer.run_once(checkpoint=True)
+    assert signed is not None
+    archive = tmp_path / "all.jsonl"
+    result = await cpr("audit", "archive", "--before", signed.note, "--to", str(archive))
+    assert result.exit_code == 0, result.output
+    assert f"deleted {signed.size} events" in result.output
+    assert await _seal_positions(log) == []
+
+    emptied = await log.verify()
+    assert emptied.ok, emptied.findings
+    assert emptied.newest == signed.note  # what to verify --since next: the archive's
+
+    await log.write(1)
+    sealed, _ = await log.sequencer.run_once(checkpoint=True)
+    assert await _seal_positions(log) == [signed.size + 1, signed.size + 2][: sealed.count]
+    report = await log.verify()
+    assert report.ok, report.findings
+    assert (report.since, report.size) == (signed.size, signed.size + sealed.count)
+    assert verify_archive(archive, log.signer.verifier).ok
+
+
+@pytest.mark.usefixtures("owner_env")
+async def test_the_service_role_archives_but_never_deletes(
+    old_log: Log, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if old_log.settings.is_sqlite:
+        pytest.skip("roles are PostgreSQL's; on SQLite the file's owner is the service")
+    monkeypatch.setenv("DATABASE_URL", old_log.settings.database_url)
+    monkeypatch.setenv("CPR_DATABASE_ROLE", str(old_log.settings.database_role))
+    get_settings.cache_clear()
+    archive = tmp_path / "segment.jsonl"
+    result = await cpr("audit", "archive", "--before", old_log.held, "--to", str(archive))  # type: ignore[attr-defined]
+    assert result.exit_code == 0, result.output
+    assert "nothing deleted: the command acts as the role cpr_app" in result.output
+    assert (await _seal_positions(old_log))[0] == 1

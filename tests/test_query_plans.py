@@ -201,7 +201,13 @@ async def test_sealing_reads_the_queue_by_its_index_and_events_by_primary_key(
     on_events = [scan for scan in scans if scan.get("Relation Name") == "audit_events"]
     assert on_events, scans
     assert all(scan.get("Index Name") == "pk_audit_events" for scan in on_events), on_events
-    assert not [scan for scan in scans if scan["Node Type"] == "Seq Scan"], scans
+    # audit_archives (read only while no seal is left) holds a row per archived segment,
+    # a few a year: a sequential scan is its cheapest read whatever the log's size.
+    assert not [
+        scan
+        for scan in scans
+        if scan["Node Type"] == "Seq Scan" and scan.get("Relation Name") != "audit_archives"
+    ], scans
 
 
 # --- the volume limits (app/lookup/limits.py) ------------------------------------------

@@ -1,10 +1,12 @@
 """A closed segment of the log in a file that verifies on its own (docs/audit-log.md,
-"Retention"): every event up to a signed checkpoint, in the canonical form its leaf was
+"Retention"): every event after the last segment archived (or from the first) up to a
+signed checkpoint, in the canonical form its leaf was
 hashed over, with its seal, and the checkpoint note that closes it.
 
 JSON Lines, UTF-8. The first line says what the file is::
 
-    {"format": "cp-register audit archive v1", "from_size": 0, "from_head": "00…",
+    {"format": "cp-register audit archive v1", "from_size": S, "from_head": "…",
+     "opening": "<the note that closed the segment before, or null>",
      "to_size": N, "closing": "<the checkpoint note>"}
 
 then one line per position, in order::
@@ -28,7 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.audit.chain import (
     EMPTY_HEAD,
@@ -38,20 +41,23 @@ from app.audit.chain import (
     canonical_event,
     next_head,
 )
-from app.audit.models import AuditEvent
+from app.audit.models import AuditArchive, AuditEvent, AuditEventAuthority, AuditSeal
 from app.audit.verify import (
     FUTURE_TOLERANCE,
     PAGE_SIZE,
     Finding,
     Report,
+    archived_start,
     check_seal,
     extends,
     reader,
     seal_pages,
 )
+from app.notifications.models import Notification, NotificationDelivery
 
 ARCHIVE_FORMAT = "cp-register audit archive v1"
 ARCHIVED = "audit.archived"
+ARCHIVE_DELETED = "audit.archive_deleted"
 
 
 class ArchiveRefused(Exception):
@@ -64,9 +70,13 @@ class ArchiveRefused(Exception):
 
 @dataclass(frozen=True)
 class Archived:
+    from_size: int
     size: int
     head: str
     sha256: str
+    closing: str
+    # The newest occurred_at among the events written (None: none written).
+    last_occurred_at: datetime | None
 
 
 async def write_archive(
@@ -85,21 +95,22 @@ async def write_archive(
         raise ArchiveRefused(Finding(exc.finding, f"the closing checkpoint: {exc}")) from exc
     connection = await reader(session)
     report = Report()
-    if checkpoint.size == 0 or not await extends(
-        connection, report, checkpoint, "closing checkpoint"
-    ):
-        raise ArchiveRefused(
-            report.findings[0]
-            if report.findings
-            else Finding("truncated", "the closing checkpoint covers no event")
-        )
+    start, head = await archived_start(connection, report, verifier)
+    opening = await _opening(connection)
+    if report.findings:
+        raise ArchiveRefused(report.findings[0])
+    if checkpoint.size <= start:
+        raise ArchiveRefused(Finding("archived", f"positions up to {start} are archived already"))
+    if not await extends(connection, report, checkpoint, "closing checkpoint"):
+        raise ArchiveRefused(report.findings[0])
     aside = path.with_name(f".{path.name}.{os.getpid()}.partial")
     digest = hashlib.sha256()
+    newest: datetime | None = None
     try:
         with aside.open("x", encoding="utf-8") as file:
-            _line(file, digest, _header(checkpoint, closing))
-            expected, head = 1, EMPTY_HEAD
-            async for page in seal_pages(connection, after=0, page_size=page_size):
+            _line(file, digest, _header(start, head, opening, checkpoint, closing))
+            expected = start + 1
+            async for page in seal_pages(connection, after=start, page_size=page_size):
                 for seal, event in page:
                     if seal.position > checkpoint.size:
                         break
@@ -108,6 +119,7 @@ async def write_archive(
                         raise ArchiveRefused(finding)
                     assert event is not None  # check_seal said so
                     head = bytes.fromhex(seal.chain_hash)
+                    newest = max(newest or event["occurred_at"], event["occurred_at"])
                     line = {
                         "position": seal.position,
                         "event": canonical_event(cast(Mapping[str, Any], event)).decode("utf-8"),
@@ -132,29 +144,98 @@ async def write_archive(
         os.link(aside, path)  # never over another file: FileExistsError
     finally:
         aside.unlink(missing_ok=True)
-    return Archived(checkpoint.size, checkpoint.head.hex(), digest.hexdigest())
+    return Archived(
+        start, checkpoint.size, checkpoint.head.hex(), digest.hexdigest(), closing, newest
+    )
 
 
-def archived_event(archived: Archived, path: Path, actor: str) -> AuditEvent:
-    """What the log records of a segment written out (never the events themselves)."""
+async def _opening(connection: AsyncConnection) -> str | None:
+    """The newest archive's closing note: the next segment's opening."""
+    return await connection.scalar(
+        select(AuditArchive.note).order_by(AuditArchive.size.desc()).limit(1)
+    )
+
+
+async def delete_archived(
+    session: AsyncSession, archived: Archived, *, page_size: int = PAGE_SIZE
+) -> int:
+    """Record the segment as archived, then delete it: its seals, its events, and what
+    names them (their authorities' rows, their notifications and those notifications'
+    webhook deliveries). As the schema owner: the database's guards let only rows the
+    newest archive covers go (migration 0013), and the application role has no DELETE
+    on the log at all. One transaction, which the caller commits. The number deleted."""
+    if archived.last_occurred_at is None:
+        return 0
+    session.add(
+        AuditArchive(
+            size=archived.size,
+            head_hash=archived.head,
+            note=archived.closing,
+            sha256=archived.sha256,
+            last_occurred_at=archived.last_occurred_at,
+        )
+    )
+    await session.flush()
+    deleted, last = 0, archived.from_size
+    while last < archived.size:
+        rows = (
+            await session.execute(
+                select(AuditSeal.position, AuditSeal.event_id)
+                .where(AuditSeal.position > last, AuditSeal.position <= archived.size)
+                .order_by(AuditSeal.position)
+                .limit(page_size)
+            )
+        ).all()
+        if not rows:
+            break
+        ids = [row.event_id for row in rows]
+        told = select(Notification.id).where(Notification.event_id.in_(ids))
+        await session.execute(
+            delete(NotificationDelivery).where(NotificationDelivery.notification_id.in_(told))
+        )
+        await session.execute(delete(Notification).where(Notification.event_id.in_(ids)))
+        await session.execute(
+            delete(AuditSeal).where(
+                AuditSeal.position > last, AuditSeal.position <= rows[-1].position
+            )
+        )
+        await session.execute(
+            delete(AuditEventAuthority).where(AuditEventAuthority.event_id.in_(ids))
+        )
+        await session.execute(delete(AuditEvent).where(AuditEvent.id.in_(ids)))
+        deleted += len(ids)
+        last = rows[-1].position
+    return deleted
+
+
+def archived_event(
+    archived: Archived, path: Path, actor: str, *, deleted: int | None = None
+) -> AuditEvent:
+    """What the log records of a segment written out, and deleted if it was (never the
+    events themselves)."""
     return AuditEvent(
-        event_type=ARCHIVED,
+        event_type=ARCHIVED if deleted is None else ARCHIVE_DELETED,
         principal=actor,
         outcome="ok",
         detail={
+            "from_size": archived.from_size,
             "to_size": archived.size,
             "head": archived.head,
             "sha256": archived.sha256,
             "file": path.name[:200],
+            **({} if deleted is None else {"deleted": deleted}),
         },
     )
 
 
-def _header(checkpoint: Checkpoint, closing: str) -> dict[str, Any]:
+def _header(
+    start: int, head: bytes, opening: str | None, checkpoint: Checkpoint, closing: str
+) -> dict[str, Any]:
     return {
         "format": ARCHIVE_FORMAT,
-        "from_size": 0,
-        "from_head": EMPTY_HEAD.hex(),
+        "from_size": start,
+        "from_head": head.hex(),
+        "opening": opening,
         "to_size": checkpoint.size,
         "closing": closing,
     }
@@ -202,6 +283,18 @@ def _verify_lines(
     start, head = int(header["from_size"]), bytes.fromhex(header["from_head"])
     if closing.size != int(header["to_size"]) or (start == 0 and head != EMPTY_HEAD):
         raise ValueError("the header disagrees with its closing checkpoint")
+    if start > 0:
+        # A later segment opens with the checkpoint that closed the one before it.
+        if header.get("opening") is None:
+            raise ValueError("a segment after the first names no opening checkpoint")
+        try:
+            opening = verifier.open(header["opening"])
+        except CheckpointError as exc:
+            report.findings.append(Finding(exc.finding, f"the opening checkpoint: {exc}"))
+            return
+        report.checkpoints_checked += 1
+        if (opening.size, opening.head) != (start, head):
+            raise ValueError("the header disagrees with its opening checkpoint")
     report.since = start
     signed = datetime.fromtimestamp(closing.signed_at, UTC)
     expected = start + 1

@@ -210,6 +210,25 @@ class AuditCheckpoint(Base):
     note: Mapped[str] = mapped_column(Text)
 
 
+class AuditArchive(Base):
+    """A segment of the log written to an archive file and deleted (append-only):
+    positions up to ``size``, closed by the checkpoint ``note`` (head ``head_hash``).
+    The newest is where the chain now starts: the verifier's first head, and the
+    sequencer's when no seal is left. The database's guards let the schema owner delete
+    only the rows it covers (migration 0013); the application role reads it only."""
+
+    __tablename__ = "audit_archives"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str] = mapped_column(Text)
+    # Of the archive file, as written.
+    sha256: Mapped[str] = mapped_column(String(64))
+    # The newest occurred_at among the archived events.
+    last_occurred_at: Mapped[datetime]
+    archived_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class AuditEventAuthority(Base):
     """The authorities an enquiry concerns when it is not one: a ``refer_to_custodian``
     answer whose matched entries belong to several authorities (``authority_id`` is

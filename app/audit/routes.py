@@ -31,6 +31,9 @@ class VerifyReport(BaseModel):
     checkpoints_checked: int
     # The size of the checkpoint verified from (``since``); 0: the whole log.
     since: int
+    # The newest signed checkpoint note the log was found to extend: keep it, and send
+    # it as ``since`` next time. None when there is none (or the log does not verify).
+    checkpoint: str | None
     findings: list[FindingRead]
 
 
@@ -73,6 +76,7 @@ async def verify(
         head=result.head,
         checkpoints_checked=result.checkpoints_checked,
         since=result.since,
+        checkpoint=result.newest if result.ok else None,
         findings=[FindingRead(**f.__dict__) for f in result.findings],
     )
 

@@ -57,7 +57,13 @@ from app.audit.chain import (
     leaf_hash,
     next_head,
 )
-from app.audit.models import AuditCheckpoint, AuditEvent, AuditSeal, AuditUnsealed
+from app.audit.models import (
+    AuditArchive,
+    AuditCheckpoint,
+    AuditEvent,
+    AuditSeal,
+    AuditUnsealed,
+)
 from app.config import Settings
 from app.db import READ_ONLY_OPTION, UTCDateTime, utcnow
 
@@ -152,6 +158,18 @@ async def seal_pending(session: AsyncSession, *, batch_size: int) -> Sealed | No
             .limit(1)
         )
     ).first()
+    if last is None:
+        # Every seal archived (or none yet): the chain goes on from the newest archive.
+        last = (
+            await connection.execute(
+                select(
+                    AuditArchive.size.label("position"),
+                    AuditArchive.head_hash.label("chain_hash"),
+                )
+                .order_by(AuditArchive.size.desc())
+                .limit(1)
+            )
+        ).first()
     position, head = (last.position, bytes.fromhex(last.chain_hash)) if last else (0, EMPTY_HEAD)
     pending, more = await _pending(connection, batch_size)
     if pending:

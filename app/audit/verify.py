@@ -20,6 +20,7 @@ was sealed after it, in time proportional to that.
 """
 
 import asyncio
+import math
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -38,7 +39,13 @@ from app.audit.chain import (
     leaf_hash,
     next_head,
 )
-from app.audit.models import AuditCheckpoint, AuditEvent, AuditSeal, AuditUnsealed
+from app.audit.models import (
+    AuditArchive,
+    AuditCheckpoint,
+    AuditEvent,
+    AuditSeal,
+    AuditUnsealed,
+)
 from app.audit.sealing import events_by_id, latest_copy
 from app.config import Settings
 from app.db import READ_ONLY_OPTION
@@ -51,6 +58,8 @@ FUTURE_TOLERANCE = timedelta(seconds=60)
 MAX_LISTED = 100
 # Seals (with their events), checkpoints and events read per statement.
 PAGE_SIZE = 1000
+# Events per id range when counting events against seals and queue (id_ranges).
+RANGE_EVENTS = 250_000
 
 # (where it came from, the checkpoint, its note)
 Labelled = list[tuple[str, Checkpoint, str]]
@@ -94,28 +103,33 @@ async def verify_log(
 
     Pages of ``page_size`` seals (each page's events by primary key) and checkpoints, so
     memory stays bounded; then the database's clock, the events dated after it (an
-    index range), the queue (what waits to be sealed), and one count that says whether
-    any event has neither a seal nor a queue row (only then are they looked for).
+    index range), the queue (what waits to be sealed), and counts by id range that say
+    whether any event has neither a seal nor a queue row (only there are they looked
+    for).
     """
     report = Report()
     connection = await reader(session)
     await _refresh(verifier, report)
     held = _open_held(report, verifier, held_checkpoints)
+    size, head = await archived_start(connection, report, verifier)
+    report.since = size
     walked = await _walk(
         connection,
         report,
         verifier,
         held,
-        size=0,
-        head=EMPTY_HEAD,
+        size=size,
+        head=head,
         page_size=page_size,
         future_tolerance=future_tolerance,
     )
     now = await database_now(session)
     await _future_dated(connection, report, walked, now, future_tolerance)
     await _queued_too_long(connection, report, now, sealing_delay)
-    if walked.broken or await _some_event_unaccounted(connection):
-        await _never_queued(connection, report)
+    ranges = id_ranges(report.size)
+    await _never_queued(
+        connection, report, ranges if walked.broken else await _unaccounted(connection, ranges)
+    )
     report.findings.extend(walked.future.values())
     return report
 
@@ -153,13 +167,35 @@ async def verify_since(
     report.head = start.head.hex()
     report.newest = since
     held = _open_held(report, verifier, held_checkpoints)
-    if not await extends(connection, report, start, "checkpoint held"):
+    archived, archived_head = await archived_start(connection, report, verifier)
+    if start.size < archived:
+        report.findings.append(
+            Finding(
+                "archived",
+                f"the checkpoint held (size {start.size}) is older than the log's archived "
+                f"segment (positions up to {archived}): verify the archive files "
+                "(--archive), then --since the newest archive's closing checkpoint",
+            )
+        )
         return report
-    # Held checkpoints older than the one started from: one read each.
-    for size in sorted(s for s in held if s < start.size):
+    if start.size == archived and start.head != archived_head:
+        report.findings.append(
+            Finding(
+                "rewritten",
+                f"the log no longer extends the checkpoint held: the archive at size "
+                f"{archived} closed with another head",
+                position=archived,
+            )
+        )
+        return report
+    if start.size > archived and not await extends(connection, report, start, "checkpoint held"):
+        return report
+    # Held checkpoints no newer than the one started from (of its size too: two signed
+    # heads at one size are a fork), and not archived: one read each.
+    for size in sorted(s for s in held if s <= start.size):
         for label, checkpoint, _ in held.pop(size):
-            await extends(connection, report, checkpoint, label)
-    held = {size: labelled for size, labelled in held.items() if size != start.size}
+            if size > archived:
+                await extends(connection, report, checkpoint, label)
     walked = await _walk(
         connection,
         report,
@@ -230,6 +266,31 @@ async def database_now(session: AsyncSession) -> datetime:
 class _Walked:
     broken: bool = False
     future: dict[str, Finding] = field(default_factory=dict)
+
+
+async def archived_start(
+    connection: AsyncConnection, report: Report, verifier: CheckpointVerifier
+) -> tuple[int, bytes]:
+    """Where the chain in the database starts: the newest archive's closing size and head
+    (its note's signature checked), or position 0 and the empty head."""
+    row = (
+        await connection.execute(
+            select(AuditArchive.size, AuditArchive.head_hash, AuditArchive.note)
+            .order_by(AuditArchive.size.desc())
+            .limit(1)
+        )
+    ).first()
+    if row is None:
+        return 0, EMPTY_HEAD
+    label = f"archive closing checkpoint {row.size}"
+    opened = _open(report, verifier, label, row.note)
+    if opened is not None and (opened.size, opened.head.hex()) != (row.size, row.head_hash):
+        report.findings.append(
+            Finding("forged_checkpoint", f"{label}: the note does not state this size and head")
+        )
+    elif opened is not None:
+        report.newest = row.note  # until a checkpoint after it is found to match
+    return row.size, bytes.fromhex(row.head_hash)
 
 
 async def reader(session: AsyncSession) -> AsyncConnection:
@@ -543,35 +604,84 @@ def _not_queued(event_id: uuid.UUID) -> Finding:
     )
 
 
-async def _some_event_unaccounted(connection: AsyncConnection) -> bool:
-    """Whether the log holds more events than are sealed (a gap-free chain: its last
-    position) and queued; one statement, so one snapshot. Counting reads one index of
-    the log, never a join of it; the events themselves are looked for only if so."""
-    events = select(func.count()).select_from(AuditEvent).scalar_subquery()
-    sealed = select(func.coalesce(func.max(AuditSeal.position), 0)).scalar_subquery()
-    queued = (
-        select(func.count())
-        .select_from(AuditUnsealed)
-        .where(exists().where(AuditEvent.id == AuditUnsealed.event_id))
-        .scalar_subquery()
-    )
-    row = (await connection.execute(select(events, sealed, queued))).one()
-    return bool(row[0] > row[1] + row[2])
+def id_ranges(size: int) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
+    """The event ids split by their leading bits into ranges of about RANGE_EVENTS
+    events (ids are random), so that no statement counts or searches the whole log: each
+    stays well within the statement timeout however long the log grows."""
+    bits = max(0, min(16, math.ceil(math.log2(max(size, 1) / RANGE_EVENTS))))
+    count = 1 << bits
+    step = 1 << (128 - bits)
+    return [
+        (uuid.UUID(int=n * step), None if n == count - 1 else uuid.UUID(int=(n + 1) * step))
+        for n in range(count)
+    ]
 
 
-async def _never_queued(connection: AsyncConnection, report: Report) -> None:
-    """The events with neither a seal nor a queue row (only when there are some, or the
-    chain is broken already: it reads the whole log)."""
-    rows = await connection.execute(
-        select(AuditEvent.id)
-        .where(
-            ~exists().where(AuditSeal.event_id == AuditEvent.id),
-            ~exists().where(AuditUnsealed.event_id == AuditEvent.id),
+def _in_range(column: Any, low: uuid.UUID, high: uuid.UUID | None) -> Any:
+    return column >= low if high is None else (column >= low) & (column < high)
+
+
+async def _unaccounted(
+    connection: AsyncConnection, ranges: Sequence[tuple[uuid.UUID, uuid.UUID | None]]
+) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
+    """The id ranges holding more events than sealed and queued ones. One statement a
+    range, so one snapshot: an event is written with its queue row (a trigger), and
+    sealing moves it from the queue to the seals in one transaction. Counting reads
+    index ranges, never a join of the log; the events are looked for only where the
+    counts disagree."""
+    uneven = []
+    for low, high in ranges:
+        events = (
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(_in_range(AuditEvent.id, low, high))
+            .scalar_subquery()
         )
-        .order_by(AuditEvent.occurred_at)
-        .limit(MAX_LISTED)
-    )
-    report.findings.extend(_not_queued(row.id) for row in rows)
+        sealed = (
+            select(func.count())
+            .select_from(AuditSeal)
+            .where(_in_range(AuditSeal.event_id, low, high))
+            .scalar_subquery()
+        )
+        queued = (
+            select(func.count())
+            .select_from(AuditUnsealed)
+            .where(
+                _in_range(AuditUnsealed.event_id, low, high),
+                exists().where(AuditEvent.id == AuditUnsealed.event_id),
+            )
+            .scalar_subquery()
+        )
+        row = (await connection.execute(select(events, sealed, queued))).one()
+        if row[0] > row[1] + row[2]:
+            uneven.append((low, high))
+    return uneven
+
+
+async def _never_queued(
+    connection: AsyncConnection,
+    report: Report,
+    ranges: Sequence[tuple[uuid.UUID, uuid.UUID | None]],
+) -> None:
+    """The events with neither a seal nor a queue row, among the id ranges given (those
+    whose counts disagree, or all when the chain is broken already)."""
+    found = 0
+    for low, high in ranges:
+        rows = await connection.execute(
+            select(AuditEvent.id)
+            .where(
+                _in_range(AuditEvent.id, low, high),
+                ~exists().where(AuditSeal.event_id == AuditEvent.id),
+                ~exists().where(AuditUnsealed.event_id == AuditEvent.id),
+            )
+            .order_by(AuditEvent.id)
+            .limit(MAX_LISTED - found)
+        )
+        named = [_not_queued(row.id) for row in rows]
+        report.findings.extend(named)
+        found += len(named)
+        if found >= MAX_LISTED:
+            return
 
 
 async def _never_queued_after(
