@@ -12,7 +12,6 @@ import click
 import httpx
 
 # Exit codes of `cpr lookup`, `cpr register import` and `cpr audit verify`.
-EXIT_OK = 0
 EXIT_FAILED = 1  # audit verify: the log does not verify; anything else unforeseen
 EXIT_BAD_INPUT = 2  # click's own usage error, and input the service refused as invalid
 EXIT_REFUSED = 3  # sign-in or the request refused (not permitted, purpose, volume limit)

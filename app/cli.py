@@ -22,6 +22,7 @@ from app.admin import service as admin
 from app.admin.schemas import Name, OrganisationCreate, Username
 from app.apiclient import (
     EXIT_BAD_INPUT,
+    EXIT_FAILED,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     URL_HELP,
@@ -867,7 +868,7 @@ def _echo_report(report: Report, after: str = "", origin: str = "") -> None:
         event = f"event {finding.event_id}" if finding.event_id else ""
         named = " ".join(part for part in (finding.kind, where, event) if part)
         click.echo(f"FAILED {named}: {finding.detail}")
-    sys.exit(1)
+    sys.exit(EXIT_FAILED)
 
 
 @audit_group.command("archive")
@@ -915,7 +916,7 @@ def audit_archive(before: str, to: Path) -> None:
         archived = _with_session(settings, work)
     except ArchiveRefused as exc:
         click.echo(f"FAILED {exc}; nothing was written")
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     except FileExistsError as exc:
         raise CommandError(f"{to} exists: an archive is never replaced", EXIT_BAD_INPUT) from exc
     except DATABASE_ERRORS as exc:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, Unpack
 
 import structlog
 from fastapi import Request
-from sqlalchemy import JSON, bindparam, func, insert, select
+from sqlalchemy import JSON, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEvent
@@ -163,41 +163,3 @@ async def refuse_not_found(
         **request_context(request),
     )
     await refuse(session, event, ProblemError(404, "Not found", message, code=refusal))
-
-
-async def recent_events(
-    session: AsyncSession,
-    *,
-    principal: str,
-    event_type: str,
-    since: datetime,
-    enquirer_id: str | None = None,
-    newest_only: int | None = None,
-) -> tuple[int, datetime | None, datetime | None]:
-    """A principal's events of one type since a time: count, oldest, newest.
-
-    The log is the one store every replica shares, so limits counted here hold
-    across the whole service, over exact sliding windows. ``newest_only`` caps
-    the work at that many index entries: a limit needs to know only whether it
-    is reached, and when the oldest of the newest ``limit`` events leaves the window.
-    """
-    recent = (
-        select(AuditEvent.occurred_at)
-        .where(
-            AuditEvent.principal == principal,
-            AuditEvent.occurred_at >= since,
-            AuditEvent.event_type == event_type,
-        )
-        .order_by(AuditEvent.occurred_at.desc())
-    )
-    if enquirer_id is not None:
-        recent = recent.where(AuditEvent.enquirer_id == enquirer_id)
-    if newest_only is not None:
-        recent = recent.limit(newest_only)
-    window = recent.subquery()
-    count, oldest, newest = (
-        await session.execute(
-            select(func.count(), func.min(window.c.occurred_at), func.max(window.c.occurred_at))
-        )
-    ).one()
-    return count, oldest, newest
