@@ -79,6 +79,22 @@ def request_context(request: Request) -> RequestContext:
     }
 
 
+def authority_event(
+    request: Request, principal: "Principal", event_type: str, **fields: Any
+) -> AuditEvent:
+    """An event of a custodian's about their own authority's records (the register, the
+    notifications, the webhook): ``authority_id`` is theirs, the outcome ``ok`` unless
+    ``fields`` say otherwise, with who asked from where."""
+    values: dict[str, Any] = {
+        "principal": principal.subject,
+        "organisation_id": principal.organisation_id,
+        "authority_id": principal.organisation_id,
+        "outcome": "ok",
+        **request_context(request),
+    }
+    return AuditEvent(event_type=event_type, **(values | fields))
+
+
 async def commit_or_fail_closed(session: AsyncSession) -> None:
     """Commit the transaction that holds the audit event, or refuse to answer.
 

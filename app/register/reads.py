@@ -10,13 +10,13 @@ from fastapi import Request, Response
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.service import commit_or_fail_closed
+from app.audit.service import authority_event, commit_or_fail_closed
 from app.auth.principals import Principal
 from app.cursors import cursor_date, cursor_id, decode_cursor, encode_cursor
 from app.register.models import RegisterEntry, RegisterEntryVersion
 from app.register.queries import StatusFilter, count_of, for_person, listed
 from app.register.schemas import EntryPage, EntryRead, EntrySearch, VersionRead, person_read
-from app.register.service import register_event, snapshot
+from app.register.service import snapshot
 
 SEARCH_LIMIT = 50
 
@@ -80,7 +80,7 @@ async def audited_read(
     session: AsyncSession, request: Request, custodian: Principal, **fields: Any
 ) -> None:
     """Custodians see children's details: each read is on record before it is answered."""
-    session.add(register_event(request, custodian, "register.read", **fields))
+    session.add(authority_event(request, custodian, "register.read", **fields))
     await commit_or_fail_closed(session)
 
 
