@@ -361,10 +361,7 @@ def org_list(kind: str | None) -> None:
     """List organisations: id, kind, state, ODS code, name (tab-separated)."""
 
     async def work(session: AsyncSession) -> list[Organisation]:
-        statement = select(Organisation).order_by(Organisation.name)
-        if kind is not None:
-            statement = statement.where(Organisation.kind == kind)
-        return list((await session.scalars(statement)).all())
+        return await admin.list_organisations(session, kind=kind)
 
     for organisation in _with_session(get_settings(), work):
         _echo_organisation(organisation)
