@@ -33,7 +33,7 @@ from app.audit.service import commit_or_fail_closed, request_context
 from app.auth.principals import Principal
 from app.cursors import cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.db import READ_ONLY_OPTION, utcnow
-from app.identity.models import Organisation, OrganisationKind
+from app.identity.models import REFERENCE_POINT_KINDS, Organisation
 from app.lookup.schemas import Purpose, enquirer_key
 from app.register.deps import load_entry
 from app.register.identifiers import normalise_nhs_number
@@ -414,14 +414,6 @@ async def _csv(
             yield drain()
 
 
-# The kinds of organisation that look children up (the reference points).
-ENQUIRING_KINDS = (
-    OrganisationKind.emergency_department,
-    OrganisationKind.out_of_hours_social_care,
-    OrganisationKind.police,
-)
-
-
 class OrganisationContact(BaseModel):
     """An enquiring organisation and whom there to call about its enquiries."""
 
@@ -436,7 +428,7 @@ async def enquiring_organisations(session: AsyncSession) -> list[OrganisationCon
     the enquiries by, and whom to call about them. No child is named."""
     rows = await session.scalars(
         select(Organisation)
-        .where(Organisation.kind.in_([kind.value for kind in ENQUIRING_KINDS]))
+        .where(Organisation.kind.in_(sorted(kind.value for kind in REFERENCE_POINT_KINDS)))
         .order_by(Organisation.name)
     )
     return [
@@ -469,12 +461,7 @@ async def children_named(
     (another authority's entry is never read, so never named)."""
     if not entry_ids:
         return {}
-    rows = await session.scalars(
-        select(RegisterEntry).where(
-            RegisterEntry.id.in_(entry_ids),
-            RegisterEntry.authority_id == reviewer.organisation_id,
-        )
-    )
+    rows = await session.scalars(own_entries(reviewer).where(RegisterEntry.id.in_(entry_ids)))
     return {row.id: child_named(row) for row in rows}
 
 
