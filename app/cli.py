@@ -25,12 +25,11 @@ from app.apiclient import (
     EXIT_FAILED,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
-    URL_HELP,
     CommandError,
-    default_url,
     refusal,
     request,
     sign_in,
+    sign_in_options,
 )
 from app.audit.archive import (
     Archived,
@@ -1087,21 +1086,7 @@ def _purpose(http: "httpx.Client", headers: dict[str, str], given: str | None) -
 
 
 @main.command("lookup", epilog=LOOKUP_EPILOG)
-@click.option(
-    "--url",
-    default=default_url,
-    show_default="http://127.0.0.1:${PORT:-8000}",
-    envvar="CPR_URL",
-    help=URL_HELP,
-)
-@click.option("--username", prompt=True, envvar="CPR_USERNAME", help="Env CPR_USERNAME.")
-@click.option(
-    "--password",
-    prompt=True,
-    hide_input=True,
-    envvar="CPR_PASSWORD",
-    help="Env CPR_PASSWORD; asked for, hidden, when not set.",
-)
+@sign_in_options
 @click.option("--nhs-number", default=None, help="The child's (or, unborn, the mother's).")
 @click.option("--given-name", default=None)
 @click.option("--family-name", default=None)
