@@ -6,7 +6,7 @@ an ETag, and the list, the search, the entry and its history, each read on recor
 from datetime import date
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Request
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,12 +68,6 @@ def current(entry: RegisterEntry) -> EntryRead:
 def etag(entry: RegisterEntry) -> str:
     """The entry's version, as the ETag a change names in If-Match."""
     return f'"{entry.version}"'
-
-
-def answer(response: Response, entry: RegisterEntry) -> EntryRead:
-    """The entry as it stands, its ETag on ``response``."""
-    response.headers["ETag"] = etag(entry)
-    return current(entry)
 
 
 async def audited_read(
