@@ -29,7 +29,7 @@ from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditEvent, AuditEventAuthority
-from app.audit.service import commit_or_fail_closed, request_context
+from app.audit.service import authority_event, commit_or_fail_closed
 from app.auth.principals import Principal
 from app.cursors import cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.db import READ_ONLY_OPTION, utcnow
@@ -310,15 +310,12 @@ async def page_of(
     filters = page.model_dump(mode="json", by_alias=True, exclude_none=True)
     filters.pop("nhs_number", None)
     session.add(
-        AuditEvent(
-            event_type="audit.read",
-            principal=reviewer.subject,
-            organisation_id=reviewer.organisation_id,
-            authority_id=reviewer.organisation_id,
-            outcome="ok",
+        authority_event(
+            request,
+            reviewer,
+            "audit.read",
             query={"nhs_number": nhs_number} if nhs_number else None,
             detail={"path": request.url.path, "filters": filters},
-            **request_context(request),
         )
     )
     await commit_or_fail_closed(session)
@@ -512,15 +509,13 @@ async def export_csv(
     filters = export.model_dump(mode="json", by_alias=True, exclude_none=True)
     nhs_number = filters.pop("nhs_number", None)
     session.add(
-        AuditEvent(
-            event_type="audit.exported",
-            principal=reviewer.subject,
-            organisation_id=reviewer.organisation_id,
-            authority_id=reviewer.organisation_id,
+        authority_event(
+            request,
+            reviewer,
+            "audit.exported",
             outcome="exported",
             query={"nhs_number": nhs_number} if nhs_number else None,
             detail={"filters": filters},
-            **request_context(request),
         )
     )
     await commit_or_fail_closed(session)
