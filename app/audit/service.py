@@ -79,20 +79,27 @@ def request_context(request: Request) -> RequestContext:
     }
 
 
+def principal_event(
+    request: Request, principal: "Principal", event_type: str, **fields: Any
+) -> AuditEvent:
+    """An event of the caller's: the principal and its organisation, and who asked from
+    where (``fields`` set the rest)."""
+    values: dict[str, Any] = {
+        "principal": principal.subject,
+        "organisation_id": principal.organisation_id,
+        **request_context(request),
+    }
+    return AuditEvent(event_type=event_type, **(values | fields))
+
+
 def authority_event(
     request: Request, principal: "Principal", event_type: str, **fields: Any
 ) -> AuditEvent:
     """An event of a custodian's about their own authority's records (the register, the
-    notifications, the webhook): ``authority_id`` is theirs, the outcome ``ok`` unless
-    ``fields`` say otherwise, with who asked from where."""
-    values: dict[str, Any] = {
-        "principal": principal.subject,
-        "organisation_id": principal.organisation_id,
-        "authority_id": principal.organisation_id,
-        "outcome": "ok",
-        **request_context(request),
-    }
-    return AuditEvent(event_type=event_type, **(values | fields))
+    enquiries about its children, the notifications, the webhook): ``authority_id`` is
+    theirs, the outcome ``ok`` unless ``fields`` say otherwise."""
+    own = {"authority_id": principal.organisation_id, "outcome": "ok"}
+    return principal_event(request, principal, event_type, **(own | fields))
 
 
 async def commit_or_fail_closed(session: AsyncSession) -> None:
@@ -170,12 +177,7 @@ async def refuse_not_found(
 ) -> NoReturn:
     """404 for what the caller may not see and for what does not exist alike, and on
     record either way: probing for another authority's records shows in the log."""
-    event = AuditEvent(
-        event_type=event_type,
-        principal=principal.subject,
-        organisation_id=principal.organisation_id,
-        refusal=refusal,
-        detail=detail | {"path": request.url.path},
-        **request_context(request),
+    event = principal_event(
+        request, principal, event_type, refusal=refusal, detail=detail | {"path": request.url.path}
     )
     await refuse(session, event, ProblemError(404, "Not found", message, code=refusal))
