@@ -61,10 +61,23 @@ from app.cli import upgrade_database
 from app.config import Environment, Settings
 from app.db import create_engine, create_sessionmaker
 from app.lookup.limits import limit_columns, limit_parameters
+from bench.custodian import (
+    BIG_SHARE,
+    body_columns,
+    body_joins,
+    measure,
+    purpose_sql,
+    seed_custodians,
+)
+from bench.custodian import RUNS as CUSTODIAN_RUNS
+from bench.custodian import reads as custodian_reads
 
 ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
+# The small log the grown one is compared with, and the grown one (10 million: a long run).
+SMALL = int(os.environ.get("GROWTH_SMALL", "20000"))
+GROWTH_EVENTS = int(os.environ.get("GROWTH_EVENTS", "2000000"))
 HISTORY = 5_000  # past lookups of client:long (and of its enquirer E-long)
 BURST = 20_000
 BACKLOG = 2_000
@@ -115,6 +128,13 @@ def _plan(statement: str, rows: list[asyncpg.Record]) -> Plan:
 
 
 EXPLAIN = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
+# The measured authority's enquiries, each told to it (as the notifier would have).
+_NOTIFICATIONS_SQL = """
+    INSERT INTO notifications (id, authority_id, event_id, dedupe_key, first_occurred_at,
+        last_occurred_at, repeats, created_at)
+    SELECT gen_random_uuid(), $1, id, md5(id::text), occurred_at, occurred_at, 0, now()
+    FROM audit_events WHERE event_type = 'lookup' AND authority_id = $1
+"""
 
 
 @asynccontextmanager
@@ -135,20 +155,31 @@ async def _scratch_database() -> Any:
             await admin.close()
 
 
-def _events_sql(first: int, count: int, *, start: str, step_us: float, extra: str) -> str:
+def _events_sql(
+    first: int,
+    count: int,
+    *,
+    start: str,
+    step_us: float,
+    extra: str,
+    custodians: dict[str, str] | None = None,
+) -> str:
     """``count`` lookups numbered from ``first``, the n-th at ``start + n * step``
-    (every piece of SQL is this module's own)."""
+    (every piece of SQL is this module's own). With ``custodians``
+    (bench.custodian.body_columns), the columns the custodians' reads look at too."""
+    columns = {
+        "query": "json_build_object('nhs_number', '9990000018')",
+        "outcome": "CASE WHEN i % 50 = 0 THEN 'refer_to_custodian' "
+        "WHEN i % 3 = 0 THEN 'on_plan' ELSE 'not_on_plan' END",
+    } | (custodians or {})
+    joins = body_joins() if custodians else ""
     return f"""
         INSERT INTO audit_events (id, occurred_at, event_type, request_id, principal,
-            enquirer, enquirer_id, purpose, reason, query, outcome, source_address)
+            enquirer, enquirer_id, purpose, reason, source_address, {", ".join(columns)})
         SELECT gen_random_uuid(),
                {start} + ((i - {first}) * {step_us}) * interval '1 microsecond',
-               'lookup', md5(i::text), {extra},
-               json_build_object('nhs_number', '9990000018'),
-               CASE WHEN i % 50 = 0 THEN 'refer_to_custodian'
-                    WHEN i % 3 = 0 THEN 'on_plan' ELSE 'not_on_plan' END,
-               '127.0.0.1'
-        FROM generate_series({first}, {first + count - 1}) AS i
+               'lookup', md5(i::text), {extra}, '127.0.0.1', {", ".join(columns.values())}
+        FROM generate_series({first}, {first + count - 1}) AS i {joins}
     """  # noqa: S608
 
 
@@ -156,9 +187,9 @@ def _caller(long_every: int) -> str:
     """principal, enquirer, enquirer_id, purpose, reason for event number i."""
     return f"""
         CASE WHEN i % {long_every} = 0 THEN 'client:long' ELSE 'client:' || (i % {CLIENTS}) END,
-        json_build_object('id', 'E' || (i % 20), 'name', 'Dr A Jones', 'role', 'registrar'),
-        CASE WHEN i % {long_every} = 0 THEN 'E-long' ELSE 'E' || (i % 20) END,
-        'unscheduled_care', 'bench: the log as it grows'
+        json_build_object('id', 'e' || (i % 20), 'name', 'Dr A Jones', 'role', 'registrar'),
+        CASE WHEN i % {long_every} = 0 THEN 'E-long' ELSE 'e' || (i % 20) END,
+        {purpose_sql()}, 'bench: the log as it grows'
     """
 
 
@@ -214,6 +245,26 @@ async def _captured(engine: AsyncEngine) -> Any:
         yield statements
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def _custodian_buffers(
+    engine: AsyncEngine,
+    maker: Any,
+    admin: asyncpg.Connection,
+    seeded: dict[str, Any],
+    settings: Settings,
+) -> dict[str, int]:
+    """Per custodian read, the buffers EXPLAIN (ANALYZE, BUFFERS) counts over every
+    SELECT it ran (the pages it touched: what the timings, on a shared machine, are
+    noisy about)."""
+    found = {}
+    for name, read in custodian_reads(seeded, settings, datetime.now(UTC)).items():
+        async with _captured(engine) as statements, maker() as session:
+            await read(session, maker)
+        found[name] = 0
+        for sql, parameters in statements:
+            found[name] += _plan(sql, await admin.fetch(EXPLAIN + sql, *parameters)).buffers
+    return found
 
 
 async def _measure_sealing(engine: AsyncEngine, admin: asyncpg.Connection) -> dict[str, Any]:
@@ -282,23 +333,44 @@ async def _one_size(size: int, *, verify: bool) -> dict[str, Any]:
         try:
             report: dict[str, Any] = {"size": size}
             started = time.perf_counter()
+            seeded = await seed_custodians(engine, admin)
+            custodians = body_columns(seeded["authority"], seeded["other"])
+            # Statistics as ANALYZE left them when the log was a hundredth of its size
+            # ("stale"), until the VACUUM ANALYZE below ("fresh").
+            await admin.execute("ALTER TABLE audit_events SET (autovacuum_enabled = false)")
             await admin.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_queue")
             body_start = "now() - interval '30 days'"
             span_us = (timedelta(days=30) - timedelta(hours=2)) / timedelta(microseconds=1)
-            await admin.execute(
-                _events_sql(
-                    1,
-                    size,
-                    start=body_start,
-                    step_us=span_us / size,
-                    extra=_caller(max(size // HISTORY, 1)),
+            first_part = max(size // 100, 1)
+            for first, count in ((1, first_part), (first_part + 1, size - first_part)):
+                await admin.execute(
+                    _events_sql(
+                        first,
+                        count,
+                        start=body_start,
+                        step_us=span_us / size,
+                        extra=_caller(max(size // HISTORY, 1)),
+                        custodians=custodians,
+                    )
                 )
-            )
+                if first == 1:
+                    await admin.execute("ANALYZE")
             await admin.execute("ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_queue")
+            await admin.execute(_NOTIFICATIONS_SQL, seeded["authority"])
             report["seed_events_s"] = time.perf_counter() - started
             started = time.perf_counter()
             await _seal_directly(engine, admin, size)
             report["seal_body_s"] = time.perf_counter() - started
+            # The custodians' reads, with the service's settings but a statement timeout
+            # long enough to time the slowest (the service's is 2 s).
+            reads_engine = create_engine(
+                settings.model_copy(update={"database_statement_timeout_seconds": 600.0})
+            )
+            reads = create_sessionmaker(reads_engine)
+            report["custodian_stale"] = await measure(reads_engine, reads, seeded, settings)
+            report["custodian_stale_buffers"] = await _custodian_buffers(
+                reads_engine, reads, admin, seeded, settings
+            )
             # The burst, through the queue: ten minutes up to now.
             await admin.execute(
                 _events_sql(
@@ -338,6 +410,11 @@ async def _one_size(size: int, *, verify: bool) -> dict[str, Any]:
                 who: await _measure_limits(engine, admin, at_limit, f"client:{who}", enquirer)
                 for who, enquirer in (("long", "E-long"), ("fresh", "E-fresh"))
             }
+            report["custodian_fresh"] = await measure(reads_engine, reads, seeded, settings)
+            report["custodian_fresh_buffers"] = await _custodian_buffers(
+                reads_engine, reads, admin, seeded, settings
+            )
+            await reads_engine.dispose()
             if verify:
                 report["verify"] = await _verify(engine, admin)
             return report
@@ -464,6 +541,41 @@ def _print(reports: list[dict[str, Any]]) -> None:
                 print(f"  {report['size']:,} {who} {kind}: {report['limits'][who][kind].nodes}")
 
 
+def _print_custodians(reports: list[dict[str, Any]]) -> None:
+    first, last = reports[0], reports[-1]
+    print(
+        f"\n## Custodian reads (bench/custodian.py; the measured authority has one on-plan "
+        f"answer in {BIG_SHARE * 3} of the log; {CUSTODIAN_RUNS} runs each, ms)\n"
+    )
+    header = "| read | " + " | ".join(
+        f"{r['size']:,} {state} p50 | p99 | buffers"
+        for r in reports
+        for state in ("stale", "fresh")
+    )
+    print(header + f" | p99 {last['size']:,} / {first['size']:,} (fresh) | rows |")
+    print("|---|" + "---:|" * (6 * len(reports) + 2))
+    for name in first["custodian_fresh"]:
+        cells = []
+        for report in reports:
+            for state in ("stale", "fresh"):
+                timing = report[f"custodian_{state}"][name]
+                buffers = report[f"custodian_{state}_buffers"][name]
+                cells += [f"{timing['p50']:.1f}", f"{timing['p99']:.1f}", f"{buffers:,}"]
+        ratio = last["custodian_fresh"][name]["p99"] / max(
+            first["custodian_fresh"][name]["p99"], 0.01
+        )
+        rows = last["custodian_fresh"][name]["rows"]
+        print(f"| {name} | " + " | ".join(cells) + f" | {ratio:.2f}x | {rows} |")
+    budget = [
+        (report["size"], state, name, timing["p99"])
+        for report in reports
+        for state in ("stale", "fresh")
+        for name, timing in report[f"custodian_{state}"].items()
+        if timing["p99"] >= 100
+    ]
+    print(f"\nOver the 100 ms p99 budget: {budget or 'none'}")
+
+
 async def _main(sizes: list[int], verify: bool) -> None:
     reports = []
     for size in sizes:
@@ -471,11 +583,16 @@ async def _main(sizes: list[int], verify: bool) -> None:
         reports.append(await _one_size(size, verify=verify))
         print(f"{size:,} events: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     _print(reports)
+    _print_custodians(reports)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="100000,1000000", help="events in the log's body")
+    parser.add_argument(
+        "--sizes",
+        default=f"{SMALL},{GROWTH_EVENTS}",
+        help="events in the log's body, the small log first (GROWTH_SMALL, GROWTH_EVENTS)",
+    )
     parser.add_argument("--verify", action="store_true", help="run the verifier (slow)")
     arguments = parser.parse_args()
     asyncio.run(_main([int(size) for size in arguments.sizes.split(",")], arguments.verify))

@@ -2,6 +2,7 @@
 migrations built (on SQLite and on PostgreSQL), proposes nothing. A model changed
 without its migration, or a migration without its model, fails here."""
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,12 @@ def _proposals(connection: Connection) -> list[Any]:
     # (alembic's default): the one there is, audit_unsealed.queued_at's, is the
     # database's clock and written by a trigger (migration 0008), never by the models.
     context = MigrationContext.configure(connection, opts={"compare_type": True})
-    return compare_metadata(context, Base.metadata)
+    with warnings.catch_warnings():
+        # SQLite's reflection cannot read an expression index (the NHS number asked,
+        # migration 0012): the next test compares it as the database spells it.
+        warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based")
+        warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified expression")
+        return compare_metadata(context, Base.metadata)
 
 
 # How the database itself spells an index it holds.
@@ -78,5 +84,5 @@ async def test_autogenerate_proposes_nothing(fresh: FreshDatabase) -> None:
 
 async def test_every_index_is_built_as_its_model_declares_it(fresh: FreshDatabase) -> None:
     definitions = await _as_owner(fresh, _index_definitions)
-    assert "ix_audit_events_referrals_principal_occurred_at" in definitions  # partial
+    assert "ix_audit_events_referrals_principal_limit_time" in definitions  # partial
     assert {name: pair for name, pair in definitions.items() if pair[0] != pair[1]} == {}

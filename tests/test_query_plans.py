@@ -1,22 +1,30 @@
-"""The plan of the statement whose cost must not grow with the audit log (issue 18):
+"""The plans of the statements whose cost must not grow with the audit log (issue 18):
 the sequencer's read of a batch (app/audit/sealing.py) goes through the queue's index
-and fetches the events by primary key, never a scan of ``audit_events``. On PostgreSQL
-it is checked with no statistics and after ANALYZE.
+and fetches the events by primary key, never a scan of ``audit_events``; the volume
+limits' counts (app/lookup/limits.py) read the caller's window from a limit index and
+nothing of its history. On PostgreSQL they are checked with no statistics and after
+ANALYZE (the limits in the custom and the generic plan, with EXPLAIN ANALYZE's buffers).
 """
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditEvent
+from app.audit.review import EnquiryListQuery, filtered, readable_enquiries
 from app.audit.sealing import seal_pending
+from app.auth.principals import Principal
+from app.config import Environment, Settings
 from app.db import create_engine, create_sessionmaker
+from app.identity.models import OrganisationKind
+from app.lookup.limits import limit_columns, limit_parameters
 from tests.conftest import FreshDatabase
 
 # PostgreSQL: a log of this many events, HISTORY of them by one client (and enquirer),
@@ -194,3 +202,246 @@ async def test_sealing_reads_the_queue_by_its_index_and_events_by_primary_key(
     assert on_events, scans
     assert all(scan.get("Index Name") == "pk_audit_events" for scan in on_events), on_events
     assert not [scan for scan in scans if scan["Node Type"] == "Seq Scan"], scans
+
+
+# --- the volume limits (app/lookup/limits.py) ------------------------------------------
+
+# Each of client:long and client:fresh has three lookups in every limit's window (the
+# fixtures' last 20 s); client:long also HISTORY before it (a day ago and older), which
+# the count must not read.
+IN_WINDOW = 3
+LIMIT_INDEXES = {
+    "ix_audit_events_lookups_principal_limit_time",
+    "ix_audit_events_lookups_enquirer_id_principal_limit_time",
+    "ix_audit_events_referrals_principal_limit_time",
+}
+
+
+async def _limit_statement(engine: AsyncEngine, principal: str, enquirer: str) -> tuple[str, Any]:
+    """The three counts of the lookup's statement (limit_columns), as sent."""
+    settings = Settings(environment=Environment.test)
+    dialect = engine.dialect.name
+    parameters = limit_parameters(
+        settings, principal=principal, enquirer_id=enquirer, now=datetime.now(UTC)
+    )
+    async with _captured(engine) as statements, engine.connect() as connection:
+        row = (await connection.execute(select(*limit_columns(dialect)), parameters)).one()
+    assert all(value is None for value in row), row  # three in the window: within limits
+    (statement,) = statements
+    return statement
+
+
+async def _generic_plan(
+    connection: AsyncConnection, statement: str, parameters: Any
+) -> dict[str, Any]:
+    """The plan asyncpg's prepared statement comes to run: the generic one, the values
+    unknown to the planner."""
+    await connection.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+    await connection.exec_driver_sql(f"PREPARE cpr_limits AS {statement}")
+    try:
+        arguments = ", ".join(_literal(value) for value in parameters)
+        raw = (
+            await connection.exec_driver_sql(
+                f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE cpr_limits({arguments})"
+            )
+        ).scalar_one()
+    finally:
+        await connection.exec_driver_sql("DEALLOCATE cpr_limits")
+        await connection.exec_driver_sql("RESET plan_cache_mode")
+    plan: dict[str, Any] = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+    return plan
+
+
+def _buffers(plan: dict[str, Any]) -> int:
+    return int(plan.get("Shared Hit Blocks", 0)) + int(plan.get("Shared Read Blocks", 0))
+
+
+def _assert_bounded_by_the_window(plan: dict[str, Any]) -> None:
+    """Every read of audit_events goes through a limit index with the window as an
+    index condition, and reads no more than the window's lookups."""
+    scans = [scan for scan in _scans(plan) if scan.get("Node Type") != "Result"]
+    assert scans, plan
+    for scan in scans:
+        assert scan.get("Index Name") in LIMIT_INDEXES, scans
+        assert "(timezone('UTC'::text, occurred_at)) >=" in scan.get("Index Cond", ""), scans
+        # Per loop: each count runs once. Rows the index gave (before any filter).
+        read = scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)
+        assert read <= IN_WINDOW, scans
+
+
+@pytest.mark.parametrize("analyze", [False, True], ids=["no statistics", "analyzed"])
+async def test_volume_limits_read_the_window_not_the_history(
+    engine: AsyncEngine, fresh: FreshDatabase, analyze: bool
+) -> None:
+    if fresh.settings.is_sqlite and analyze:
+        pytest.skip("SQLite keeps no statistics unless asked")
+    await _analyze(engine, fresh, analyze)
+    long = await _limit_statement(engine, "client:long", "E-long")
+    new = await _limit_statement(engine, "client:fresh", "E-fresh")
+    async with engine.connect() as connection:
+        if fresh.settings.is_sqlite:
+            for statement in (long, new):
+                lines = await _sqlite_plan(connection, *statement)
+                searches = [line for line in lines if "audit_events" in line]
+                # Three counts, each a range of a limit index on the caller's key and
+                # the window: SQLite's walk stops at either end of it.
+                assert len(searches) == 3, lines
+                for line in searches:
+                    assert line.startswith("SEARCH audit_events USING"), lines
+                    assert any(name in line for name in LIMIT_INDEXES), lines
+                    assert "principal=?" in line, lines  # (and enquirer_id=?)
+                    assert "occurred_at>?" in line, lines
+            return
+        plans = {
+            (who, kind): await plan(connection, *statement, analyze=True)
+            if kind == "custom"
+            else await _generic_plan(connection, *statement)
+            for who, statement in (("long", long), ("fresh", new))
+            for kind, plan in (("custom", _postgresql_plan), ("generic", None))
+        }
+    for plan in plans.values():
+        _assert_bounded_by_the_window(plan)
+    # The cost is the window's, not the history's: the client with HISTORY past lookups
+    # reads what the client with none reads.
+    for kind in ("custom", "generic"):
+        long_buffers, new_buffers = _buffers(plans["long", kind]), _buffers(plans["fresh", kind])
+        assert long_buffers <= new_buffers + 3, (kind, long_buffers, new_buffers)
+        assert long_buffers <= 20, (kind, long_buffers)
+
+
+# --- the custodians' reads (app/audit/review.py) ----------------------------------------
+
+AUTHORITY = uuid.UUID("00000000-0000-4000-8000-00000000000a")
+OTHER = uuid.UUID("00000000-0000-4000-8000-00000000000b")
+REVIEW_EVENTS = 30_000  # every third about AUTHORITY's children, the rest another's
+PAGE = 100
+REVIEW_INDEXES = {
+    "ix_audit_events_lookups_authority_id_index_time",
+    "ix_audit_events_lookups_authority_id_enquirer_id_index_time",
+    "ix_audit_events_lookups_authority_id_purpose_index_time",
+}
+
+
+_PRIMARY_KEYS = {"pk_audit_events", "pk_audit_event_authorities", "pk_organisations"}
+
+
+def _review_rows(count: int) -> Iterator[dict[str, Any]]:
+    now = datetime.now(UTC).timestamp()
+    for i in range(count):
+        ours = i % 3 == 0
+        yield {
+            "id": uuid.uuid4(),
+            "occurred_at": datetime.fromtimestamp(now - 86_400 * 30 + i * 80, UTC),
+            "event_type": "lookup",
+            "principal": f"client:{i % 97}",
+            "enquirer_id": f"e{i % 20}",
+            "purpose": ("unscheduled_care", "safeguarding_concern")[i % 2],
+            "query": {"nhs_number": f"9{i % 5_000:09d}"},
+            "outcome": "on_plan",
+            "authority_id": AUTHORITY if ours else OTHER,
+            "entry_id": uuid.UUID(int=i % 5_000 + 1),
+        }
+
+
+@pytest.fixture
+async def review_engine(
+    fresh: FreshDatabase, fresh_admin_sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[AsyncEngine]:
+    """The service's engine over a log of REVIEW_EVENTS lookups answered on plan."""
+    rows = list(_review_rows(REVIEW_EVENTS if not fresh.settings.is_sqlite else 3_000))
+    async with fresh_admin_sessionmaker() as session:
+        for start in range(0, len(rows), 5_000):
+            await session.execute(insert(AuditEvent.__table__), rows[start : start + 5_000])
+        await session.commit()
+    service = create_engine(fresh.settings)
+    try:
+        yield service
+    finally:
+        await service.dispose()
+
+
+def _custodian() -> Principal:
+    return Principal(
+        kind="user",
+        id="reviewer",
+        display_name="reviewer",
+        role=None,
+        organisation_id=AUTHORITY,
+        organisation_kind=OrganisationKind.local_authority,
+        organisation_name="authority",
+        scopes=frozenset(),
+    )
+
+
+_READS: dict[str, tuple[dict[str, Any], str | None]] = {
+    "list": ({}, None),
+    "enquirer": ({"enquirer_id": "E9"}, None),
+    "purpose": ({"purpose": "safeguarding_concern"}, None),
+    "one day": ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"}, None),
+    "nhs number": ({}, "9000000009"),
+}
+
+
+async def _review_statement(
+    engine: AsyncEngine, filters: dict[str, Any], nhs_number: str | None
+) -> tuple[str, Any]:
+    reviewer = _custodian()
+    if "from" in filters:
+        day = datetime.now(UTC) - timedelta(days=10)
+        filters = {"from": day, "to": day + timedelta(days=1)}
+    statement = filtered(
+        readable_enquiries(reviewer), EnquiryListQuery.model_validate(filters), reviewer, nhs_number
+    ).newest_first(PAGE + 1)
+    async with _captured(engine) as statements, engine.connect() as connection:
+        await connection.execute(statement)
+    (captured,) = statements
+    return captured
+
+
+@pytest.mark.parametrize("read", list(_READS))
+@pytest.mark.parametrize("analyze", [False, True], ids=["no statistics", "analyzed"])
+async def test_custodian_reads_are_walks_of_an_index_led_by_the_authority(
+    review_engine: AsyncEngine, fresh: FreshDatabase, analyze: bool, read: str
+) -> None:
+    """Each read walks an index led by the authority (the NHS number's, by its own
+    index), never the whole log nor every event of the authority: on PostgreSQL the
+    buffers stay within a page's worth."""
+    if fresh.settings.is_sqlite and analyze:
+        pytest.skip("SQLite keeps no statistics unless asked")
+    await _analyze(review_engine, fresh, analyze)
+    statement = await _review_statement(review_engine, *_READS[read])
+    expected = (
+        {
+            "ix_audit_events_lookups_asked_nhs_number",
+            "ix_audit_events_entry_id",
+        }
+        if read == "nhs number"
+        else REVIEW_INDEXES
+    )
+    async with review_engine.connect() as connection:
+        if fresh.settings.is_sqlite:
+            lines = await _sqlite_plan(connection, *statement)
+            on_events = [line for line in lines if " audit_events " in f"{line} "]
+            assert on_events, lines
+            assert not [line for line in on_events if line.startswith("SCAN")], lines
+            assert any(name in line for line in on_events for name in expected), lines
+            return
+        plan = await _postgresql_plan(connection, *statement, analyze=True)
+    scans = list(_scans(plan))
+    assert not [
+        scan
+        for scan in scans
+        if scan["Node Type"] == "Seq Scan" and scan["Relation Name"] == "audit_events"
+    ], scans
+    # Besides the primary keys (the linked half: each linked event by its id).
+    used = {
+        scan["Index Name"]
+        for scan in scans
+        if scan.get("Index Name") not in {None, *_PRIMARY_KEYS}
+        and not scan["Index Name"].startswith("ix_register_entries")  # the child's entries
+    }
+    assert used, scans
+    assert used <= expected, scans
+    # A page's worth (each of its rows may lie on a heap page of its own, plus the
+    # index), not the authority's REVIEW_EVENTS / 3 events (over 1,500 buffers).
+    assert _buffers(plan) <= 3 * PAGE, (_buffers(plan), scans)

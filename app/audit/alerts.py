@@ -53,11 +53,11 @@ from pydantic import (
     Field,
     model_validator,
 )
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, literal_column, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from app.audit.models import AuditEvent
+from app.audit.models import AuditEvent, IndexTime
 from app.audit.review import LOOKUP, EnquirerRead, begin_read_only, concerns
 from app.auth.principals import Principal
 from app.config import Settings
@@ -213,14 +213,22 @@ async def _busiest_windows(
 ) -> list[_Busiest]:
     """Per (organisation, ``key``), the busiest window of the events in ``scope``, where
     it reaches ``threshold``. Only a group with enough events in the whole span can
-    reach it in one window: the timestamps of the others are never read."""
+    reach it in one window: the timestamps of the others are never read.
+
+    Two statements on the log alone, never a join of the log with an aggregate of
+    itself: with stale statistics the planner estimated one suspect group and joined
+    by nested loop, reading the scope once per group (issue 18). The groups first, then
+    the suspects' events; each read of the scope is the only plan there is."""
     suspects = (
-        select(AuditEvent.organisation_id, key)
-        .where(*scope, key.is_not(None))
-        .group_by(AuditEvent.organisation_id, key)
-        .having(func.count() >= threshold)
-        .subquery()
-    )
+        await session.execute(
+            select(AuditEvent.organisation_id, key)
+            .where(*scope, key.is_not(None))
+            .group_by(AuditEvent.organisation_id, key)
+            .having(func.count() >= threshold)
+        )
+    ).all()
+    if not suspects:
+        return []
     rows = (
         await session.execute(
             select(
@@ -231,12 +239,10 @@ async def _busiest_windows(
                 AuditEvent.enquirer,
                 AuditEvent.occurred_at,
             )
-            .join(
-                suspects,
-                (suspects.c.organisation_id == AuditEvent.organisation_id)
-                & (suspects.c[key.key] == key),
+            .where(
+                *scope,
+                tuple_(AuditEvent.organisation_id, key).in_([tuple(row) for row in suspects]),
             )
-            .where(*scope)
             .order_by(AuditEvent.organisation_id, key, AuditEvent.occurred_at)
         )
     ).all()
@@ -363,23 +369,39 @@ async def _repeat_presentations(
 ) -> list[AlertRead]:
     window = timedelta(days=settings.alert_repeat_days)
     threshold = settings.alert_repeat_sites_threshold
+    # From the authority's own index (migration 0012), the time as it holds it, in two
+    # statements on the log alone: the children seen by enough organisations, then
+    # their enquiries. One statement joining the log with an aggregate of itself switched
+    # to a nested loop on stale statistics, reading the scope once per suspect: 96.7 s
+    # at 2 million events (issue 18).
+    start = literal(since - window, AuditEvent.occurred_at.type)
+    end = literal(until, AuditEvent.occurred_at.type)
+    at = IndexTime(AuditEvent.occurred_at.expression)
     scope = [
-        *_lookups_between(since - window, until),
+        AuditEvent.event_type == literal_column("'lookup'"),
         AuditEvent.authority_id == reviewer.organisation_id,
+        at > IndexTime(start),
+        at <= IndexTime(end),
         AuditEvent.entry_id.is_not(None),
     ]
     suspects = (
-        select(AuditEvent.entry_id)
-        .where(*scope)
-        .group_by(AuditEvent.entry_id)
-        .having(func.count(AuditEvent.organisation_id.distinct()) >= threshold)
-        .subquery()
-    )
+        await session.scalars(
+            select(AuditEvent.entry_id)
+            .where(*scope)
+            .group_by(AuditEvent.entry_id)
+            .having(func.count(AuditEvent.organisation_id.distinct()) >= threshold)
+        )
+    ).all()
+    if not suspects:
+        return []
     rows = (
         await session.execute(
             select(AuditEvent.entry_id, AuditEvent.occurred_at, AuditEvent.organisation_id)
-            .join(suspects, suspects.c.entry_id == AuditEvent.entry_id)
-            .where(*scope, AuditEvent.organisation_id.is_not(None))
+            .where(
+                *scope,
+                AuditEvent.entry_id.in_(suspects),
+                AuditEvent.organisation_id.is_not(None),
+            )
             .order_by(AuditEvent.entry_id, AuditEvent.occurred_at)
         )
     ).all()

@@ -4,46 +4,83 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, text
+from sqlalchemy import BigInteger, ColumnElement, DateTime, ForeignKey, Index, String, Text, text
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.types import String as StringType
 
 from app.db import Base, utcnow
 
 # The rows of the lookup limits' partial indexes (as migrations 0007 and 0009 wrote them).
 LOOKUPS = "event_type = 'lookup'"
 REFERRALS = "event_type = 'lookup' AND outcome = 'refer_to_custodian'"
+# The rows of the custodians' indexes (migration 0012): lookups about one authority's
+# child. ``authority_id = :a`` implies the second term, on both databases.
+AUTHORITY_LOOKUPS = "event_type = 'lookup' AND authority_id IS NOT NULL"
+
+
+class AskedNhsNumber(ColumnElement[str]):
+    """The NHS number a lookup asked with, ``query.nhs_number``, spelt the same in the
+    custodians' searches and in the index on it (migration 0012), with the key a literal:
+    a bound key would not match the index expression (SQLite never, PostgreSQL not in a
+    prepared statement's generic plan)."""
+
+    type = StringType()
+    inherit_cache = True
+
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        self.column = column
+
+
+class IndexTime(ColumnElement[datetime]):
+    """``occurred_at`` as the keyed indexes hold it, the volume limits' (app/lookup/
+    limits.py) and the custodians' (app/audit/review.py): on PostgreSQL
+    ``timezone('UTC', occurred_at)``, an expression no other index holds. So a count's
+    window, or a page's newest-first order, can only be read from its own index, led by
+    the caller or the authority, where it is a range the scan stops at: with the plain
+    column the planner, once ANALYZE showed the log's append order, preferred walking
+    ix_audit_events_occurred_at through every principal's or authority's events instead.
+    On SQLite, the column itself."""
+
+    type = DateTime()
+    inherit_cache = True
+    _traverse_internals = [("value", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
+
+    def __init__(self, value: ColumnElement[Any]) -> None:
+        self.value = value
+
+
+@compiles(IndexTime, "postgresql")
+def _index_time_postgresql(element: IndexTime, compiler: SQLCompiler, **kw: object) -> str:
+    return f"timezone('UTC', {compiler.process(element.value, **kw)})"
+
+
+@compiles(IndexTime)
+def _index_time(element: IndexTime, compiler: SQLCompiler, **kw: object) -> str:
+    return compiler.process(element.value, **kw)
+
+
+@compiles(AskedNhsNumber, "postgresql")
+def _asked_nhs_number_postgresql(
+    element: AskedNhsNumber, compiler: SQLCompiler, **kw: object
+) -> str:
+    return f"({compiler.process(element.column, **kw)} ->> 'nhs_number')"
+
+
+@compiles(AskedNhsNumber)
+def _asked_nhs_number_sqlite(element: AskedNhsNumber, compiler: SQLCompiler, **kw: object) -> str:
+    return f"json_extract({compiler.process(element.column, **kw)}, '$.nhs_number')"
 
 
 class AuditEvent(Base):
     __tablename__ = "audit_events"
-    # Volume limits and sign-in lockout count recent events by principal; the lookup's
-    # limits count lookups and referrals only, from partial indexes of just those
-    # (migrations 0007 and 0009; app/lookup/limits.py).
-    __table_args__ = (
-        Index("ix_audit_events_principal_occurred_at", "principal", "occurred_at"),
-        Index(
-            "ix_audit_events_lookups_principal_occurred_at",
-            "principal",
-            "occurred_at",
-            sqlite_where=text(LOOKUPS),
-            postgresql_where=text(LOOKUPS),
-        ),
-        Index(
-            "ix_audit_events_lookups_principal_enquirer_id_occurred_at",
-            "principal",
-            "enquirer_id",
-            "occurred_at",
-            sqlite_where=text(LOOKUPS),
-            postgresql_where=text(LOOKUPS),
-        ),
-        Index(
-            "ix_audit_events_referrals_principal_occurred_at",
-            "principal",
-            "occurred_at",
-            sqlite_where=text(REFERRALS),
-            postgresql_where=text(REFERRALS),
-        ),
-    )
+    # Sign-in lockout counts recent events by principal; the lookup's limits count
+    # lookups and referrals only, from partial indexes of just those (below).
+    __table_args__ = (Index("ix_audit_events_principal_occurred_at", "principal", "occurred_at"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -67,6 +104,60 @@ class AuditEvent(Base):
     authority_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     detail: Mapped[dict[str, Any] | None]
     source_address: Mapped[str | None] = mapped_column(String(64))
+
+
+# The volume limits' counts (app/lookup/limits.py; migration 0012): each led by the
+# caller's key, then the window's time. The enquirer's is led by the enquirer, not the
+# client: one led by (principal) could serve the client's count too, reading the client's
+# whole history. On PostgreSQL each also carries occurred_at itself, so that a count is
+# read from the index alone.
+_EVENTS = AuditEvent.__table__.c
+_LIMIT_KEYS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("ix_audit_events_lookups_principal_limit_time", ("principal",), LOOKUPS),
+    (
+        "ix_audit_events_lookups_enquirer_id_principal_limit_time",
+        ("enquirer_id", "principal"),
+        LOOKUPS,
+    ),
+    ("ix_audit_events_referrals_principal_limit_time", ("principal",), REFERRALS),
+)
+for _name, _keys, _where in _LIMIT_KEYS:
+    Index(
+        _name,
+        *(_EVENTS[key] for key in _keys),
+        IndexTime(_EVENTS.occurred_at),
+        sqlite_where=text(_where),
+        postgresql_where=text(_where),
+        postgresql_include=["occurred_at"],
+    )
+
+# A custodian's reads (app/audit/review.py; migration 0012): led by the authority, then
+# the filter, then newest-first order with its tie-break, so a page is a walk that stops
+# when the page is full. Lookups about one authority's child only (a third of the log).
+_CUSTODIAN_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ix_audit_events_lookups_authority_id_index_time", ()),
+    ("ix_audit_events_lookups_authority_id_enquirer_id_index_time", ("enquirer_id",)),
+    ("ix_audit_events_lookups_authority_id_purpose_index_time", ("purpose",)),
+)
+for _name, _keys in _CUSTODIAN_KEYS:
+    Index(
+        _name,
+        _EVENTS.authority_id,
+        *(_EVENTS[key] for key in _keys),
+        IndexTime(_EVENTS.occurred_at),
+        _EVENTS.id,
+        sqlite_where=text(AUTHORITY_LOOKUPS),
+        postgresql_where=text(AUTHORITY_LOOKUPS),
+    )
+
+# A custodian's search by a child's NHS number (migration 0012).
+Index(
+    "ix_audit_events_lookups_asked_nhs_number",
+    AskedNhsNumber(_EVENTS.query),
+    _EVENTS.occurred_at,
+    sqlite_where=text(LOOKUPS),
+    postgresql_where=text(LOOKUPS),
+)
 
 
 class AuditUnsealed(Base):

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from fastapi import Request
 from pydantic import (
@@ -25,10 +25,27 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
-from sqlalchemy import ColumnElement, Select, and_, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Select,
+    literal,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    union,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.sqltypes import NullType
+from sqlalchemy.sql.util import ClauseAdapter
+from sqlalchemy.sql.visitors import InternalTraversal
 
-from app.audit.models import AuditEvent, AuditEventAuthority
+from app.audit.models import AskedNhsNumber, AuditEvent, AuditEventAuthority, IndexTime
 from app.audit.service import authority_event, commit_or_fail_closed
 from app.auth.principals import Principal
 from app.cursors import cursor_id, cursor_time, decode_cursor, encode_cursor
@@ -181,31 +198,160 @@ class AuditEventPage(BaseModel):
 
 
 def _older_than(cursor: str) -> ColumnElement[bool]:
-    """Keyset condition for newest-first order on (occurred_at, id)."""
+    """Keyset condition for newest-first order on (occurred_at, id): a row comparison,
+    which the custodians' indexes (ending in occurred_at, id) start the page's walk at,
+    on both databases, however deep the page."""
     at_text, id_text = decode_cursor(cursor, 2)
     at, event_id = cursor_time(at_text), cursor_id(id_text)
-    return or_(
-        AuditEvent.occurred_at < at,
-        and_(AuditEvent.occurred_at == at, AuditEvent.id < event_id),
+    return tuple_(_time(AuditEvent.occurred_at), AuditEvent.id) < tuple_(
+        _time(literal(at, AuditEvent.occurred_at.type)), literal(event_id, AuditEvent.id.type)
     )
+
+
+def _time(value: Any) -> IndexTime:
+    """A time as the custodians' indexes hold it (IndexTime)."""
+    return IndexTime(value.expression if hasattr(value, "expression") else value)
+
+
+class _AnyOf(ColumnElement[bool]):
+    """``column`` is one of ``values`` (a SELECT of one column). On PostgreSQL as
+    ``column = ANY(ARRAY(values))``: the handful of values is read first and each row
+    fetched through the column's index (or several such reads combined), where ``IN
+    (values)`` let the planner walk a whole index of the log, testing each event."""
+
+    # Untyped: SQLite would be sent a boolean as ``(…) = 1``, which no index serves.
+    type = NullType()  # type: ignore[assignment]
+    inherit_cache = True
+    _traverse_internals = [  # noqa: RUF012
+        ("column", InternalTraversal.dp_clauseelement),
+        ("values", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(
+        self, column: ColumnElement[Any], values: Select[Any] | CompoundSelect[Any]
+    ) -> None:
+        self.column = column
+        self.values = values.scalar_subquery()
+
+
+@compiles(_AnyOf, "postgresql")
+def _any_of_postgresql(element: _AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.column, **kw)
+    return f"{column} = ANY(ARRAY{compiler.process(element.values, **kw)})"
+
+
+@compiles(_AnyOf)
+def _any_of(element: _AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.column, **kw)
+    return f"{column} IN {compiler.process(element.values, **kw)}"
 
 
 # --- reading ---------------------------------------------------------------------------
 
 
-def readable_enquiries(reviewer: Principal) -> Select[AuditEvent, str | None]:
+class Enquiries:
+    """The enquiries a reviewer may read, with the conditions added so far (``where``);
+    ``newest_first`` is the statement. Events about the authority's children are two
+    disjoint halves, each served by its own index: those whose ``authority_id`` is the
+    reviewer's (the indexes led by the authority, migration 0012), and the referrals
+    that matched entries of several authorities, linked to it in
+    ``audit_event_authorities`` (a handful). The first is read newest first and cut at
+    the page (the linked ones read whole), then the two are merged: ``authority_id = :a
+    OR id IN (links)`` in one statement, which no index serves, read every event of the
+    authority and sorted them for each page."""
+
+    def __init__(
+        self,
+        authority_id: uuid.UUID,
+        criteria: tuple[ColumnElement[bool], ...] = (),
+        children: tuple[ColumnElement[bool], ...] = (),
+    ) -> None:
+        self.authority_id = authority_id
+        self.criteria = criteria
+        self.children = children
+
+    def where(self, *criteria: ColumnElement[bool]) -> "Enquiries":
+        return Enquiries(self.authority_id, self.criteria + criteria, self.children)
+
+    def about_one_child(self, *found_by: ColumnElement[bool]) -> "Enquiries":
+        """The conditions name one child: every enquiry they allow meets one of
+        ``found_by`` (an entry, an NHS number asked), each served by an index of its own.
+        Those few enquiries are found by them, then read whole and checked against the
+        conditions: the planners otherwise walked every one of the authority's (or, on
+        SQLite, the whole NHS-number index, its OR of two indexes never split)."""
+        if self.children:  # already found by something the new conditions narrow
+            return self
+        return Enquiries(self.authority_id, self.criteria, found_by)
+
+    def halves(self) -> tuple[Select[Any], Select[Any]]:
+        """The two halves, each selecting the event's columns and the enquiring
+        organisation's name, in the same order."""
+        events = AuditEvent.__table__
+        # A literal, so that the partial indexes serve it in a prepared statement's
+        # generic plan too.
+        lookups = AuditEvent.event_type == literal_column("'lookup'")
+        ours = AuditEvent.authority_id == self.authority_id
+        if self.children:
+            found = union(*(select(events.c.id).where(lookups, c) for c in self.children))
+            own = self._fenced(_AnyOf(events.c.id, found), [lookups, ours, *self.criteria])
+        else:
+            own = (
+                select(*events.c, Organisation.name.label("organisation_name"))
+                .outerjoin(Organisation, Organisation.id == AuditEvent.organisation_id)
+                .where(lookups, ours, *self.criteria)
+            )
+        links = select(AuditEventAuthority.event_id).where(
+            AuditEventAuthority.authority_id == self.authority_id
+        )
+        not_ours = or_(
+            AuditEvent.authority_id.is_(None), AuditEvent.authority_id != self.authority_id
+        )
+        linked = self._fenced(_AnyOf(events.c.id, links), [lookups, not_ours, *self.criteria])
+        return own, linked
+
+    @staticmethod
+    def _fenced(found: ColumnElement[bool], conditions: list[ColumnElement[bool]]) -> Select[Any]:
+        """The events ``found`` by primary key alone, behind a fence (OFFSET 0) that
+        keeps any planner from combining that read with another index, then the
+        ``conditions`` on them."""
+        events = AuditEvent.__table__
+        fenced = select(*events.c).where(found).offset(0).subquery()
+        adapter = ClauseAdapter(fenced)
+        return (
+            select(*fenced.c, Organisation.name.label("organisation_name"))
+            .outerjoin(Organisation, Organisation.id == fenced.c.organisation_id)
+            .where(*(adapter.traverse(condition) for condition in conditions))
+        )
+
+    def newest_first(self, limit: int | None = None) -> Select[AuditEvent, str | None]:
+        """The enquiries newest first, at most ``limit`` of them."""
+        own, linked = self.halves()
+        # The authority's own: newest first from its index, cut at the page. The linked
+        # ones are few and read whole, by primary key: in order, the planners walked a
+        # whole index of the log newest first to fill a page from them.
+        if not self.children:
+            own = own.order_by(_time(AuditEvent.occurred_at).desc(), AuditEvent.id.desc())
+            if limit is not None:
+                own = own.limit(limit)
+        # Each a subquery: SQLite takes no ORDER BY or LIMIT on a compound's members.
+        merged = union_all(select(own.subquery()), select(linked.subquery())).subquery("readable")
+        event = aliased(AuditEvent, merged, adapt_on_names=True)
+        statement = select(event, merged.c.organisation_name).order_by(
+            merged.c.occurred_at.desc(), merged.c.id.desc()
+        )
+        return statement if limit is None else statement.limit(limit)
+
+
+def readable_enquiries(reviewer: Principal) -> Enquiries:
     """Enquiries about the reviewer's own authority's children, with the enquiring
     organisation's name. Every read in this module starts here."""
-    return (
-        select(AuditEvent, Organisation.name)
-        .outerjoin(Organisation, Organisation.id == AuditEvent.organisation_id)
-        .where(AuditEvent.event_type == LOOKUP, concerns(reviewer.organisation_id))
-    )
+    return Enquiries(reviewer.organisation_id)
 
 
 def concerns(authority_id: uuid.UUID) -> ColumnElement[bool]:
     """Events about one of the authority's children, including answers that matched
-    entries of several authorities (``AuditEventAuthority``)."""
+    entries of several authorities (``AuditEventAuthority``), as one condition (the
+    alerts' scans filter by it; the reviews' reads use Enquiries' two halves)."""
     return or_(
         AuditEvent.authority_id == authority_id,
         AuditEvent.id.in_(
@@ -217,27 +363,29 @@ def concerns(authority_id: uuid.UUID) -> ColumnElement[bool]:
 
 
 def asked_with_nhs_number(nhs_number: str) -> ColumnElement[bool]:
-    """The enquirer sent this NHS number (JSON access that both dialects render)."""
-    return AuditEvent.query["nhs_number"].as_string() == nhs_number
+    """The enquirer sent this NHS number: the expression ix_audit_events_lookups_asked_
+    nhs_number holds (migration 0012), on both databases."""
+    return AskedNhsNumber(AuditEvent.__table__.c.query) == nhs_number
 
 
 def filtered(
-    statement: Select[AuditEvent, str | None],
+    statement: Enquiries,
     filters: EnquiryFilters,
     reviewer: Principal,
     nhs_number: str | None = None,
-) -> Select[AuditEvent, str | None]:
+) -> Enquiries:
     if filters.entry_id is not None:
-        statement = statement.where(AuditEvent.entry_id == filters.entry_id)
+        about = AuditEvent.entry_id == filters.entry_id
+        statement = statement.where(about).about_one_child(about)
     if nhs_number is not None:
         # Asked with that number, or answered with one of our entries for that child
         # (an enquiry by names and date of birth carries no NHS number).
         entries = only(own_entries(reviewer), RegisterEntry.id).where(
             RegisterEntry.subject_nhs_number == nhs_number
         )
-        statement = statement.where(
-            or_(asked_with_nhs_number(nhs_number), AuditEvent.entry_id.in_(entries))
-        )
+        asked = asked_with_nhs_number(nhs_number)
+        answered = _AnyOf(AuditEvent.entry_id.expression, entries)
+        statement = statement.where(or_(asked, answered)).about_one_child(asked, answered)
     if filters.enquirer_id is not None:
         statement = statement.where(AuditEvent.enquirer_id == filters.enquirer_id)
     if filters.organisation_id is not None:
@@ -246,17 +394,14 @@ def filtered(
         statement = statement.where(AuditEvent.purpose == filters.purpose.value)
     if filters.outcome is not None:
         statement = statement.where(AuditEvent.outcome == filters.outcome.value)
+    at = _time(AuditEvent.occurred_at)
     if filters.occurred_from is not None:
-        statement = statement.where(AuditEvent.occurred_at >= filters.occurred_from)
+        start = literal(filters.occurred_from, AuditEvent.occurred_at.type)
+        statement = statement.where(at >= _time(start))
     if filters.occurred_to is not None:
-        statement = statement.where(AuditEvent.occurred_at < filters.occurred_to)
+        end = literal(filters.occurred_to, AuditEvent.occurred_at.type)
+        statement = statement.where(at < _time(end))
     return statement
-
-
-def _newest_first(
-    statement: Select[AuditEvent, str | None],
-) -> Select[AuditEvent, str | None]:
-    return statement.order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
 
 
 def matched_entry_ids(event: AuditEvent, authority_id: uuid.UUID) -> list[uuid.UUID]:
@@ -298,7 +443,7 @@ async def page_of(
     session: AsyncSession,
     request: Request,
     reviewer: Principal,
-    statement: Select[AuditEvent, str | None],
+    statement: Enquiries,
     page: EnquiryListQuery | EnquirySearch | PageQuery,
     nhs_number: str | None = None,
 ) -> AuditEventPage:
@@ -320,7 +465,7 @@ async def page_of(
     )
     await commit_or_fail_closed(session)
     await session.connection(execution_options={READ_ONLY_OPTION: True})
-    rows = (await session.execute(_newest_first(statement).limit(limit + 1))).all()
+    rows = (await session.execute(statement.newest_first(limit + 1))).all()
     items = [event_read(event, name, reviewer.organisation_id) for event, name in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
@@ -384,7 +529,7 @@ def csv_row(row: AuditEventRead) -> list[str]:
 
 async def _csv(
     sessionmaker: async_sessionmaker[AsyncSession],
-    statement: Select[AuditEvent, str | None],
+    statement: Enquiries,
     authority_id: uuid.UUID,
 ) -> AsyncIterator[str]:
     """Rows fetched and sent a chunk at a time: an export of years of enquiries
@@ -403,7 +548,7 @@ async def _csv(
     async with sessionmaker() as session:
         await session.connection(execution_options={READ_ONLY_OPTION: True})
         result = await session.stream(
-            _newest_first(statement).execution_options(yield_per=EXPORT_CHUNK)
+            statement.newest_first().execution_options(yield_per=EXPORT_CHUNK)
         )
         async for rows in result.partitions():
             for event, name in rows:
@@ -493,11 +638,11 @@ async def entry_page(
         event_type="audit.refused",
         message="No entry with that id in your authority's register.",
     )
-    about_child = AuditEvent.entry_id == entry_id
+    found_by: list[ColumnElement[bool]] = [AuditEvent.entry_id == entry_id]
     if found.subject_nhs_number is not None:
         # Also the enquiries with the child's number that a custodian had to resolve.
-        about_child = or_(about_child, asked_with_nhs_number(found.subject_nhs_number))
-    statement = readable_enquiries(reviewer).where(about_child)
+        found_by.append(asked_with_nhs_number(found.subject_nhs_number))
+    statement = readable_enquiries(reviewer).where(or_(*found_by)).about_one_child(*found_by)
     return await page_of(session, request, reviewer, statement, page)
 
 
