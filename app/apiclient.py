@@ -6,13 +6,12 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import httpx
 
 # Exit codes of `cpr lookup`, `cpr register import` and `cpr audit verify`.
-EXIT_OK = 0
 EXIT_FAILED = 1  # audit verify: the log does not verify; anything else unforeseen
 EXIT_BAD_INPUT = 2  # click's own usage error, and input the service refused as invalid
 EXIT_REFUSED = 3  # sign-in or the request refused (not permitted, purpose, volume limit)
@@ -24,6 +23,34 @@ URL_HELP = "The cp-register service (env CPR_URL); by default where `make run` s
 def default_url() -> str:
     """Where `make run` serves: its PORT, else 8000."""
     return f"http://127.0.0.1:{os.environ.get('PORT') or '8000'}"
+
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def sign_in_options(command: Command) -> Command:
+    """``--url``, ``--username`` and ``--password``, for every command that signs in to
+    the API (``cpr lookup``, ``cpr register import``), in that order in its help."""
+    options = (
+        click.option(
+            "--url",
+            default=default_url,
+            show_default="http://127.0.0.1:${PORT:-8000}",
+            envvar="CPR_URL",
+            help=URL_HELP,
+        ),
+        click.option("--username", prompt=True, envvar="CPR_USERNAME", help="Env CPR_USERNAME."),
+        click.option(
+            "--password",
+            prompt=True,
+            hide_input=True,
+            envvar="CPR_PASSWORD",
+            help="Env CPR_PASSWORD; asked for, hidden, when not set.",
+        ),
+    )
+    for option in reversed(options):  # decorators apply bottom up
+        command = option(command)
+    return command
 
 
 class CommandError(click.ClickException):

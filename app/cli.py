@@ -25,12 +25,11 @@ from app.apiclient import (
     EXIT_FAILED,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
-    URL_HELP,
     CommandError,
-    default_url,
     refusal,
     request,
     sign_in,
+    sign_in_options,
 )
 from app.audit.archive import (
     Archived,
@@ -362,10 +361,7 @@ def org_list(kind: str | None) -> None:
     """List organisations: id, kind, state, ODS code, name (tab-separated)."""
 
     async def work(session: AsyncSession) -> list[Organisation]:
-        statement = select(Organisation).order_by(Organisation.name)
-        if kind is not None:
-            statement = statement.where(Organisation.kind == kind)
-        return list((await session.scalars(statement)).all())
+        return await admin.list_organisations(session, kind=kind)
 
     for organisation in _with_session(get_settings(), work):
         _echo_organisation(organisation)
@@ -869,7 +865,7 @@ def _echo_report(report: Report, after: str = "", origin: str = "") -> None:
         event = f"event {finding.event_id}" if finding.event_id else ""
         named = " ".join(part for part in (finding.kind, where, event) if part)
         click.echo(f"FAILED {named}: {finding.detail}")
-    sys.exit(1)
+    sys.exit(EXIT_FAILED)
 
 
 @audit_group.command("archive")
@@ -932,7 +928,7 @@ def audit_archive(before: str, to: Path) -> None:
         archived, deleted, kept = _with_session(settings, work)
     except ArchiveRefused as exc:
         click.echo(f"FAILED {exc}; nothing was written")
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     except FileExistsError as exc:
         raise CommandError(f"{to} exists: an archive is never replaced", EXIT_BAD_INPUT) from exc
     except DATABASE_ERRORS as exc:
@@ -1130,21 +1126,7 @@ def _purpose(http: "httpx.Client", headers: dict[str, str], given: str | None) -
 
 
 @main.command("lookup", epilog=LOOKUP_EPILOG)
-@click.option(
-    "--url",
-    default=default_url,
-    show_default="http://127.0.0.1:${PORT:-8000}",
-    envvar="CPR_URL",
-    help=URL_HELP,
-)
-@click.option("--username", prompt=True, envvar="CPR_USERNAME", help="Env CPR_USERNAME.")
-@click.option(
-    "--password",
-    prompt=True,
-    hide_input=True,
-    envvar="CPR_PASSWORD",
-    help="Env CPR_PASSWORD; asked for, hidden, when not set.",
-)
+@sign_in_options
 @click.option("--nhs-number", default=None, help="The child's (or, unborn, the mother's).")
 @click.option("--given-name", default=None)
 @click.option("--family-name", default=None)

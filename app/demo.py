@@ -85,7 +85,8 @@ CLIENTS = {
 }
 
 
-def _years_ago(today: date, years: int, days: int = 0) -> date:
+def years_ago(today: date, years: int, days: int = 0) -> date:
+    """``years`` before ``today`` (28 February for 29 February), then ``days`` more."""
     try:
         anniversary = today.replace(year=today.year - years)
     except ValueError:
@@ -101,7 +102,7 @@ def demo_entries(today: date) -> list[tuple[EntryCreate, EndReason | None]]:
             nhs_number=nhs,
             given_name=given,
             family_name=family,
-            date_of_birth=_years_ago(today, age, days),
+            date_of_birth=years_ago(today, age, days),
         )
 
     def plan(person: Person, *categories: Category, months_ago: int = 2) -> EntryCreate:

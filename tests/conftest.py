@@ -31,6 +31,7 @@ from app.auth.keys import ensure_signing_key
 from app.cli import upgrade_database
 from app.config import Environment, Settings, get_settings
 from app.db import create_engine, create_sessionmaker
+from app.demo import years_ago
 from app.identity.models import Organisation, OrganisationKind, Scope, UserRole
 from app.main import create_app
 from app.register.models import Category, RegisterEntry
@@ -256,14 +257,6 @@ class World:
         return self.principals[name]
 
 
-def _years_ago(years: int, days: int = 0) -> date:
-    today = date.today()
-    try:
-        return today.replace(year=today.year - years) - timedelta(days=days)
-    except ValueError:
-        return today.replace(year=today.year - years, day=28) - timedelta(days=days)
-
-
 def person(nhs: str | None, given: str, family: str, born: date) -> Person:
     return Person(nhs_number=nhs, given_name=given, family_name=family, date_of_birth=born)
 
@@ -281,10 +274,10 @@ NHS = {
     "dup_b": "9991000100",
 }
 BORN = {
-    key: _years_ago(years, 45)
+    key: years_ago(date.today(), years, 45)
     for key, years in {"neglect": 6, "multi": 9, "ended_own": 4, "ended_other": 5, "dup": 3}.items()
 }
-BORN["adult"] = _years_ago(18, 20)
+BORN["adult"] = years_ago(date.today(), 18, 20)
 BORN["mother"] = date(1997, 3, 9)
 
 

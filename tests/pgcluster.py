@@ -231,9 +231,6 @@ class PgCluster:
         pid = self.postmaster_pid()
         return [] if pid is None else [pid, *_children(pid)]
 
-    def backend_count(self) -> int:
-        return max(len(self.processes()) - 1, 0)
-
     def freeze(self) -> None:
         """SIGSTOP the postmaster and every child: a hung server, or a partition.
 

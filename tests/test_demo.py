@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.demo import _years_ago, bootstrap
+from app.demo import bootstrap, years_ago
 from app.register.models import RegisterEntry
 from tests.conftest import World
 
@@ -57,7 +57,7 @@ async def test_bootstrap_is_idempotent(demo: dict[str, Any]) -> None:
 
 
 def _sam_taylor_born() -> str:
-    return (_years_ago(date.today(), 5) - timedelta(days=100)).isoformat()
+    return (years_ago(date.today(), 5) - timedelta(days=100)).isoformat()
 
 
 README_TABLE = [

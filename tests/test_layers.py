@@ -41,3 +41,17 @@ def test_every_module_but_main_is_a_source_of_the_routes_contract() -> None:
         if (path.suffix == ".py" and path.name != "__init__.py") or (path / "__init__.py").exists()
     }
     assert top - {"app.main"} == set(contract["source_modules"])  # type: ignore[arg-type]
+
+
+def test_no_module_of_the_app_imports_another_modules_private_name() -> None:
+    """A leading underscore says "this module's own": what another module needs is made
+    public where it lives (or moved to where both can reach it)."""
+    borrowed = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{alias.name}"
+        for path in APP.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("app")
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert borrowed == []

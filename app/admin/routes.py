@@ -9,7 +9,6 @@ import uuid
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, status
-from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -67,10 +66,6 @@ async def _flush_or_conflict(session: AsyncSession, detail: str, code: str) -> N
     except IntegrityError as exc:
         await session.rollback()
         raise ProblemError(409, "Conflict", detail, code=code) from exc
-
-
-async def _page(session: AsyncSession, statement: Select[Row]) -> list[Row]:
-    return list((await session.scalars(statement)).all())
 
 
 def _unprocessable(exc: ValueError) -> ProblemError:
@@ -135,12 +130,9 @@ async def list_organisations(
     limit: Limit = 200,
     offset: Offset = 0,
 ) -> list[OrganisationRead]:
-    statement = select(Organisation).order_by(Organisation.name).limit(limit).offset(offset)
-    if kind is not None:
-        statement = statement.where(Organisation.kind == kind.value)
-    if active is not None:
-        statement = statement.where(Organisation.active == active)
-    rows = await _page(session, statement)
+    rows = await service.list_organisations(
+        session, kind=kind.value if kind else None, active=active, limit=limit, offset=offset
+    )
     return [OrganisationRead.model_validate(row, from_attributes=True) for row in rows]
 
 
@@ -278,12 +270,10 @@ async def list_clients(
     limit: Limit = 200,
     offset: Offset = 0,
 ) -> list[ClientRead]:
-    statement = select(Client).order_by(Client.created_at, Client.id).limit(limit).offset(offset)
-    if organisation_id is not None:
-        statement = statement.where(Client.organisation_id == organisation_id)
-    if active is not None:
-        statement = statement.where(Client.active == active)
-    return [_client_read(row) for row in await _page(session, statement)]
+    rows = await service.list_clients(
+        session, organisation_id=organisation_id, active=active, limit=limit, offset=offset
+    )
+    return [_client_read(row) for row in rows]
 
 
 async def _client_and_organisation(
@@ -390,15 +380,10 @@ async def list_users(
     limit: Limit = 200,
     offset: Offset = 0,
 ) -> list[UserRead]:
-    statement = select(User).order_by(User.username).limit(limit).offset(offset)
-    if organisation_id is not None:
-        statement = statement.where(User.organisation_id == organisation_id)
-    if active is not None:
-        statement = statement.where(User.active == active)
-    return [
-        UserRead.model_validate(row, from_attributes=True)
-        for row in await _page(session, statement)
-    ]
+    rows = await service.list_users(
+        session, organisation_id=organisation_id, active=active, limit=limit, offset=offset
+    )
+    return [UserRead.model_validate(row, from_attributes=True) for row in rows]
 
 
 async def _set_user_active(

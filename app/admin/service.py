@@ -1,4 +1,4 @@
-"""Creating and changing organisations, clients and users. Each change is an audit event.
+"""Creating, changing and listing organisations, clients and users. Each change is an audit event.
 
 Functions add to the session; the caller commits once. The admin API and the
 `cpr` command both go through here, so the rules (which scopes a kind may
@@ -8,9 +8,9 @@ hold, what a password must be) hold whichever way a change is made.
 import secrets
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEvent
@@ -435,3 +435,66 @@ async def set_user_active(
         )
     )
     return user
+
+
+# --- listing ---------------------------------------------------------------------------
+
+
+Row = TypeVar("Row", Organisation, Client, User)
+
+
+async def _rows(
+    session: AsyncSession, statement: Select[Row], limit: int | None, offset: int
+) -> list[Row]:
+    return list((await session.scalars(statement.limit(limit).offset(offset))).all())
+
+
+async def list_organisations(
+    session: AsyncSession,
+    *,
+    kind: str | None = None,
+    active: bool | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Organisation]:
+    """Organisations by name, of one kind or any, active or not or both."""
+    statement = select(Organisation).order_by(Organisation.name)
+    if kind is not None:
+        statement = statement.where(Organisation.kind == kind)
+    if active is not None:
+        statement = statement.where(Organisation.active == active)
+    return await _rows(session, statement, limit, offset)
+
+
+async def list_clients(
+    session: AsyncSession,
+    *,
+    organisation_id: uuid.UUID | None = None,
+    active: bool | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Client]:
+    """System clients, oldest first, of one organisation or all."""
+    statement = select(Client).order_by(Client.created_at, Client.id)
+    if organisation_id is not None:
+        statement = statement.where(Client.organisation_id == organisation_id)
+    if active is not None:
+        statement = statement.where(Client.active == active)
+    return await _rows(session, statement, limit, offset)
+
+
+async def list_users(
+    session: AsyncSession,
+    *,
+    organisation_id: uuid.UUID | None = None,
+    active: bool | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[User]:
+    """Users by username, of one organisation or all."""
+    statement = select(User).order_by(User.username)
+    if organisation_id is not None:
+        statement = statement.where(User.organisation_id == organisation_id)
+    if active is not None:
+        statement = statement.where(User.active == active)
+    return await _rows(session, statement, limit, offset)

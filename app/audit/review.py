@@ -46,11 +46,11 @@ from sqlalchemy.sql.util import ClauseAdapter
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from app.audit.models import AskedNhsNumber, AuditEvent, AuditEventAuthority, IndexTime
-from app.audit.service import commit_or_fail_closed, request_context
+from app.audit.service import authority_event, commit_or_fail_closed
 from app.auth.principals import Principal
 from app.cursors import cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.db import READ_ONLY_OPTION, utcnow
-from app.identity.models import Organisation, OrganisationKind
+from app.identity.models import REFERENCE_POINT_KINDS, Organisation
 from app.lookup.schemas import Purpose, enquirer_key
 from app.register.deps import load_entry
 from app.register.identifiers import normalise_nhs_number
@@ -455,15 +455,12 @@ async def page_of(
     filters = page.model_dump(mode="json", by_alias=True, exclude_none=True)
     filters.pop("nhs_number", None)
     session.add(
-        AuditEvent(
-            event_type="audit.read",
-            principal=reviewer.subject,
-            organisation_id=reviewer.organisation_id,
-            authority_id=reviewer.organisation_id,
-            outcome="ok",
+        authority_event(
+            request,
+            reviewer,
+            "audit.read",
             query={"nhs_number": nhs_number} if nhs_number else None,
             detail={"path": request.url.path, "filters": filters},
-            **request_context(request),
         )
     )
     await commit_or_fail_closed(session)
@@ -559,14 +556,6 @@ async def _csv(
             yield drain()
 
 
-# The kinds of organisation that look children up (the reference points).
-ENQUIRING_KINDS = (
-    OrganisationKind.emergency_department,
-    OrganisationKind.out_of_hours_social_care,
-    OrganisationKind.police,
-)
-
-
 class OrganisationContact(BaseModel):
     """An enquiring organisation and whom there to call about its enquiries."""
 
@@ -581,7 +570,7 @@ async def enquiring_organisations(session: AsyncSession) -> list[OrganisationCon
     the enquiries by, and whom to call about them. No child is named."""
     rows = await session.scalars(
         select(Organisation)
-        .where(Organisation.kind.in_([kind.value for kind in ENQUIRING_KINDS]))
+        .where(Organisation.kind.in_(sorted(kind.value for kind in REFERENCE_POINT_KINDS)))
         .order_by(Organisation.name)
     )
     return [
@@ -665,15 +654,13 @@ async def export_csv(
     filters = export.model_dump(mode="json", by_alias=True, exclude_none=True)
     nhs_number = filters.pop("nhs_number", None)
     session.add(
-        AuditEvent(
-            event_type="audit.exported",
-            principal=reviewer.subject,
-            organisation_id=reviewer.organisation_id,
-            authority_id=reviewer.organisation_id,
+        authority_event(
+            request,
+            reviewer,
+            "audit.exported",
             outcome="exported",
             query={"nhs_number": nhs_number} if nhs_number else None,
             detail={"filters": filters},
-            **request_context(request),
         )
     )
     await commit_or_fail_closed(session)

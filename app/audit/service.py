@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, Unpack
 
 import structlog
 from fastapi import Request
-from sqlalchemy import JSON, bindparam, func, insert, select
+from sqlalchemy import JSON, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEvent
@@ -77,6 +77,29 @@ def request_context(request: Request) -> RequestContext:
         "request_id": getattr(request.state, "request_id", None),
         "source_address": request.client.host if request.client else None,
     }
+
+
+def principal_event(
+    request: Request, principal: "Principal", event_type: str, **fields: Any
+) -> AuditEvent:
+    """An event of the caller's: the principal and its organisation, and who asked from
+    where (``fields`` set the rest)."""
+    values: dict[str, Any] = {
+        "principal": principal.subject,
+        "organisation_id": principal.organisation_id,
+        **request_context(request),
+    }
+    return AuditEvent(event_type=event_type, **(values | fields))
+
+
+def authority_event(
+    request: Request, principal: "Principal", event_type: str, **fields: Any
+) -> AuditEvent:
+    """An event of a custodian's about their own authority's records (the register, the
+    enquiries about its children, the notifications, the webhook): ``authority_id`` is
+    theirs, the outcome ``ok`` unless ``fields`` say otherwise."""
+    own = {"authority_id": principal.organisation_id, "outcome": "ok"}
+    return principal_event(request, principal, event_type, **(own | fields))
 
 
 async def commit_or_fail_closed(session: AsyncSession) -> None:
@@ -154,50 +177,7 @@ async def refuse_not_found(
 ) -> NoReturn:
     """404 for what the caller may not see and for what does not exist alike, and on
     record either way: probing for another authority's records shows in the log."""
-    event = AuditEvent(
-        event_type=event_type,
-        principal=principal.subject,
-        organisation_id=principal.organisation_id,
-        refusal=refusal,
-        detail=detail | {"path": request.url.path},
-        **request_context(request),
+    event = principal_event(
+        request, principal, event_type, refusal=refusal, detail=detail | {"path": request.url.path}
     )
     await refuse(session, event, ProblemError(404, "Not found", message, code=refusal))
-
-
-async def recent_events(
-    session: AsyncSession,
-    *,
-    principal: str,
-    event_type: str,
-    since: datetime,
-    enquirer_id: str | None = None,
-    newest_only: int | None = None,
-) -> tuple[int, datetime | None, datetime | None]:
-    """A principal's events of one type since a time: count, oldest, newest.
-
-    The log is the one store every replica shares, so limits counted here hold
-    across the whole service, over exact sliding windows. ``newest_only`` caps
-    the work at that many index entries: a limit needs to know only whether it
-    is reached, and when the oldest of the newest ``limit`` events leaves the window.
-    """
-    recent = (
-        select(AuditEvent.occurred_at)
-        .where(
-            AuditEvent.principal == principal,
-            AuditEvent.occurred_at >= since,
-            AuditEvent.event_type == event_type,
-        )
-        .order_by(AuditEvent.occurred_at.desc())
-    )
-    if enquirer_id is not None:
-        recent = recent.where(AuditEvent.enquirer_id == enquirer_id)
-    if newest_only is not None:
-        recent = recent.limit(newest_only)
-    window = recent.subquery()
-    count, oldest, newest = (
-        await session.execute(
-            select(func.count(), func.min(window.c.occurred_at), func.max(window.c.occurred_at))
-        )
-    ).one()
-    return count, oldest, newest

@@ -14,7 +14,7 @@ from sqlalchemy import RowMapping, Select, bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEvent
-from app.audit.service import refuse, request_context
+from app.audit.service import principal_event, refuse, request_context
 from app.auth.certificates import presented_thumbprint
 from app.auth.keys import KeyRing
 from app.auth.models import AccessToken
@@ -223,12 +223,11 @@ def require_scope(
     async def dependency(
         request: Request, principal: CurrentPrincipal, session: SessionDep
     ) -> Principal:
-        event = AuditEvent(
-            event_type=event_type,
-            principal=principal.subject,
-            organisation_id=principal.organisation_id,
+        event = principal_event(
+            request,
+            principal,
+            event_type,
             detail={"method": request.method, "path": request.url.path, "scope": scope.value},
-            **request_context(request),
         )
         if principal.organisation_kind not in kinds:
             event.refusal = kind_refusal

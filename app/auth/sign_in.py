@@ -44,7 +44,7 @@ class TokenResponse(BaseModel):
 
 
 @dataclass(frozen=True)
-class _Account:
+class Account:
     """Who is signing in, found before the secret is checked."""
 
     login_key: str  # what failures are counted against: the principal, or the name tried
@@ -57,7 +57,7 @@ class _Account:
     secret_allowed: bool = True
 
 
-async def find_client(session: AsyncSession, client_id: str) -> _Account:
+async def find_client(session: AsyncSession, client_id: str) -> Account:
     row = (
         await session.execute(
             select(Client, Organisation)
@@ -66,11 +66,11 @@ async def find_client(session: AsyncSession, client_id: str) -> _Account:
         )
     ).first()
     if row is None:
-        return _Account(f"login:client:{client_id[:64]}", None, None, False, set(), None)
+        return Account(f"login:client:{client_id[:64]}", None, None, False, set(), None)
     client, org = row
     subject = f"client:{client.id}"
     active = client.active and org.active
-    return _Account(
+    return Account(
         subject,
         subject,
         client.secret_hash,
@@ -82,7 +82,7 @@ async def find_client(session: AsyncSession, client_id: str) -> _Account:
     )
 
 
-async def find_user(session: AsyncSession, username: str) -> _Account:
+async def find_user(session: AsyncSession, username: str) -> Account:
     row = (
         await session.execute(
             select(User, Organisation)
@@ -91,10 +91,10 @@ async def find_user(session: AsyncSession, username: str) -> _Account:
         )
     ).first()
     if row is None:
-        return _Account(f"login:user:{username[:80]}", None, None, False, set(), None)
+        return Account(f"login:user:{username[:80]}", None, None, False, set(), None)
     user, org = row
     subject = f"user:{user.id}"
-    return _Account(
+    return Account(
         subject, subject, user.password_hash, user.active and org.active, set(user.scopes), org
     )
 
@@ -126,8 +126,8 @@ class Grant:
 
 
 def finder(
-    find: Callable[[AsyncSession, str], Awaitable[_Account]], session: AsyncSession, name: str
-) -> Callable[[], Awaitable[_Account]]:
+    find: Callable[[AsyncSession, str], Awaitable[Account]], session: AsyncSession, name: str
+) -> Callable[[], Awaitable[Account]]:
     return lambda: find(session, name)
 
 
@@ -137,7 +137,7 @@ async def sign_in_one_at_a_time(
     settings: Settings,
     keyring: KeyRing,
     *,
-    find: Callable[[], Awaitable[_Account]],
+    find: Callable[[], Awaitable[Account]],
     secret: str,
     grant: Grant,
 ) -> TokenResponse | SignInRefused:
@@ -166,7 +166,7 @@ async def sign_in_one_at_a_time(
 
 
 async def _refuse_busy(
-    request: Request, session: AsyncSession, account: _Account, grant: Grant, why: str
+    request: Request, session: AsyncSession, account: Account, grant: Grant, why: str
 ) -> SignInRefused:
     """Another sign-in of the account is being checked: refused, on record, unchecked."""
     event = _event(request, account, grant)
@@ -181,7 +181,7 @@ async def _refuse_busy(
     )
 
 
-def _event(request: Request, account: _Account, grant: Grant) -> AuditEvent:
+def _event(request: Request, account: Account, grant: Grant) -> AuditEvent:
     return AuditEvent(
         principal=account.login_key,
         outcome="refused",
@@ -200,7 +200,7 @@ async def sign_in(
     settings: Settings,
     keyring: KeyRing,
     *,
-    account: _Account,
+    account: Account,
     secret: str,
     grant: Grant,
     started: float | None = None,
@@ -296,7 +296,7 @@ async def sign_in(
 
 
 async def _authenticate(
-    session: AsyncSession, settings: Settings, account: _Account, credential: str, grant: Grant
+    session: AsyncSession, settings: Settings, account: Account, credential: str, grant: Grant
 ) -> str | None:
     """None if the credential authenticates the account, else the refusal to record: the
     grant's error code for a wrong secret or an inactive account, or why a secret or a

@@ -8,8 +8,9 @@ from app.errors import PROBLEMS
 from app.fhir.schemas import (
     NHS_NUMBER_SYSTEM,
 )
-from app.lookup.schemas import LookupAnswer, Purpose
-from app.register.models import Category
+from app.lookup.purposes import PURPOSE_WORDS
+from app.lookup.schemas import LookupAnswer
+from app.register.models import CATEGORY_WORDS
 
 FHIR_MEDIA_TYPE = "application/fhir+json"
 FHIR_VERSION = "4.0.1"
@@ -23,12 +24,6 @@ PROBLEM_SYSTEM = f"{CANONICAL}/CodeSystem/cp-problem"
 OPERATION = f"{CANONICAL}/OperationDefinition/Patient-cp-lookup"
 LOOKUP_ID_SYSTEM = "urn:ietf:rfc:3986"
 
-_CATEGORY_DISPLAY = {
-    Category.neglect: "Neglect",
-    Category.physical_abuse: "Physical abuse",
-    Category.sexual_abuse: "Sexual abuse",
-    Category.emotional_abuse: "Emotional abuse",
-}
 _STATUS_DISPLAY = {
     "on_plan": "Subject to a child protection plan",
     "not_on_plan": "Not subject to a child protection plan",
@@ -39,7 +34,7 @@ _LOOKUP_CONCEPTS = {
     "category": "Category of a child protection plan",
     "unborn": "The plan is an unborn child's, held against the mother",
     **_STATUS_DISPLAY,
-    **{purpose.value: purpose.value.replace("_", " ").capitalize() for purpose in Purpose},
+    **PURPOSE_WORDS,
 }
 
 
@@ -62,7 +57,7 @@ CODE_SYSTEMS = {
         "cp-category",
         CATEGORY_SYSTEM,
         "Categories of a child protection plan",
-        {category.value: display for category, display in _CATEGORY_DISPLAY.items()},
+        CATEGORY_WORDS,
     ),
     "cp-lookup": _code_system(
         "cp-lookup",
@@ -238,7 +233,7 @@ def lookup_bundle(answer: LookupAnswer) -> dict[str, Any]:
         {
             "code": {"coding": [_coding(LOOKUP_SYSTEM, "category", "Category")]},
             "valueCodeableConcept": {
-                "coding": [_coding(CATEGORY_SYSTEM, category.value, _CATEGORY_DISPLAY[category])]
+                "coding": [_coding(CATEGORY_SYSTEM, category.value, CATEGORY_WORDS[category])]
             },
         }
         for category in answer.categories or ()

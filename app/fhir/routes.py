@@ -1,6 +1,6 @@
 """/fhir/R4: the lookup as `Patient/$cp-lookup`, refusals as OperationOutcome, the
 custodians' enquiries as AuditEvent. Each route translates, then calls what the JSON
-API calls: ``answer_enquiry`` for the lookup, review.py's readable query for the log."""
+API calls: ``answer_enquiry`` for the lookup, app/audit/review.py's ``search_page`` for the log."""
 
 import json
 from collections.abc import Callable, Coroutine
@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.deps import Reviewer
-from app.audit.review import EnquirySearch, filtered, page_of, readable_enquiries
+from app.audit.review import EnquirySearch, search_page
 from app.auth.principals import Principal, bearer_token
 from app.deps import SessionDep
 from app.errors import PROBLEMS, ProblemError, responses, safe_validation_errors
@@ -285,8 +285,8 @@ async def _search(
     count: int,
     cursor: str | None,
 ) -> Response:
-    """review.py's readable-by-this-custodian query (and its own audit.read event),
-    its page translated into AuditEvent resources."""
+    """The JSON API's search (``search_page``: the readable-by-this-custodian query and
+    its own audit.read event), its page translated into AuditEvent resources."""
     nhs_number = None
     if patient_identifier is not None:
         system, _, value = patient_identifier.rpartition("|")
@@ -301,8 +301,7 @@ async def _search(
     except ValidationError as exc:
         errors = safe_validation_errors(exc.errors())
         raise ProblemError(422, "Invalid request", code="invalid_request", errors=errors) from exc
-    statement = filtered(readable_enquiries(reviewer), search, reviewer, search.nhs_number)
-    page = await page_of(session, request, reviewer, statement, search, search.nhs_number)
+    page = await search_page(session, request, reviewer, search)
     next_url = None
     if page.next_cursor is not None:
         next_url = str(request.url.include_query_params(_cursor=page.next_cursor))

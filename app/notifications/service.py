@@ -24,7 +24,7 @@ from app.audit.review import (
     begin_read_only,
     matched_entry_ids,
 )
-from app.audit.service import commit_or_fail_closed, refuse_not_found, request_context
+from app.audit.service import authority_event, commit_or_fail_closed, refuse_not_found
 from app.auth.principals import Principal
 from app.cursors import bad_cursor, cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.db import utcnow
@@ -176,15 +176,13 @@ async def acknowledge_notification(
         notification.acknowledged_at = utcnow()
         notification.acknowledged_by = reviewer.subject
         session.add(
-            AuditEvent(
-                event_type="notification.acknowledged",
-                principal=reviewer.subject,
-                organisation_id=reviewer.organisation_id,
-                authority_id=reviewer.organisation_id,
+            authority_event(
+                request,
+                reviewer,
+                "notification.acknowledged",
                 outcome="acknowledged",
                 entry_id=event.entry_id,
                 detail={"notification_id": str(notification.id), "event_id": str(event.id)},
-                **request_context(request),
             )
         )
         await commit_or_fail_closed(session)

@@ -11,8 +11,7 @@ from fastapi import Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.models import AuditEvent
-from app.audit.service import commit_or_fail_closed, refuse, request_context
+from app.audit.service import authority_event, commit_or_fail_closed, refuse
 from app.auth.principals import Principal
 from app.config import Environment, Settings
 from app.db import utcnow
@@ -47,18 +46,6 @@ class WebhookCreated(WebhookRead):
     )
 
 
-def _event(request: Request, reviewer: Principal, event_type: str, url: str) -> AuditEvent:
-    return AuditEvent(
-        event_type=event_type,
-        principal=reviewer.subject,
-        organisation_id=reviewer.organisation_id,
-        authority_id=reviewer.organisation_id,
-        outcome="ok",
-        detail={"url": url},
-        **request_context(request),
-    )
-
-
 async def set_webhook(
     session: AsyncSession,
     request: Request,
@@ -81,8 +68,13 @@ async def set_webhook(
         await vet(url, settings.webhook_allowed_hosts)
     except RefusedTarget as exc:
         # On record: pointing the notifier inside the network is worth a custodian's look.
-        refused = _event(request, reviewer, "notification.webhook_refused", url)
-        refused.refusal = "webhook_target_refused"
+        refused = authority_event(
+            request,
+            reviewer,
+            "notification.webhook_refused",
+            refusal="webhook_target_refused",
+            detail={"url": url},
+        )
         await refuse(
             session,
             refused,
@@ -99,7 +91,7 @@ async def set_webhook(
         session.add(row)
     row.url, row.active, row.created_at = url, True, utcnow()
     row.signing_secret = secrets.token_urlsafe(32)
-    session.add(_event(request, reviewer, "notification.webhook_set", url))
+    session.add(authority_event(request, reviewer, "notification.webhook_set", detail={"url": url}))
     await commit_or_fail_closed(session)
     return WebhookCreated(
         url=url, active=True, created_at=row.created_at, signing_secret=row.signing_secret
@@ -125,5 +117,7 @@ async def delete_webhook(session: AsyncSession, request: Request, reviewer: Prin
     """Stop pushing notifications (the feed keeps them): ``notification.webhook_removed``."""
     row = await _own(session, reviewer)
     row.active = False
-    session.add(_event(request, reviewer, "notification.webhook_removed", row.url))
+    session.add(
+        authority_event(request, reviewer, "notification.webhook_removed", detail={"url": row.url})
+    )
     await commit_or_fail_closed(session)

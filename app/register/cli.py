@@ -10,14 +10,13 @@ import httpx
 
 from app.apiclient import (
     EXIT_BAD_INPUT,
-    URL_HELP,
     CommandError,
     body_of,
-    default_url,
     progress,
     refusal,
     request,
     sign_in,
+    sign_in_options,
 )
 from app.register.bulk import LiveIndex, every_problem
 from app.register.csvformat import (
@@ -51,21 +50,7 @@ permission); 4 the service cannot be reached or is unavailable.
 
 @register_group.command("import", epilog=IMPORT_EPILOG)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--url",
-    default=default_url,
-    show_default="http://127.0.0.1:${PORT:-8000}",
-    envvar="CPR_URL",
-    help=URL_HELP,
-)
-@click.option("--username", prompt=True, envvar="CPR_USERNAME", help="Env CPR_USERNAME.")
-@click.option(
-    "--password",
-    prompt=True,
-    hide_input=True,
-    envvar="CPR_PASSWORD",
-    help="Env CPR_PASSWORD; asked for, hidden, when not set.",
-)
+@sign_in_options
 @click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the import.")
 def import_file(file: Path, url: str, username: str, password: str, timeout: int) -> None:
     """Import FILE (CSV, columns in the README): every row, or none if any row is wrong.

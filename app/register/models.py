@@ -18,6 +18,12 @@ class Category(StrEnum):
     emotional_abuse = "emotional_abuse"
 
 
+# A category in words ("Physical abuse"), for whatever shows one to people (FHIR's displays).
+CATEGORY_WORDS = {
+    category.value: category.value.replace("_", " ").capitalize() for category in Category
+}
+
+
 class EndReason(StrEnum):
     no_longer_at_risk = "no_longer_at_risk"
     abusing_adult_left = "abusing_adult_left"

@@ -6,17 +6,17 @@ an ETag, and the list, the search, the entry and its history, each read on recor
 from datetime import date
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Request
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.service import commit_or_fail_closed
+from app.audit.service import authority_event, commit_or_fail_closed
 from app.auth.principals import Principal
 from app.cursors import cursor_date, cursor_id, decode_cursor, encode_cursor
 from app.register.models import RegisterEntry, RegisterEntryVersion
 from app.register.queries import StatusFilter, count_of, for_person, listed
 from app.register.schemas import EntryPage, EntryRead, EntrySearch, VersionRead, person_read
-from app.register.service import register_event, snapshot
+from app.register.service import snapshot
 
 SEARCH_LIMIT = 50
 
@@ -70,17 +70,11 @@ def etag(entry: RegisterEntry) -> str:
     return f'"{entry.version}"'
 
 
-def answer(response: Response, entry: RegisterEntry) -> EntryRead:
-    """The entry as it stands, its ETag on ``response``."""
-    response.headers["ETag"] = etag(entry)
-    return current(entry)
-
-
 async def audited_read(
     session: AsyncSession, request: Request, custodian: Principal, **fields: Any
 ) -> None:
     """Custodians see children's details: each read is on record before it is answered."""
-    session.add(register_event(request, custodian, "register.read", **fields))
+    session.add(authority_event(request, custodian, "register.read", **fields))
     await commit_or_fail_closed(session)
 
 

@@ -15,6 +15,7 @@ from app.deps import SessionDep
 from app.errors import ProblemError, responses
 from app.register import reads, transfer, writes
 from app.register.deps import Custodian, EntryToChange, OwnEntry
+from app.register.models import RegisterEntry
 from app.register.queries import StatusFilter
 from app.register.schemas import (
     BirthRecord,
@@ -32,6 +33,12 @@ from app.register.schemas import (
 router = APIRouter(prefix="/v1/register", tags=["register"])
 
 ETAG_HEADERS = {"ETag": {"description": "The entry's version: send it back as If-Match."}}
+
+
+def _answer(response: Response, entry: RegisterEntry) -> EntryRead:
+    """The entry as it stands, its version as the ETag on ``response``."""
+    response.headers["ETag"] = reads.etag(entry)
+    return reads.current(entry)
 
 
 # --- list and search ---------------------------------------------------------------
@@ -97,7 +104,7 @@ async def create(
 ) -> EntryRead:
     entry = await writes.create(session, request, custodian, data)
     response.headers["Location"] = f"/v1/register/entries/{entry.id}"
-    return reads.answer(response, entry)
+    return _answer(response, entry)
 
 
 # `:uuid` on every entry path: `/entries/search` is then no entry's path, so a GET or PATCH
@@ -161,7 +168,7 @@ async def change(
     change: EntryChange,
 ) -> EntryRead:
     await writes.change(session, request, custodian, entry, change)
-    return reads.answer(response, entry)
+    return _answer(response, entry)
 
 
 @router.post(
@@ -179,7 +186,7 @@ async def review(
     held: ReviewRecord,
 ) -> EntryRead:
     await writes.review(session, request, custodian, entry, held)
-    return reads.answer(response, entry)
+    return _answer(response, entry)
 
 
 @router.post(
@@ -197,7 +204,7 @@ async def end(
     ending: EntryEnd,
 ) -> EntryRead:
     await writes.end(session, request, custodian, entry, ending)
-    return reads.answer(response, entry)
+    return _answer(response, entry)
 
 
 @router.post(
@@ -215,7 +222,7 @@ async def birth(
     record: BirthRecord,
 ) -> EntryRead:
     await writes.birth(session, request, custodian, entry, record)
-    return reads.answer(response, entry)
+    return _answer(response, entry)
 
 
 # --- import and export ------------------------------------------------------------

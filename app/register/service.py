@@ -51,20 +51,6 @@ def actor_of(request: Request, custodian: Principal) -> Actor:
     )
 
 
-def register_event(
-    request: Request, custodian: Principal, event_type: str, **fields: Any
-) -> AuditEvent:
-    """An audit event of the custodian's, about their own authority's register."""
-    values: dict[str, Any] = {
-        "principal": custodian.subject,
-        "organisation_id": custodian.organisation_id,
-        "authority_id": custodian.organisation_id,
-        "outcome": "ok",
-        **request_context(request),
-    }
-    return AuditEvent(event_type=event_type, **(values | fields))
-
-
 def entry_values(data: EntryCreate) -> dict[str, Any]:
     """The columns an entry's identifiers and plan details set."""
     child, mother = data.child, data.mother

@@ -17,7 +17,7 @@ from fastapi import Request
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.audit.service import commit_or_fail_closed, refuse
+from app.audit.service import authority_event, commit_or_fail_closed, refuse
 from app.auth.principals import Principal
 from app.db import READ_ONLY_OPTION
 from app.errors import ProblemError
@@ -39,7 +39,6 @@ from app.register.service import (
     actor_of,
     entry_values,
     lock_register,
-    register_event,
     snapshot,
 )
 from app.register.writes import save
@@ -76,7 +75,7 @@ async def import_file(
     problems = bulk.every_problem(rows, entries, problems, existing)
     detail = {"import_id": str(import_id), "sha256": digest, "rows": len(rows)}
     if problems:
-        event = register_event(
+        event = authority_event(
             request,
             custodian,
             "register.import_refused",
@@ -99,7 +98,7 @@ async def import_file(
             ),
         )
     await bulk.insert_rows(session, entries, versions)
-    session.add(register_event(request, custodian, "register.imported", detail=detail))
+    session.add(authority_event(request, custodian, "register.imported", detail=detail))
     await save(session)
     return ImportResult(import_id=import_id, imported=len(rows), sha256=digest)
 
@@ -140,7 +139,7 @@ async def export_file(session: AsyncSession, request: Request, custodian: Princi
     count = (await session.execute(count_of(statement))).scalar_one()
     authority = await session.get_one(Organisation, custodian.organisation_id)
     contact = (authority.contact_name, authority.contact_phone)
-    session.add(register_event(request, custodian, "register.exported", detail={"entries": count}))
+    session.add(authority_event(request, custodian, "register.exported", detail={"entries": count}))
     await commit_or_fail_closed(session)
     chunks = _export_csv(
         request.app.state.sessionmaker, statement.order_by(RegisterEntry.id), contact
