@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     # A register import file (`POST /v1/register/imports`): 50,000 rows is about 10 MiB.
     import_max_bytes: int = 32 * 1024 * 1024
 
-    # Volume limits on lookups (DESIGN.md check 7), counted over sliding windows in
+    # Volume limits on lookups (README, "Security model", check 7), counted over sliding windows in
     # the audit log, which every replica shares.
     lookup_limit_per_client: int = 300
     lookup_client_window_seconds: int = 60
@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     # receiver inside the network). Anything else must be public (targets.py).
     webhook_allowed_hosts: frozenset[str] = frozenset()
 
-    # Purposes of use each kind of reference point may give (DESIGN.md, check 5).
+    # Purposes of use each kind of reference point may give (README, "Security model", check 5).
     purposes_by_kind: dict[str, frozenset[str]] = {
         "emergency_department": frozenset({"unscheduled_care", "safeguarding_concern"}),
         "out_of_hours_social_care": frozenset({"out_of_hours_referral", "safeguarding_concern"}),

@@ -1,4 +1,4 @@
-"""Custodians review the enquiries about their own children (DESIGN.md, "Audit log"):
+"""Custodians review the enquiries about their own children (README, "The audit log"):
 filter, page, export CSV, see who asked about one child, and see alerts.
 Nobody else may, and another authority's children stay invisible."""
 

@@ -1,5 +1,5 @@
 """The audit store refuses changes and the service fails closed without it
-(DESIGN.md, "Audit log").
+(README, "The audit log").
 
 The guards are tried as a superuser (on SQLite, the file's owner): they must hold
 even for one. What the service's own role may do is tests/test_app_role.py's.

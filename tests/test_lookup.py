@@ -1,4 +1,4 @@
-"""POST /v1/lookups as a reference point sees it (DESIGN.md "Need to know" and
+"""POST /v1/lookups as a reference point sees it (README, "The lookup": need to know, and
 "Legitimacy of the enquirer"): what an answer holds, how identifiers match, and
 that every enquiry, answered or refused, is one audit event.
 
@@ -665,7 +665,7 @@ async def test_a_streamed_body_over_64_kib_without_content_length_is_refused_wit
     assert response.headers["content-type"] == "application/problem+json"
 
 
-# --- DESIGN.md's "Need to know" and matching rules (once tests/test_lookup_rules.py) ---
+# --- "Need to know" and the matching rules (once tests/test_lookup_rules.py) ---
 
 
 async def test_on_plan_discloses_status_categories_unborn_and_contact_only(

@@ -1,5 +1,5 @@
 """The responsible authority is told of each enquiry about one of its children,
-once per enquirer and child within 24 hours (DESIGN.md, "Audit log"), in a feed
+once per enquirer and child within 24 hours (README, "The audit log"), in a feed
 and, for an authority that has one, through a webhook that retries until the
 receiver takes it. Notifications come from the sealed log, so none is lost
 when the notifier or the receiver stops."""

@@ -1,4 +1,4 @@
-"""The token endpoint (RFC 6749) and the published key set (DESIGN.md, check 1)."""
+"""The token endpoint (RFC 6749) and the published key set (README, "Security model", check 1)."""
 
 import base64
 import json

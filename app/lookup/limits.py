@@ -1,4 +1,4 @@
-"""Volume limits per client and per enquirer (DESIGN.md check 7).
+"""Volume limits per client and per enquirer (README, "Security model", check 7).
 
 Every lookup event, answered or refused, counts: a caller past the limit stays
 refused until its oldest counted lookup leaves the window.

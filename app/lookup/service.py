@@ -1,4 +1,4 @@
-"""An enquiry decided: every legitimacy check of DESIGN.md in order, the audit event
+"""An enquiry decided: every legitimacy check in order (README, "Security model"), the audit event
 committed, and the answer. The one place a lookup is decided, over every channel (the
 JSON API, FHIR, the web client).
 
@@ -70,7 +70,7 @@ REFUSALS = (
 async def answer_enquiry(
     request: Request, token: str, body: bytes | None, channel: dict[str, Any] | None = None
 ) -> LookupAnswer:
-    """Every legitimacy check of DESIGN.md on the enquiry ``body`` (JSON; None when it
+    """Every legitimacy check (README, "Security model") on the enquiry ``body`` (JSON; None when it
     was not sent as JSON) from the bearer of ``token``, the audit event committed, and
     the answer. Raises the ProblemError of a refusal (itself audited), or 503 when the
     database cannot be read or written.

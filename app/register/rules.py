@@ -125,7 +125,7 @@ def review_problems(
     plan_start: date, last_review: date | None, next_review: date | None, today: date
 ) -> list[Problem]:
     """The first review is due within 3 months of the plan start, later ones at most
-    6 months apart (DESIGN.md "Review timing")."""
+    6 months apart (README, "Keeping the register")."""
     if last_review is not None:
         if last_review < plan_start:
             return [Problem(("last_review",), "the last review is before the plan start")]

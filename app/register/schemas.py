@@ -158,7 +158,7 @@ class ReviewRecord(BaseModel):
 
 
 class EntryEnd(BaseModel):
-    """De-registration, on one of DESIGN.md's grounds."""
+    """De-registration, on one of the recorded grounds (README, "Keeping the register")."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,4 +1,4 @@
-"""Attacks on the bearer token and on the principal behind it (DESIGN.md, "Legitimacy
+"""Attacks on the bearer token and on the principal behind it (README, "Security model": "Legitimacy
 of the enquirer", checks 1-3). One test per attack; read it as a checklist.
 
 Every attack POSTs a *valid* lookup of a child who is on a plan, so only the
