@@ -3,6 +3,7 @@ code: the sign-in is the password grant, the lookup is answer_enquiry, so every 
 every audit event is the API's. The custodian's review pages are app/web/review_routes.py."""
 
 import json
+import re
 from typing import Any
 
 import structlog
@@ -33,6 +34,7 @@ from app.web.pages import (
     form_refused,
     render,
     to_sign_in,
+    uk_date,
 )
 from app.web.session import (
     CSRF_FIELD,
@@ -269,7 +271,7 @@ def _enquiry(form: dict[str, str]) -> bytes:
     return json.dumps(body).encode()
 
 
-def _field_errors(problem: ProblemError) -> dict[str, str]:
+def _field_errors(problem: ProblemError, form: dict[str, str]) -> dict[str, str]:
     """The refusal's errors by form field (a validation error's loc, or a refusal that is
     about one field), each in plain words: what is wrong, then what to enter."""
     if problem.code == "purpose_not_allowed":
@@ -285,8 +287,11 @@ def _field_errors(problem: ProblemError) -> dict[str, str]:
         if field is None or field in fields:
             continue
         why = str(error.get("msg", "")).removeprefix("Value error, ").strip()
-        if error.get("type") in ("missing", "string_too_short"):
+        if error.get("type") == "missing" or not form.get(field):
             why = "This is needed"
+        elif error.get("type") == "string_too_short":
+            least = re.search(r"at least (\d+) character", why)
+            why = f"Too short: at least {least[1]} characters" if least else "Too short"
         elif error.get("type") == "extra_forbidden" or not why:
             why = "This was not accepted"
         if field == "subject":  # the rule itself is the help: said once
@@ -339,7 +344,7 @@ async def lookup(request: Request, settings: SettingsDep, signed_in: SignedInDep
     try:
         answer = await answer_enquiry(request, token, _enquiry(form))
     except ProblemError as problem:
-        field_errors = _field_errors(problem)
+        field_errors = _field_errors(problem, form)
         error: dict[str, Any]
         if field_errors:
             error = {"title": "Check the details", "detail": None, "fields": field_errors}
@@ -361,6 +366,10 @@ async def lookup(request: Request, settings: SettingsDep, signed_in: SignedInDep
         return response
     # The identifiers the officer sent are shown beside the answer (they sent them), so
     # it is plain which child it is for; the form itself starts blank again.
-    asked = [(FIELD_LABELS[field], form[field]) for field in SUBJECT_FIELDS if form[field]]
+    asked = [
+        (FIELD_LABELS[field], uk_date(form[field]) if field == "date_of_birth" else form[field])
+        for field in SUBJECT_FIELDS
+        if form[field]
+    ]
     blank = dict.fromkeys(LOOKUP_FIELDS, "") | {"purpose": form["purpose"]}
     return _lookup_form(request, settings, principal, form=blank, answer=answer, asked=asked)
