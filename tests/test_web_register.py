@@ -345,6 +345,8 @@ async def test_a_child_is_put_on_the_register_from_the_form_with_uk_dates(
     assert twice.status_code == 409
     assert "Already on the register" in twice.text
     assert f'href="{REGISTER}/{event.entry_id}"' in twice.text
+    # The entry is a link, never its id in the words.
+    assert str(event.entry_id) not in _text(twice)
 
 
 async def test_form_errors_are_beside_their_fields_in_plain_words_with_the_values_kept(
@@ -442,6 +444,58 @@ async def test_a_change_made_meanwhile_is_shown_with_what_you_typed_kept(
     ).json()
     assert (now["version"], now["team_contact"]) == (2, entry["team_contact"])
     assert all(e.event_type == "register.read" for e in await _events(sessionmaker, response))
+    # The form now holds the other person's change, so saving it as it stands keeps both
+    # changes: theirs is not put back, unseen, to what was loaded.
+    again = _inputs(response)
+    assert again["lead_professional"] == "Someone Else"
+    assert again["team_contact"] == "My typed contact"
+    saved = await custodian.post(
+        change_url,
+        data={
+            **again,
+            "reason": "my correction",
+            "categories": ["neglect"],
+            "csrf_token": _csrf(response),
+            "version": "2",
+        },
+    )
+    assert saved.status_code == 303, saved.text
+    now = (
+        await client.get(f"{ENTRIES}/{entry['id']}", headers=world["custodian_a"].headers)
+    ).json()
+    assert now["version"] == 3
+    assert (now["lead_professional"], now["team_contact"]) == ("Someone Else", "My typed contact")
+
+
+async def test_a_field_both_changed_meanwhile_is_named_beside_it_with_both_values(
+    custodian: httpx.AsyncClient, client: httpx.AsyncClient, world: World
+) -> None:
+    entry = await created(client, world, child_body())
+    change_url = f"{REGISTER}/{entry['id']}/change"
+    page = await custodian.get(change_url)
+    meanwhile = await client.patch(
+        f"{ENTRIES}/{entry['id']}",
+        json={"notes": "their note", "reason": "their reason"},
+        headers=with_version(world, 1),
+    )
+    assert meanwhile.status_code == 200
+    response = await custodian.post(
+        change_url,
+        data={
+            **_inputs(page),
+            "notes": "my note",
+            "reason": "mine",
+            "categories": ["neglect"],
+            "csrf_token": _csrf(page),
+            "version": "1",
+        },
+    )
+    assert response.status_code == 409
+    assert 'id="notes-error"' in response.text
+    assert 'href="#notes"' in response.text  # in the summary, linking to the field
+    words = _text(response)
+    assert "Changed meanwhile to “their note”; you typed “my note”" in words
+    assert ">my note</textarea>" in response.text  # what was typed stays in the field
 
 
 async def test_a_review_is_recorded_from_the_form(

@@ -50,6 +50,7 @@ from app.web.register_forms import (
     entry_body,
     form_of,
     in_form_order,
+    merged_after_conflict,
     parsed_date,
     refusal,
     step_body,
@@ -507,12 +508,22 @@ async def _locked(
     return entry, None
 
 
-def _conflict(shown: EntryRead) -> dict[str, Any]:
-    return {
-        "title": CONFLICT,
-        "detail": "The entry as it is now is shown below, and what you typed is kept in the "
-        "form. Check your change against the current values, then save again.",
-    }
+def _conflict(
+    shown: EntryRead, clashes: dict[str, str] | None = None, *, merged: bool = False
+) -> dict[str, Any]:
+    if not merged:
+        detail = (
+            "Nothing was saved. The entry as it is now is shown below, and what you typed "
+            "is kept in the form. Check it against the entry, then send it again."
+        )
+    else:
+        detail = (
+            "Nothing was saved. The entry as it is now is shown below; the form has their "
+            "changes, and yours on top of them. Check it, then save again."
+        )
+    if clashes:
+        detail += " You both changed the fields listed here: choose the right value in each."
+    return {"title": CONFLICT, "detail": detail, "fields": clashes or {}}
 
 
 @router.post("/web/register/{entry_id:uuid}/change")
@@ -535,14 +546,22 @@ async def change(
     entry, now = locked
     typed = typed_values(form, CHANGE_FIELDS)
     if now is not None:
+        # Saving what was typed as it stands would put back, unseen, every field the
+        # other person changed: the form for the new version takes their changes where
+        # this one left a field as it was loaded, and says where both changed one.
+        loaded_at = version_of(form)
+        versions = await reads.history(session, request, admitted, entry)
+        loaded = next((item.entry for item in versions if item.version == loaded_at), None)
+        merged, clashes = merged_after_conflict(typed, loaded, now)
         return _change_form(
             request,
             settings,
             admitted,
             now,
-            form=typed,
+            form=merged,
             status_code=409,
-            error=_conflict(now),
+            errors=clashes,
+            error=_conflict(now, in_form_order(clashes), merged=True),
             current=now,
         )
     shown = reads.current(entry)
