@@ -19,6 +19,7 @@ from app.errors import ProblemError, allowed_methods
 from app.lookup.purposes import PURPOSE_WORDS as PURPOSE_WORDS  # the page modules use it
 from app.register.models import Category
 from app.web.session import (
+    CSRF_FIELD,
     SESSION_COOKIE,
     check_form,
     csrf_token,
@@ -166,7 +167,34 @@ def is_web(request: Request) -> bool:
     return path == "/web" or path.startswith("/web/")
 
 
-def error_page(request: Request, status: int, detail: str | None = None) -> Response:
+# Never sent back in a page: the password (and the form's token, which is made afresh).
+NOT_CARRIED = frozenset({CSRF_FIELD, "password"})
+
+
+async def typed_again(request: Request) -> list[tuple[str, str]] | None:
+    """What a form of our own pages carried when the service could not answer it, to be
+    sent again by *Try again* (hidden fields of a CSRF-protected form, as the sign-in
+    page carries a lookup): nothing typed is lost to an outage. None for a GET, a form
+    from elsewhere, or one with a file (a browser cannot be handed a file back)."""
+    if request.method != "POST" or request.url.path in ("/web/sign-in", "/web/sign-out"):
+        return None
+    try:
+        form = await request.form()
+        check_form(request, form.get(CSRF_FIELD))
+    except Exception:  # unreadable, or not our own form: nothing is carried
+        return None
+    fields = list(form.multi_items())
+    if any(not isinstance(value, str) for _, value in fields):
+        return None
+    return [(name, str(value)) for name, value in fields if name not in NOT_CARRIED]
+
+
+def error_page(
+    request: Request,
+    status: int,
+    detail: str | None = None,
+    again: list[tuple[str, str]] | None = None,
+) -> Response:
     settings: Settings = request.app.state.settings
     title, message = ERROR_PAGES.get(status, ERROR_PAGES[500 if status >= 500 else 400])
     response = render(
@@ -176,6 +204,11 @@ def error_page(request: Request, status: int, detail: str | None = None) -> Resp
         status_code=status,
         title=title,
         message=detail or message,
+        # A page the service could not give just now: offer it again (a GET is reloaded,
+        # a form is sent again with what was typed).
+        retry=status == 503,
+        again=again,
+        action=request.url.path,
     )
     if status == 405:
         response.headers["Allow"] = ", ".join(allowed_methods(request))
@@ -209,10 +242,11 @@ def install_error_pages(app: FastAPI) -> None:
             if isinstance(exc, ProblemError):
                 if exc.code == "form_refused":
                     return error_page(request, 403, exc.detail)
-                return error_page(request, exc.status)
+                again = await typed_again(request) if exc.status == 503 else None
+                return error_page(request, exc.status, again=again)
             if isinstance(exc, DATABASE_ERRORS):
                 log.error("database_unavailable", error_type=type(exc).__name__)
-                return error_page(request, 503)
+                return error_page(request, 503, again=await typed_again(request))
             log.error("unhandled_error", error_type=type(exc).__name__)
             return error_page(request, 500)
 
