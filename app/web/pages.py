@@ -48,6 +48,19 @@ def uk_date(value: date | datetime | str | None) -> str:
     return value.strftime("%d/%m/%Y")
 
 
+# A web user's role as the log records it (app/identity/models.py's UserRole), in words;
+# a system's member of staff's role is the system's own text and is shown as sent.
+ROLE_WORDS = {
+    "duty_officer": "duty officer",
+    "custodian": "custodian",
+    "operator": "service operator",
+}
+
+
+def role_words(role: str | None) -> str:
+    return ROLE_WORDS.get(role or "", role or "")
+
+
 # The custodian's pages, in the order of the navigation bar (base.html).
 CUSTODIAN_NAV = (
     ("/web/register", "Register"),
@@ -61,6 +74,7 @@ CUSTODIAN_NAV = (
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["uk_date"] = uk_date
+templates.env.filters["role_words"] = role_words
 STYLESHEET = (HERE / "static" / "app.css").read_text()
 
 # No script, no framing, no other origin: the pages need nothing else.
