@@ -244,13 +244,20 @@ async def test_without_a_session_the_pages_send_you_to_sign_in(
 
 
 async def test_a_custodian_cannot_look_up_from_the_page(
-    browser: httpx.AsyncClient, world: World
+    browser: httpx.AsyncClient, world: World, settings: Settings
 ) -> None:
     signed_in = await _sign_in(browser, world, "custodian_a")
     assert signed_in.headers["location"] == "/web/enquiries"
     response = await _look_up(browser, nhs_number=NHS["neglect"])
     assert response.status_code == 403
     assert "On a child protection plan" not in response.text
+    # The page says so and whom to call, offers no form that cannot work, and keeps the
+    # custodian's way back to the register.
+    page = await browser.get("/web/lookup")
+    assert "not a reference point" in page.text
+    assert 'action="/web/lookup"' not in page.text
+    assert 'href="/web/register"' in page.text
+    assert settings.duty_contact_phone in page.text
 
 
 async def test_the_review_page_shows_only_the_custodians_own_children(

@@ -252,6 +252,7 @@ def _lookup_form(
         settings,
         "lookup.html",
         status_code=status_code,
+        principal=principal,  # a custodian who comes here keeps the way back to their pages
         title="Is this child on a plan?",
         who=principal.display_name if principal is not None else None,
         form=form,
