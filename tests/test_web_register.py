@@ -318,11 +318,21 @@ async def test_the_search_is_posted_and_finds_the_child(
         },
     )
     _row(by_names.text, entry["id"])
-    nothing = await _post_form(custodian, REGISTER, f"{REGISTER}/search", {"given_name": "Ann"})
+    nothing = await _post_form(custodian, REGISTER, f"{REGISTER}/search", {})
     assert nothing.status_code == 422
     assert "Enter the NHS number, or the given name, family name and date of birth" in _text(
         nothing
     )
+    # Names typed without the date of birth: what is missing is named beside it, and
+    # what was typed is kept.
+    part = {"given_name": "Ann", "family_name": "Smith"}
+    partly = await _post_form(custodian, REGISTER, f"{REGISTER}/search", part)
+    assert partly.status_code == 422
+    assert 'id="date_of_birth-error"' in partly.text
+    assert 'href="#date_of_birth"' in partly.text
+    assert 'id="nhs_number-error"' not in partly.text
+    assert 'id="given_name-error"' not in partly.text
+    assert 'value="Smith"' in partly.text
 
 
 # --- one entry ---------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from app.register.schemas import (
 from app.web.pages import CATEGORIES, SECURITY_HEADERS, form_refused, render, to_sign_in
 from app.web.register_forms import (
     CHANGE_FIELDS,
+    DATE_HELP,
     END_REASONS,
     ENTRY_FIELDS,
     LABELS,
@@ -66,6 +67,8 @@ PAGE_SIZE = 25
 STATUSES: dict[str, str] = {"active": "Active plans", "ended": "Ended plans", "all": "All plans"}
 STATUS_FILTERS: dict[str, StatusFilter] = {"active": "active", "ended": "ended", "all": "all"}
 CONFLICT = "Someone changed this entry while you were editing"
+# A search by name needs all three (EntrySearch).
+NAME_SEARCH = ("given_name", "family_name", "date_of_birth")
 
 
 # --- who may use the pages -------------------------------------------------------------
@@ -234,9 +237,20 @@ async def search(
     }
     query = validated(EntrySearch, raw, errors, whole="nhs_number")
     if errors and "nhs_number" in errors and not typed["nhs_number"]:
-        errors["nhs_number"] = (
-            "Enter the NHS number, or the given name, family name and date of birth."
-        )
+        missing = [field for field in NAME_SEARCH if not typed[field]]
+        if len(missing) < len(NAME_SEARCH):
+            # Some of the names and date typed: say which are missing, beside them.
+            del errors["nhs_number"]
+            for field in missing:
+                errors.setdefault(
+                    field,
+                    "This is needed to search by name, or search by the NHS number alone."
+                    + (f" {DATE_HELP}" if field == "date_of_birth" else ""),
+                )
+        else:
+            errors["nhs_number"] = (
+                "Enter the NHS number, or the given name, family name and date of birth."
+            )
     context: dict[str, Any] = {
         "title": "Your authority's register",
         "filters": {"status": "active", "overdue": False, "paged": False},
