@@ -272,7 +272,11 @@ async def test_the_list_marks_overdue_reviews_in_words_and_filters_by_status(
     assert "Review overdue" not in _row(active, on_time["id"])
     assert str(world.entries["ended_own"].id) not in active
     ended = await _pages(custodian, f"{REGISTER}?status=ended")
-    assert "Ended" in _row(ended, str(world.entries["ended_own"].id))
+    ended_row = _row(ended, str(world.entries["ended_own"].id))
+    assert "Ended" in ended_row
+    # An ended plan has no review to come: no date is shown as if one were due.
+    assert "None: the plan has ended" in ended_row
+    assert not re.search(r"<td>\d{2}/\d{2}/\d{4}", ended_row.split("</td>", 2)[-1])
     assert overdue["id"] not in ended
     # Never another authority's entry, whichever the filter.
     everything = await _pages(custodian, f"{REGISTER}?status=all")
