@@ -248,6 +248,55 @@ async def test_a_change_the_service_cannot_take_just_now_keeps_what_was_typed(
     assert now["team_contact"] == "Typed during the outage"
 
 
+async def test_a_change_sent_after_the_session_ended_is_kept_through_sign_in(
+    custodian: httpx.AsyncClient, client: httpx.AsyncClient, world: World
+) -> None:
+    """A session lasts 15 minutes; a change typed for longer is not lost: the sign-in
+    page carries it, and once signed in it is sent again as it was."""
+    entry = await created(client, world, child_body())
+    change_url = f"{REGISTER}/{entry['id']}/change"
+    page = await custodian.get(change_url)
+    custodian.cookies.delete("cpr_session")  # the session's 15 minutes are up
+    typed = {"notes": "A long note, typed slowly", "reason": "strategy meeting"}
+    data = {**_inputs(page), **typed, "categories": ["neglect"], "version": "1"}
+    ended = await custodian.post(change_url, data={**data, "csrf_token": _csrf(page)})
+    assert ended.status_code == 401
+    assert "Your session has ended" in ended.text
+    assert "What you typed is kept" in ended.text
+    carried = re.findall(
+        r'<input type="hidden" name="(resume_[a-z_]+)" value="([^"]*)">', ended.text
+    )
+    assert ("resume_to", change_url) in carried
+    assert ("resume_notes", "A long note, typed slowly") in carried
+    # Kept in the page only: in no cookie.
+    assert not [c for c in ended.headers.get_list("set-cookie") if "typed slowly" in c]
+    credentials = world["custodian_a"].credentials
+    sign_in: dict[str, list[str]] = {
+        "csrf_token": [_csrf(ended)],
+        "username": [credentials["username"]],
+        "password": [credentials["password"]],
+    }
+    for field, value in carried:
+        sign_in.setdefault(field, []).append(value)
+    back = await custodian.post("/web/sign-in", data=sign_in)
+    assert back.status_code == 200, back.text
+    assert "You are signed in again" in back.text
+    form = re.search(rf'<form method="post" action="{change_url}">(.*?)</form>', back.text, re.S)
+    assert form is not None, back.text
+    again: dict[str, list[str]] = {}
+    for field, value in re.findall(
+        r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form.group(1)
+    ):
+        again.setdefault(field, []).append(value)
+    assert "password" not in again
+    saved = await custodian.post(change_url, data=again)
+    assert saved.status_code == 303, saved.text
+    now = (
+        await client.get(f"{ENTRIES}/{entry['id']}", headers=world["custodian_a"].headers)
+    ).json()
+    assert (now["version"], now["notes"]) == (2, "A long note, typed slowly")
+
+
 # --- the list --------------------------------------------------------------------------
 
 

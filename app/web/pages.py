@@ -2,6 +2,7 @@
 words for statuses, categories and purposes, the form check, and the error pages. The
 page modules (app/web/*routes.py) import this, never each other."""
 
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,53 @@ async def typed_again(request: Request) -> list[tuple[str, str]] | None:
     if any(not isinstance(value, str) for _, value in fields):
         return None
     return [(name, str(value)) for name, value in fields if name not in NOT_CARRIED]
+
+
+# The custodian's register forms a sign-in may send again (never the import: a file).
+RESUMABLE = re.compile(
+    r"/web/register/(new|search|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"/(change|review|end|birth))"
+)
+RESUME_PREFIX = "resume_"
+
+
+async def session_ended(request: Request, settings: Settings) -> Response:
+    """A form of the custodian's register sent after the session ended: the sign-in page,
+    carrying what was typed (hidden fields of its CSRF-protected form, as the lookup's
+    are), to be sent again once signed in; else to the sign-in page as before."""
+    fields = await typed_again(request) if RESUMABLE.fullmatch(request.url.path) else None
+    if fields is None:
+        return to_sign_in(settings)
+    minutes = settings.token_ttl_seconds // 60
+    response = render(
+        request,
+        settings,
+        "sign_in.html",
+        status_code=401,
+        title="Sign in",
+        username="",
+        notice=(
+            f"Your session has ended (a session lasts {minutes} minutes); sign in again. "
+            "What you typed is kept, and nothing was saved yet."
+        ),
+        resume={"to": request.url.path, "fields": fields},
+        signed_in=False,
+    )
+    end_session(response, settings)
+    return response
+
+
+def resumed(form: Any) -> tuple[str, list[tuple[str, str]]] | None:
+    """The register form a sign-in carries, to send again: where, and what was typed."""
+    to = str(form.get(RESUME_PREFIX + "to") or "")
+    if not RESUMABLE.fullmatch(to):
+        return None
+    fields = [
+        (name.removeprefix(RESUME_PREFIX), str(value))
+        for name, value in form.multi_items()
+        if name.startswith(RESUME_PREFIX) and name != RESUME_PREFIX + "to"
+    ]
+    return to, fields
 
 
 def error_page(

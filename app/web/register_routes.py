@@ -40,7 +40,14 @@ from app.register.schemas import (
     ReviewRecord,
     VersionRead,
 )
-from app.web.pages import CATEGORIES, SECURITY_HEADERS, form_refused, render, to_sign_in
+from app.web.pages import (
+    CATEGORIES,
+    SECURITY_HEADERS,
+    form_refused,
+    render,
+    session_ended,
+    to_sign_in,
+)
 from app.web.register_forms import (
     CHANGE_FIELDS,
     DATE_HELP,
@@ -80,6 +87,8 @@ async def _admit(
     """The signed-in custodian; else the sign-in page, or a 403 page saying whom to call
     (the refusal on record as the API records it: ``register.refused``)."""
     if signed_in is None:
+        if request.method == "POST":
+            return await session_ended(request, settings)
         return to_sign_in(settings)
     try:
         return await admit_custodian(request, signed_in.principal, session)

@@ -33,6 +33,7 @@ from app.web.pages import (
     UNBORN,
     form_refused,
     render,
+    resumed,
     to_sign_in,
     uk_date,
 )
@@ -129,7 +130,23 @@ async def sign_in(
             carry=carry,
         )
     scopes = set(result.scope.split())
-    if carry and "register:lookup" in scopes:
+    resume = resumed(form)
+    if resume is not None and "register:manage" in scopes:
+        # Back to the register form the session ended on: what was typed, ready to be
+        # sent again as it was (its version still guards against a change meanwhile).
+        to, fields = resume
+        response = render(
+            request,
+            settings,
+            "error.html",
+            title="You are signed in again",
+            message="Nothing was saved yet. Press Try again to send what you typed.",
+            again=fields,
+            action=to,
+            retry=True,
+            signed_in=True,
+        )
+    elif carry and "register:lookup" in scopes:
         # Back to the lookup the session ended on, with what was typed: the values came
         # in this very form, and go back out in the page, stored nowhere else.
         principal = await authenticate(request, session, settings, keyring, result.access_token)
