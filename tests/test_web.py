@@ -244,13 +244,20 @@ async def test_without_a_session_the_pages_send_you_to_sign_in(
 
 
 async def test_a_custodian_cannot_look_up_from_the_page(
-    browser: httpx.AsyncClient, world: World
+    browser: httpx.AsyncClient, world: World, settings: Settings
 ) -> None:
     signed_in = await _sign_in(browser, world, "custodian_a")
     assert signed_in.headers["location"] == "/web/enquiries"
     response = await _look_up(browser, nhs_number=NHS["neglect"])
     assert response.status_code == 403
     assert "On a child protection plan" not in response.text
+    # The page says so and whom to call, offers no form that cannot work, and keeps the
+    # custodian's way back to the register.
+    page = await browser.get("/web/lookup")
+    assert "not a reference point" in page.text
+    assert 'action="/web/lookup"' not in page.text
+    assert 'href="/web/register"' in page.text
+    assert settings.duty_contact_phone in page.text
 
 
 async def test_the_review_page_shows_only_the_custodians_own_children(
@@ -357,6 +364,40 @@ async def test_every_answer_says_whom_to_call_and_which_child_it_is_for(
     # Only what was sent is shown back: no name or date of birth from the register.
     assert "Given name" not in on_plan
     assert "Date of birth" not in on_plan
+
+
+async def test_the_date_of_birth_asked_about_is_shown_dd_mm_yyyy(
+    browser: httpx.AsyncClient, world: World
+) -> None:
+    """The date the officer typed (the date field sends it as YYYY-MM-DD) is shown back
+    as people here read it."""
+    await _sign_in(browser, world, "duty_officer")
+    born = BORN["dup"]
+    answer = _text(
+        _answer(
+            await _look_up(
+                browser, given_name="Ruby", family_name="Shah", date_of_birth=born.isoformat()
+            )
+        )
+    )
+    assert f"Date of birth {born.strftime('%d/%m/%Y')}" in answer
+    assert born.isoformat() not in answer
+
+
+async def test_a_reason_too_short_says_so_not_that_it_is_missing(
+    browser: httpx.AsyncClient, world: World
+) -> None:
+    await _sign_in(browser, world, "duty_officer")
+    short = await _look_up(browser, nhs_number=NHS["neglect"], reason="xy")
+    assert short.status_code == 422
+    field = re.search(r'<p class="field-error" id="reason-error">(.*?)</p>', short.text, re.S)
+    assert field is not None, short.text
+    assert "Too short: at least 3 characters" in field.group(1)
+    assert "This is needed" not in field.group(1)
+    assert ">xy</textarea>" in short.text  # what was typed, kept
+    empty = await _look_up(browser, nhs_number=NHS["neglect"], reason="")
+    assert empty.status_code == 422
+    assert "This is needed" in empty.text
 
 
 async def test_categories_are_shown_in_words(browser: httpx.AsyncClient, world: World) -> None:

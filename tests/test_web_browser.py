@@ -8,9 +8,11 @@ A new page that one GET shows: one line in PAGES. A state that takes more steps:
 journey that brings the browser there, then ``audit(driver, "page-state")``.
 """
 
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,6 +38,7 @@ from tests.browser import (
     to_top,
 )
 from tests.conftest import ACTOR, BORN, NHS, World, person
+from tests.enquiries import fresh_nhs
 from tests.faults import audit_log_unwritable
 from tests.test_lookup import ask
 
@@ -405,6 +408,24 @@ def _register_pages(driver: Any, url: str, credentials: dict[str, str]) -> None:
     audit(driver, "register-new-errors")
     driver.get(f"{url}/web/register/import")
     audit(driver, "register-import")
+    # A file imported: the notice, with the file's 64-hex fingerprint, reflows at 400 %.
+    plan_start = (date.today() - timedelta(days=7)).strftime("%d/%m/%Y")
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as csv_file:
+        csv_file.write(
+            "child_nhs_number,child_given_name,child_family_name,child_date_of_birth,"
+            f"categories,plan_start\n{fresh_nhs()},Imogen,Browserimport,05/06/2019,"
+            f"Neglect,{plan_start}\n"
+        )
+    try:
+        driver.find_element(By.ID, "file").send_keys(csv_file.name)
+        with loads(driver):
+            driver.find_element(
+                By.CSS_SELECTOR, "main form[action='/web/register/import'] button"
+            ).click()
+    finally:
+        Path(csv_file.name).unlink()
+    assert "1 entry imported" in text(driver), text(driver)
+    audit(driver, "register-import-done")
 
 
 async def test_the_register_pages_are_accessible_and_seen(

@@ -3,6 +3,7 @@ enquiries (filters, paging, search by NHS number, export), alerts, notifications
 webhook and the audit log's check; each the API's service and audit events, each refused
 to a duty officer (403, audited) and to a form from elsewhere (CSRF)."""
 
+import asyncio
 import html
 import re
 import secrets
@@ -17,10 +18,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.admin.service import create_organisation, create_user
+from app.audit.chain import CheckpointSigner
 from app.audit.models import AuditEvent
+from app.audit.sealing import Sequencer
+from app.auth.keys import ensure_signing_key
 from app.config import Settings
 from app.db import utcnow
 from app.identity.models import Organisation, OrganisationKind, UserRole
+from app.main import create_app
 from app.notifications.models import Notification, NotificationWebhook
 from tests.conftest import World
 from tests.enquiries import ask, enquirer_id, new_child, seal_and_notify
@@ -558,6 +563,13 @@ async def test_the_webhook_is_set_shown_once_and_removed_as_the_api_does(
     assert refused.status_code == 422
     assert 'id="url-error"' in refused.text
     assert 'href="#url"' in refused.text
+    # A private address: the custodian is told whom to ask, not the operator's setting.
+    private = await browser.post(
+        "/web/webhook", data={"csrf_token": _csrf(page), "url": "https://10.1.2.3/cpr"}
+    )
+    assert private.status_code == 422
+    assert "CPR_WEBHOOK_ALLOWED_HOSTS" not in private.text
+    assert "the service's duty desk" in _text(private.text)
 
     url = f"https://receiver.example.org/cpr-{uuid.uuid4().hex[:6]}"
     forged = await browser.post("/web/webhook", data={"csrf_token": "", "url": url})
@@ -612,6 +624,73 @@ async def test_the_log_page_verifies_the_log_as_the_api_does(
     assert re.search(r"Head \(the hash of the whole chain\) [0-9a-f]{64}", text)
     assert "The latest checkpoint" in text
     assert re.search(r"Signed \d{2}/\d{2}/\d{4} \d{2}:\d{2} UTC", text)
+
+
+async def test_events_only_waiting_for_the_worker_are_a_delay_not_an_alteration(
+    fresh_settings: Settings,
+) -> None:
+    """With the worker stopped, the page says the sealing is behind and whom to call to
+    start it, once, with when it stopped: not that the log was altered."""
+    settings = fresh_settings.model_copy(update={"sealing_delay_seconds": 1})
+    signer = CheckpointSigner.from_file(
+        settings.checkpoint_key_path, settings.audit_log_origin, create=True
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        sessionmaker = app.state.sessionmaker
+        sequencer = Sequencer(sessionmaker, signer, settings)  # the worker, run once
+        async with sessionmaker() as session:
+            await ensure_signing_key(session, settings.key_dir, actor="test:setup")
+            await session.commit()
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.23", 50023))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as web:
+            await _new_authority(sessionmaker, web)
+            await sequencer.run_once(checkpoint=True)
+            assert "Verified: no alteration found" in _text((await web.get("/web/log")).text)
+            for _ in range(3):  # events written and never sealed: no worker runs
+                assert (await web.get("/web/enquiries")).status_code == 200
+            await asyncio.sleep(1.5)
+            page = await web.get("/web/log")
+    assert page.status_code == 200, page.text
+    text = _text(page.text)
+    assert "events waiting to be sealed" in text
+    assert re.search(r"the oldest event has waited since \d{2}/\d{2}/\d{4} \d{2}:\d{2} UTC", text)
+    assert settings.duty_contact_phone in text
+    assert "Not verified" not in text
+    assert "information governance" not in text
+    assert "event queued at" not in text  # no machine timestamps, no ids
+
+
+async def test_a_web_users_role_is_shown_in_words(
+    app: FastAPI,
+    browser: httpx.AsyncClient,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    _, nhs = await new_child(sessionmaker, world.orgs["authority_a"])
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.24", 50024))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as officer:
+        await _sign_in(officer, world, "duty_officer")
+        form = await officer.get("/web/lookup")
+        answer = await officer.post(
+            "/web/lookup",
+            data={
+                "csrf_token": _csrf(form),
+                "nhs_number": nhs,
+                "purpose": "out_of_hours_referral",
+                "reason": "role in words",
+            },
+        )
+        assert answer.status_code == 200, answer.text
+    await _sign_in(browser, world, "custodian_a")
+    page = await browser.get("/web/enquiries")
+    found = await browser.post(
+        "/web/enquiries/search", data={"csrf_token": _csrf(page), "nhs_number": nhs}
+    )
+    assert found.status_code == 200, found.text
+    text = _text(found.text)
+    assert "(duty officer)" in text
+    assert "(duty_officer)" not in text
 
 
 # --- who may ------------------------------------------------------------------------------

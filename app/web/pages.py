@@ -2,6 +2,7 @@
 words for statuses, categories and purposes, the form check, and the error pages. The
 page modules (app/web/*routes.py) import this, never each other."""
 
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from app.errors import ProblemError, allowed_methods
 from app.lookup.purposes import PURPOSE_WORDS as PURPOSE_WORDS  # the page modules use it
 from app.register.models import Category
 from app.web.session import (
+    CSRF_FIELD,
     SESSION_COOKIE,
     check_form,
     csrf_token,
@@ -47,6 +49,19 @@ def uk_date(value: date | datetime | str | None) -> str:
     return value.strftime("%d/%m/%Y")
 
 
+# A web user's role as the log records it (app/identity/models.py's UserRole), in words;
+# a system's member of staff's role is the system's own text and is shown as sent.
+ROLE_WORDS = {
+    "duty_officer": "duty officer",
+    "custodian": "custodian",
+    "operator": "service operator",
+}
+
+
+def role_words(role: str | None) -> str:
+    return ROLE_WORDS.get(role or "", role or "")
+
+
 # The custodian's pages, in the order of the navigation bar (base.html).
 CUSTODIAN_NAV = (
     ("/web/register", "Register"),
@@ -60,6 +75,7 @@ CUSTODIAN_NAV = (
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["uk_date"] = uk_date
+templates.env.filters["role_words"] = role_words
 STYLESHEET = (HERE / "static" / "app.css").read_text()
 
 # No script, no framing, no other origin: the pages need nothing else.
@@ -166,7 +182,81 @@ def is_web(request: Request) -> bool:
     return path == "/web" or path.startswith("/web/")
 
 
-def error_page(request: Request, status: int, detail: str | None = None) -> Response:
+# Never sent back in a page: the password (and the form's token, which is made afresh).
+NOT_CARRIED = frozenset({CSRF_FIELD, "password"})
+
+
+async def typed_again(request: Request) -> list[tuple[str, str]] | None:
+    """What a form of our own pages carried when the service could not answer it, to be
+    sent again by *Try again* (hidden fields of a CSRF-protected form, as the sign-in
+    page carries a lookup): nothing typed is lost to an outage. None for a GET, a form
+    from elsewhere, or one with a file (a browser cannot be handed a file back)."""
+    if request.method != "POST" or request.url.path in ("/web/sign-in", "/web/sign-out"):
+        return None
+    try:
+        form = await request.form()
+        check_form(request, form.get(CSRF_FIELD))
+    except Exception:  # unreadable, or not our own form: nothing is carried
+        return None
+    fields = list(form.multi_items())
+    if any(not isinstance(value, str) for _, value in fields):
+        return None
+    return [(name, str(value)) for name, value in fields if name not in NOT_CARRIED]
+
+
+# The custodian's register forms a sign-in may send again (never the import: a file).
+RESUMABLE = re.compile(
+    r"/web/register/(new|search|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"/(change|review|end|birth))"
+)
+RESUME_PREFIX = "resume_"
+
+
+async def session_ended(request: Request, settings: Settings) -> Response:
+    """A form of the custodian's register sent after the session ended: the sign-in page,
+    carrying what was typed (hidden fields of its CSRF-protected form, as the lookup's
+    are), to be sent again once signed in; else to the sign-in page as before."""
+    fields = await typed_again(request) if RESUMABLE.fullmatch(request.url.path) else None
+    if fields is None:
+        return to_sign_in(settings)
+    minutes = settings.token_ttl_seconds // 60
+    response = render(
+        request,
+        settings,
+        "sign_in.html",
+        status_code=401,
+        title="Sign in",
+        username="",
+        notice=(
+            f"Your session has ended (a session lasts {minutes} minutes); sign in again. "
+            "What you typed is kept, and nothing was saved yet."
+        ),
+        resume={"to": request.url.path, "fields": fields},
+        signed_in=False,
+    )
+    end_session(response, settings)
+    return response
+
+
+def resumed(form: Any) -> tuple[str, list[tuple[str, str]]] | None:
+    """The register form a sign-in carries, to send again: where, and what was typed."""
+    to = str(form.get(RESUME_PREFIX + "to") or "")
+    if not RESUMABLE.fullmatch(to):
+        return None
+    fields = [
+        (name.removeprefix(RESUME_PREFIX), str(value))
+        for name, value in form.multi_items()
+        if name.startswith(RESUME_PREFIX) and name != RESUME_PREFIX + "to"
+    ]
+    return to, fields
+
+
+def error_page(
+    request: Request,
+    status: int,
+    detail: str | None = None,
+    again: list[tuple[str, str]] | None = None,
+) -> Response:
     settings: Settings = request.app.state.settings
     title, message = ERROR_PAGES.get(status, ERROR_PAGES[500 if status >= 500 else 400])
     response = render(
@@ -176,6 +266,11 @@ def error_page(request: Request, status: int, detail: str | None = None) -> Resp
         status_code=status,
         title=title,
         message=detail or message,
+        # A page the service could not give just now: offer it again (a GET is reloaded,
+        # a form is sent again with what was typed).
+        retry=status == 503,
+        again=again,
+        action=request.url.path,
     )
     if status == 405:
         response.headers["Allow"] = ", ".join(allowed_methods(request))
@@ -209,10 +304,11 @@ def install_error_pages(app: FastAPI) -> None:
             if isinstance(exc, ProblemError):
                 if exc.code == "form_refused":
                     return error_page(request, 403, exc.detail)
-                return error_page(request, exc.status)
+                again = await typed_again(request) if exc.status == 503 else None
+                return error_page(request, exc.status, again=again)
             if isinstance(exc, DATABASE_ERRORS):
                 log.error("database_unavailable", error_type=type(exc).__name__)
-                return error_page(request, 503)
+                return error_page(request, 503, again=await typed_again(request))
             log.error("unhandled_error", error_type=type(exc).__name__)
             return error_page(request, 500)
 

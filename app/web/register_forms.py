@@ -18,7 +18,7 @@ from app.register.schemas import (
     ReviewRecord,
     VersionRead,
 )
-from app.web.pages import uk_date
+from app.web.pages import CATEGORIES, uk_date
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -252,6 +252,11 @@ def refusal(problem: ProblemError, whole: str) -> tuple[dict[str, str], dict[str
         summary = {"title": problem.title, "detail": problem.detail}
     if problem.code == "already_registered" and problem.errors:
         summary["existing"] = problem.errors[0].get("entry_id")
+        # The API's detail names the entry by its id; the page links to it instead.
+        summary["detail"] = (
+            "This child already has a live plan on your register, so nothing was saved. "
+            "Open that entry to change it, or end it before putting the child on again."
+        )
     return errors, summary
 
 
@@ -288,6 +293,52 @@ def form_of(entry: EntryRead) -> dict[str, Any]:
     form["categories"] = [category.value for category in entry.categories]
     form["reason"] = ""
     return form
+
+
+def _comparable(field: str, value: Any) -> Any:
+    """A form value as it compares: dates whichever way they were typed, categories in
+    any order."""
+    if isinstance(value, list):
+        return sorted(value)
+    text = str(value or "").strip()
+    if field in DATE_FIELDS:
+        return iso_date(text) or text
+    return text
+
+
+def _quoted(value: Any) -> str:
+    if isinstance(value, list):
+        words = [CATEGORIES.get(str(item)) or str(item) for item in value]
+        return ", ".join(words) or "none"
+    return f"“{value}”" if value else "empty"
+
+
+def merged_after_conflict(
+    typed: dict[str, Any], loaded: EntryRead | None, now: EntryRead
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A change typed against the version ``loaded`` when the entry is now at ``now``: the
+    form for the new version, with the other person's changes in the fields this one left
+    as they were, and this one's changes on top; and, beside each field both changed
+    differently, what it is now and what was typed (the typed value kept in the form).
+    Without the loaded version, what was typed, as it was."""
+    if loaded is None:
+        return typed, {}
+    before, current = form_of(loaded), form_of(now)
+    merged, clashes = dict(typed), {}
+    for field in (*ENTRY_FIELDS, "categories"):
+        if field == "last_review":
+            continue
+        mine = _comparable(field, typed.get(field))
+        was = _comparable(field, before.get(field))
+        theirs = _comparable(field, current.get(field))
+        if mine == was:
+            merged[field] = current.get(field, "")
+        elif theirs not in (was, mine):
+            clashes[field] = (
+                f"Changed meanwhile to {_quoted(current.get(field))}; you typed "
+                f"{_quoted(typed.get(field))} (kept below). Keep the one that is right."
+            )
+    return merged, clashes
 
 
 def version_of(form: FormData) -> int | None:

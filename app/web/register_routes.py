@@ -40,9 +40,17 @@ from app.register.schemas import (
     ReviewRecord,
     VersionRead,
 )
-from app.web.pages import CATEGORIES, SECURITY_HEADERS, form_refused, render, to_sign_in
+from app.web.pages import (
+    CATEGORIES,
+    SECURITY_HEADERS,
+    form_refused,
+    render,
+    session_ended,
+    to_sign_in,
+)
 from app.web.register_forms import (
     CHANGE_FIELDS,
+    DATE_HELP,
     END_REASONS,
     ENTRY_FIELDS,
     LABELS,
@@ -50,6 +58,7 @@ from app.web.register_forms import (
     entry_body,
     form_of,
     in_form_order,
+    merged_after_conflict,
     parsed_date,
     refusal,
     step_body,
@@ -65,6 +74,8 @@ PAGE_SIZE = 25
 STATUSES: dict[str, str] = {"active": "Active plans", "ended": "Ended plans", "all": "All plans"}
 STATUS_FILTERS: dict[str, StatusFilter] = {"active": "active", "ended": "ended", "all": "all"}
 CONFLICT = "Someone changed this entry while you were editing"
+# A search by name needs all three (EntrySearch).
+NAME_SEARCH = ("given_name", "family_name", "date_of_birth")
 
 
 # --- who may use the pages -------------------------------------------------------------
@@ -76,6 +87,8 @@ async def _admit(
     """The signed-in custodian; else the sign-in page, or a 403 page saying whom to call
     (the refusal on record as the API records it: ``register.refused``)."""
     if signed_in is None:
+        if request.method == "POST":
+            return await session_ended(request, settings)
         return to_sign_in(settings)
     try:
         return await admit_custodian(request, signed_in.principal, session)
@@ -233,9 +246,20 @@ async def search(
     }
     query = validated(EntrySearch, raw, errors, whole="nhs_number")
     if errors and "nhs_number" in errors and not typed["nhs_number"]:
-        errors["nhs_number"] = (
-            "Enter the NHS number, or the given name, family name and date of birth."
-        )
+        missing = [field for field in NAME_SEARCH if not typed[field]]
+        if len(missing) < len(NAME_SEARCH):
+            # Some of the names and date typed: say which are missing, beside them.
+            del errors["nhs_number"]
+            for field in missing:
+                errors.setdefault(
+                    field,
+                    "This is needed to search by name, or search by the NHS number alone."
+                    + (f" {DATE_HELP}" if field == "date_of_birth" else ""),
+                )
+        else:
+            errors["nhs_number"] = (
+                "Enter the NHS number, or the given name, family name and date of birth."
+            )
     context: dict[str, Any] = {
         "title": "Your authority's register",
         "filters": {"status": "active", "overdue": False, "paged": False},
@@ -507,12 +531,22 @@ async def _locked(
     return entry, None
 
 
-def _conflict(shown: EntryRead) -> dict[str, Any]:
-    return {
-        "title": CONFLICT,
-        "detail": "The entry as it is now is shown below, and what you typed is kept in the "
-        "form. Check your change against the current values, then save again.",
-    }
+def _conflict(
+    shown: EntryRead, clashes: dict[str, str] | None = None, *, merged: bool = False
+) -> dict[str, Any]:
+    if not merged:
+        detail = (
+            "Nothing was saved. The entry as it is now is shown below, and what you typed "
+            "is kept in the form. Check it against the entry, then send it again."
+        )
+    else:
+        detail = (
+            "Nothing was saved. The entry as it is now is shown below; the form has their "
+            "changes, and yours on top of them. Check it, then save again."
+        )
+    if clashes:
+        detail += " You both changed the fields listed here: choose the right value in each."
+    return {"title": CONFLICT, "detail": detail, "fields": clashes or {}}
 
 
 @router.post("/web/register/{entry_id:uuid}/change")
@@ -535,14 +569,22 @@ async def change(
     entry, now = locked
     typed = typed_values(form, CHANGE_FIELDS)
     if now is not None:
+        # Saving what was typed as it stands would put back, unseen, every field the
+        # other person changed: the form for the new version takes their changes where
+        # this one left a field as it was loaded, and says where both changed one.
+        loaded_at = version_of(form)
+        versions = await reads.history(session, request, admitted, entry)
+        loaded = next((item.entry for item in versions if item.version == loaded_at), None)
+        merged, clashes = merged_after_conflict(typed, loaded, now)
         return _change_form(
             request,
             settings,
             admitted,
             now,
-            form=typed,
+            form=merged,
             status_code=409,
-            error=_conflict(now),
+            errors=clashes,
+            error=_conflict(now, in_form_order(clashes), merged=True),
             current=now,
         )
     shown = reads.current(entry)

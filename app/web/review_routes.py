@@ -9,6 +9,7 @@ and webhook_settings.py's, the log's check app/audit/verify.py's. A child's NHS 
 only ever travels in a POST body, never in a URL.
 """
 
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
@@ -34,7 +35,7 @@ from app.audit.review import (
     list_page,
     search_page,
 )
-from app.audit.verify import newest_checkpoint, verify_served_log
+from app.audit.verify import Finding, newest_checkpoint, verify_served_log
 from app.auth.principals import Principal
 from app.config import Settings
 from app.deps import SessionDep, SettingsDep
@@ -844,6 +845,13 @@ async def webhook_set(
         why = problem.detail or next(
             (str(error.get("msg", "")) for error in problem.errors or ()), "Not accepted"
         )
+        # The service's words name its setting for the operator; a custodian is told whom
+        # to ask instead.
+        why = why.replace(
+            "an operator may allow it (CPR_WEBHOOK_ALLOWED_HOSTS)",
+            f"the service's duty desk ({settings.duty_contact_name}, "
+            f"{settings.duty_contact_phone}) can allow it if your receiver is meant to be there",
+        )
         fields = {"url": f"{why[:1].upper()}{why[1:]}. {FIELD_HELP['url']}".replace("..", ".")}
     if fields:
         return await _webhook(
@@ -917,6 +925,7 @@ async def log_page(
         )
     report = await verify_served_log(session, request.app.state.sessionmaker, settings, verifier)
     checkpoint = await newest_checkpoint(session)
+    waiting, queued = _waiting(report.findings)
     return _page(
         request,
         settings,
@@ -927,4 +936,28 @@ async def log_page(
         checkpoint=checkpoint,
         finding_words=FINDING_WORDS,
         desk_contact=desk,
+        # Events only waiting for the worker are a delay, not an alteration: said once,
+        # apart from what would be tampering.
+        waiting=waiting,
+        waiting_since=min(queued) if queued else None,
+        altered=[finding for finding in report.findings if finding not in waiting],
     )
+
+
+# app/audit/verify.py's words for an event still queued for sealing (its time in them).
+_QUEUED = re.compile(r"^event queued at (\S+) and still not sealed")
+
+
+def _waiting(findings: list[Finding]) -> tuple[list[Finding], list[datetime]]:
+    """The findings that are events still queued for sealing, and when each was queued."""
+    waiting, queued = [], []
+    for finding in findings:
+        found = _QUEUED.match(finding.detail) if finding.kind == "unsealed" else None
+        if found is None:
+            continue
+        try:
+            queued.append(datetime.fromisoformat(found[1]))
+        except ValueError:
+            continue
+        waiting.append(finding)
+    return waiting, queued

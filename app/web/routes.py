@@ -3,6 +3,7 @@ code: the sign-in is the password grant, the lookup is answer_enquiry, so every 
 every audit event is the API's. The custodian's review pages are app/web/review_routes.py."""
 
 import json
+import re
 from typing import Any
 
 import structlog
@@ -32,7 +33,9 @@ from app.web.pages import (
     UNBORN,
     form_refused,
     render,
+    resumed,
     to_sign_in,
+    uk_date,
 )
 from app.web.session import (
     CSRF_FIELD,
@@ -127,7 +130,23 @@ async def sign_in(
             carry=carry,
         )
     scopes = set(result.scope.split())
-    if carry and "register:lookup" in scopes:
+    resume = resumed(form)
+    if resume is not None and "register:manage" in scopes:
+        # Back to the register form the session ended on: what was typed, ready to be
+        # sent again as it was (its version still guards against a change meanwhile).
+        to, fields = resume
+        response = render(
+            request,
+            settings,
+            "error.html",
+            title="You are signed in again",
+            message="Nothing was saved yet. Press Try again to send what you typed.",
+            again=fields,
+            action=to,
+            retry=True,
+            signed_in=True,
+        )
+    elif carry and "register:lookup" in scopes:
         # Back to the lookup the session ended on, with what was typed: the values came
         # in this very form, and go back out in the page, stored nowhere else.
         principal = await authenticate(request, session, settings, keyring, result.access_token)
@@ -250,6 +269,7 @@ def _lookup_form(
         settings,
         "lookup.html",
         status_code=status_code,
+        principal=principal,  # a custodian who comes here keeps the way back to their pages
         title="Is this child on a plan?",
         who=principal.display_name if principal is not None else None,
         form=form,
@@ -269,7 +289,7 @@ def _enquiry(form: dict[str, str]) -> bytes:
     return json.dumps(body).encode()
 
 
-def _field_errors(problem: ProblemError) -> dict[str, str]:
+def _field_errors(problem: ProblemError, form: dict[str, str]) -> dict[str, str]:
     """The refusal's errors by form field (a validation error's loc, or a refusal that is
     about one field), each in plain words: what is wrong, then what to enter."""
     if problem.code == "purpose_not_allowed":
@@ -285,8 +305,11 @@ def _field_errors(problem: ProblemError) -> dict[str, str]:
         if field is None or field in fields:
             continue
         why = str(error.get("msg", "")).removeprefix("Value error, ").strip()
-        if error.get("type") in ("missing", "string_too_short"):
+        if error.get("type") == "missing" or not form.get(field):
             why = "This is needed"
+        elif error.get("type") == "string_too_short":
+            least = re.search(r"at least (\d+) character", why)
+            why = f"Too short: at least {least[1]} characters" if least else "Too short"
         elif error.get("type") == "extra_forbidden" or not why:
             why = "This was not accepted"
         if field == "subject":  # the rule itself is the help: said once
@@ -339,7 +362,7 @@ async def lookup(request: Request, settings: SettingsDep, signed_in: SignedInDep
     try:
         answer = await answer_enquiry(request, token, _enquiry(form))
     except ProblemError as problem:
-        field_errors = _field_errors(problem)
+        field_errors = _field_errors(problem, form)
         error: dict[str, Any]
         if field_errors:
             error = {"title": "Check the details", "detail": None, "fields": field_errors}
@@ -361,6 +384,10 @@ async def lookup(request: Request, settings: SettingsDep, signed_in: SignedInDep
         return response
     # The identifiers the officer sent are shown beside the answer (they sent them), so
     # it is plain which child it is for; the form itself starts blank again.
-    asked = [(FIELD_LABELS[field], form[field]) for field in SUBJECT_FIELDS if form[field]]
+    asked = [
+        (FIELD_LABELS[field], uk_date(form[field]) if field == "date_of_birth" else form[field])
+        for field in SUBJECT_FIELDS
+        if form[field]
+    ]
     blank = dict.fromkeys(LOOKUP_FIELDS, "") | {"purpose": form["purpose"]}
     return _lookup_form(request, settings, principal, form=blank, answer=answer, asked=asked)
