@@ -14,10 +14,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditEvent
+from app.config import Settings
 from app.register.models import RegisterEntry, RegisterEntryVersion
 from app.register.rules import add_months
 from tests.conftest import BORN, NHS, World
 from tests.enquiries import ask, fresh_nhs
+from tests.faults import audit_log_unwritable
 
 TODAY = date.today()
 ENTRIES = "/v1/register/entries"
@@ -714,3 +716,29 @@ async def test_search_finds_a_child_by_nhs_number_or_names_in_the_body(
         headers=world["custodian_a"].headers,
     )
     assert partial.status_code == 422
+
+
+async def test_a_change_the_log_refuses_is_an_outage_not_a_duplicate_child(
+    client: httpx.AsyncClient,
+    world: World,
+    settings: Settings,
+    admin_sessionmaker: async_sessionmaker[AsyncSession],
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Only the one-live-plan index's refusal is "already on the register": the audit
+    log refusing the change's event (on SQLite an integrity error too) is a 503, and
+    nothing is written."""
+    body = child_body()
+    async with audit_log_unwritable(admin_sessionmaker, settings):
+        refused = await create(client, world, body)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == "service_unavailable"
+    async with sessionmaker() as session:
+        stored = await session.scalar(
+            select(func.count())
+            .select_from(RegisterEntry)
+            .where(RegisterEntry.subject_nhs_number == body["child"]["nhs_number"])
+        )
+    assert stored == 0
+    # And once the log takes writes again, the same child goes on the register.
+    assert (await create(client, world, body)).status_code == 201

@@ -9,12 +9,13 @@ Every refusal is a ProblemError with the API's status and code.
 
 from datetime import date, timedelta
 
+import structlog
 from fastapi import Request
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.service import commit_or_fail_closed
+from app.audit.service import audit_unavailable, commit_or_fail_closed
 from app.auth.principals import Principal
 from app.errors import ProblemError, safe_validation_errors
 from app.register.models import RegisterEntry
@@ -84,6 +85,9 @@ def require_live(entry: RegisterEntry, today: date) -> None:
         )
 
 
+log = structlog.get_logger()
+
+
 async def save(session: AsyncSession) -> None:
     """Flush first: a unique index that catches a duplicate the checks missed is a 409.
     Then commit, the audit events with the change, or 503 (fail closed)."""
@@ -91,6 +95,11 @@ async def save(session: AsyncSession) -> None:
         await session.flush()
     except IntegrityError as exc:
         await session.rollback()
+        if not _one_live_plan(exc):
+            # Not the duplicate the index guards against: a write refused for another
+            # reason (the log's own guard, say) is an outage, said as one (503).
+            log.error("register_write_failed", error_type=type(exc.orig).__name__)
+            raise audit_unavailable() from exc
         raise ProblemError(
             409,
             "Already on the register",
@@ -98,6 +107,21 @@ async def save(session: AsyncSession) -> None:
             code="already_registered",
         ) from exc
     await commit_or_fail_closed(session)
+
+
+# How each database names the one-live-plan index when it refuses a duplicate.
+_LIVE_PLAN_INDEX = "uq_register_entries_live_nhs_number"
+_SQLITE_LIVE_PLAN = (
+    "UNIQUE constraint failed: register_entries.authority_id, "
+    "register_entries.subject_nhs_number, register_entries.unborn"
+)
+
+
+def _one_live_plan(exc: IntegrityError) -> bool:
+    """The refusal is the one-live-plan unique index's (PostgreSQL names the index;
+    SQLite its columns), not any other constraint or trigger."""
+    message = str(exc.orig)
+    return _LIVE_PLAN_INDEX in message or _SQLITE_LIVE_PLAN in message
 
 
 async def create(
