@@ -64,6 +64,8 @@ from app.config import Settings
 from app.db import utcnow
 from app.errors import ProblemError
 from app.identity.models import Organisation
+from app.lookup.purposes import PURPOSE_WORDS
+from app.register.csvformat import plural
 from app.register.schemas import plausible_date
 
 MAX_PERIOD = timedelta(days=31)
@@ -443,12 +445,15 @@ _REFUSAL_GROUPS = {
 
 
 def _refusal_detail(kind: AlertKind, group: Any) -> str:
+    refused = plural(group.refused, "lookup")
+    were = "was" if group.refused == 1 else "were"
     if kind is AlertKind.volume_limit_client:
-        return f"{group.refused} lookups by one system were refused at its volume limit."
+        return f"{refused} by one system {were} refused at its volume limit."
     if kind is AlertKind.volume_limit_enquirer:
-        return f"{group.refused} lookups by one enquirer were refused at their volume limit."
+        return f"{refused} by one enquirer {were} refused at their volume limit."
+    purpose = PURPOSE_WORDS.get(group.purpose, group.purpose)
     return (
-        f"{group.refused} lookups were refused for giving purpose {group.purpose!r}, "
+        f'{refused} {were} refused for giving the purpose "{purpose}", '
         "which the organisation may not give."
     )
 
