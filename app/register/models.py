@@ -35,6 +35,19 @@ class EndReason(StrEnum):
     transferred = "transferred"
 
 
+# The grounds in words, for the end form and the entry's history.
+END_REASON_WORDS = {
+    EndReason.no_longer_at_risk.value: "No longer at risk of significant harm",
+    EndReason.abusing_adult_left.value: "The adult posing the risk has left the household",
+    EndReason.looked_after.value: "Now looked after by the local authority",
+    EndReason.cared_for_by_relatives.value: "Now cared for by relatives",
+    EndReason.reached_18.value: "Reached 18",
+    EndReason.died.value: "Died",
+    EndReason.moved_out_of_area.value: "Moved out of the area",
+    EndReason.transferred.value: "Transferred to another authority",
+}
+
+
 class RegisterEntry(Base):
     """One child on one plan, as it stands now.
 

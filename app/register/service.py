@@ -19,7 +19,13 @@ from app.audit.service import request_context
 from app.auth.principals import Principal
 from app.db import utcnow
 from app.register.identifiers import eighteenth_birthday, match_key
-from app.register.models import Category, EndReason, RegisterEntry, RegisterEntryVersion
+from app.register.models import (
+    END_REASON_WORDS,
+    Category,
+    EndReason,
+    RegisterEntry,
+    RegisterEntryVersion,
+)
 from app.register.queries import live, only, own_entries
 from app.register.rules import default_next_review
 from app.register.schemas import EntryCreate, Person
@@ -196,7 +202,7 @@ def record_review(
 ) -> None:
     entry.last_review = held_on
     entry.next_review = next_review or default_next_review(entry.plan_start, held_on)
-    reason = f"review conference held {held_on.isoformat()}" + (f": {note}" if note else "")
+    reason = f"review conference held {held_on:%d/%m/%Y}" + (f": {note}" if note else "")
     _new_version(session, entry, actor=actor, reason=reason, event_type="register.entry_reviewed")
 
 
@@ -211,7 +217,8 @@ def end_entry(
 ) -> None:
     entry.ended_on = ended_on
     entry.end_reason = EndReason(reason).value
-    because = f"plan ended: {reason}" + (f": {note}" if note else "")
+    grounds = END_REASON_WORDS[EndReason(reason).value]
+    because = f"plan ended: {grounds}" + (f": {note}" if note else "")
     _new_version(session, entry, actor=actor, reason=because, event_type="register.entry_ended")
 
 

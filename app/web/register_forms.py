@@ -10,7 +10,6 @@ from starlette.datastructures import FormData
 
 from app.errors import ProblemError
 from app.register.csvformat import PERSON_FIELDS, column_of, iso_date
-from app.register.models import EndReason
 from app.register.schemas import (
     BirthRecord,
     EntryEnd,
@@ -21,18 +20,6 @@ from app.register.schemas import (
 from app.web.pages import CATEGORIES, uk_date
 
 M = TypeVar("M", bound=BaseModel)
-
-
-END_REASONS = {
-    EndReason.no_longer_at_risk.value: "No longer at risk of significant harm",
-    EndReason.abusing_adult_left.value: "The adult posing the risk has left the household",
-    EndReason.looked_after.value: "Now looked after by the local authority",
-    EndReason.cared_for_by_relatives.value: "Now cared for by relatives",
-    EndReason.reached_18.value: "Reached 18",
-    EndReason.died.value: "Died",
-    EndReason.moved_out_of_area.value: "Moved out of the area",
-    EndReason.transferred.value: "Transferred to another authority",
-}
 
 
 PEOPLE = {"child": "Child's", "mother": "Mother's"}

@@ -28,7 +28,7 @@ from app.identity.models import User
 from app.register import reads, transfer, writes
 from app.register.csvformat import IMPORT_COLUMNS, PERSON_FIELDS, plural
 from app.register.deps import admit_custodian, load_entry
-from app.register.models import Category, RegisterEntry
+from app.register.models import END_REASON_WORDS, Category, RegisterEntry
 from app.register.queries import StatusFilter
 from app.register.schemas import (
     BirthRecord,
@@ -51,7 +51,6 @@ from app.web.pages import (
 from app.web.register_forms import (
     CHANGE_FIELDS,
     DATE_HELP,
-    END_REASONS,
     ENTRY_FIELDS,
     LABELS,
     changes_in_words,
@@ -179,7 +178,7 @@ def _page(
         who=custodian.display_name,
         labels=LABELS,
         categories=CATEGORIES,
-        end_reasons=END_REASONS,
+        end_reasons=END_REASON_WORDS,
         **context,
     )
 
