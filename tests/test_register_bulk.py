@@ -238,6 +238,8 @@ async def test_categories_in_words_and_uk_dates_are_accepted(
         ({"child_date_of_birth": "12/25/2020"}, "child_date_of_birth", "DD/MM/YYYY"),
         ({"child_date_of_birth": "25/12/1890"}, "child_date_of_birth", "from 1900-01-01"),
         ({"categories": "Neglect;bullying"}, "categories", "neglect, physical abuse, sexual abuse"),
+        # Left empty: needed, not "not a date".
+        ({"plan_start": ""}, "plan_start", "is needed"),
     ],
 )
 async def test_a_cell_that_is_refused_says_what_is_accepted(

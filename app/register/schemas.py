@@ -33,6 +33,8 @@ def plausible_date(value: date, today: date) -> date:
 def _iso_date_only(value: object) -> object:
     """A date as YYYY-MM-DD, nothing looser: pydantic would also take 0 (1970-01-01), a
     timestamp or a midnight datetime, none of which a custodian means as a date."""
+    if value is None or value == "":
+        raise ValueError("is needed: a date")  # an empty cell or field, not a wrong one
     if isinstance(value, datetime) or not isinstance(value, (str, date)):
         raise ValueError("must be a date as YYYY-MM-DD")
     if isinstance(value, str) and not _ISO_DATE.fullmatch(value):
