@@ -61,6 +61,7 @@ from app.web.pages import (
     form_refused,
     render,
     to_sign_in,
+    uk_date,
 )
 from app.web.session import CSRF_FIELD, SignedIn, SignedInDep
 
@@ -205,18 +206,9 @@ FINDING_WORDS = {
 }
 
 
-def when(value: datetime | None) -> str:
-    """DD/MM/YYYY HH:MM in UTC (the templates say UTC beside it)."""
-    if value is None:
-        return ""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%d/%m/%Y %H:%M")
-
-
 def _words() -> dict[str, Any]:
     return {
-        "when": when,
+        "when": uk_date,
         "categories": CATEGORIES,
         "purpose_words": PURPOSE_WORDS,
         "outcome_words": OUTCOME_WORDS,
