@@ -133,7 +133,7 @@ def body_columns(custodian: uuid.UUID, other: uuid.UUID) -> dict[str, str]:
     trigger writes audit_event_authorities), the rest not found."""
     big = f"(i % 3 = 0 AND (i / 3) % {BIG_SHARE} = 0)"
     refer = "(i % 50 = 25)"
-    several = "(i % 200 = 25)"
+    several = "(i % 5000 = 25)"
     matched = (
         f"json_build_object('matched', json_build_array("
         f"json_build_object('entry_id', e.id, 'version', 1, 'authority_id', '{custodian}'),"
