@@ -76,7 +76,9 @@ bench-growth: $(BENCH_STAMP)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python -m bench.growth --sizes $(GROWTH_SMALL),$(GROWTH_EVENTS) --verify
 	BENCH_BACKENDS=postgresql BENCH_CONNECTIONS=32 BENCH_HISTORY=$(GROWTH_SMALL) $(BIN)/python -m bench.run
+	cp var/bench/results.md var/bench/results-history-$(GROWTH_SMALL).md
 	BENCH_BACKENDS=postgresql BENCH_CONNECTIONS=32 BENCH_HISTORY=$(GROWTH_EVENTS) $(BIN)/python -m bench.run
+	cp var/bench/results.md var/bench/results-history-$(GROWTH_EVENTS).md
 
 # Issue 11: the long fault-injection variants (tests/test_production_faults.py, marker
 # `chaos`; `make test` runs the short ones): a private PostgreSQL 15 cluster stopped, frozen
