@@ -8,7 +8,7 @@ PORT ?= 8000
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run test lint browser front openapi bench chaos fuzz clean
+.PHONY: install run test lint browser front openapi bench bench-growth chaos fuzz clean
 
 # Installs the lock, not the ranges: requirements/dev.txt pins every package (the runtime
 # set, the dev extras and the tools make test runs) with its files' hashes; pyproject.toml
@@ -76,6 +76,21 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python -m bench.run
+
+# Issue 18: what the log's size costs (docs/performance.md, "Costs as the log grows"): a
+# small log (GROWTH_SMALL events) and a grown one (GROWTH_EVENTS, 2 million; 10 million
+# in a long run) side by side, on PostgreSQL: sealing, the volume limits, every custodian
+# read (p50/p99, buffers), verification; then the lookup under load (sealing on) over a
+# log of GROWTH_EVENTS past lookups, against `make bench`'s own 20,000.
+GROWTH_EVENTS ?= 2000000
+GROWTH_SMALL ?= 20000
+bench-growth: $(BENCH_STAMP)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python -m bench.growth --sizes $(GROWTH_SMALL),$(GROWTH_EVENTS) --verify
+	BENCH_BACKENDS=postgresql BENCH_CONNECTIONS=32 BENCH_HISTORY=$(GROWTH_SMALL) $(BIN)/python -m bench.run
+	cp var/bench/results.md var/bench/results-history-$(GROWTH_SMALL).md
+	BENCH_BACKENDS=postgresql BENCH_CONNECTIONS=32 BENCH_HISTORY=$(GROWTH_EVENTS) $(BIN)/python -m bench.run
+	cp var/bench/results.md var/bench/results-history-$(GROWTH_EVENTS).md
 
 # Issue 11: the long fault-injection variants (tests/test_production_faults.py, marker
 # `chaos`; `make test` runs the short ones): a private PostgreSQL 15 cluster stopped, frozen

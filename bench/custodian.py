@@ -42,7 +42,7 @@ from app.audit.review import (
 from app.auth.principals import Principal
 from app.config import Settings
 from app.identity.models import Organisation, OrganisationKind
-from app.notifications.routes import NotificationQuery, list_notifications
+from app.notifications.service import NotificationQuery, notification_page
 from app.register.models import RegisterEntry, RegisterEntryVersion
 from bench.seed import _entry_rows, nhs_numbers
 
@@ -133,7 +133,7 @@ def body_columns(custodian: uuid.UUID, other: uuid.UUID) -> dict[str, str]:
     trigger writes audit_event_authorities), the rest not found."""
     big = f"(i % 3 = 0 AND (i / 3) % {BIG_SHARE} = 0)"
     refer = "(i % 50 = 25)"
-    several = "(i % 200 = 25)"
+    several = "(i % 5000 = 25)"
     matched = (
         f"json_build_object('matched', json_build_array("
         f"json_build_object('entry_id', e.id, 'version', 1, 'authority_id', '{custodian}'),"
@@ -219,7 +219,7 @@ def reads(
         return len(report.alerts)
 
     async def notifications(session: AsyncSession, _: async_sessionmaker[AsyncSession]) -> int:
-        result = await list_notifications(reviewer, session, NotificationQuery())
+        result = await notification_page(session, reviewer, NotificationQuery())
         return len(result.items)
 
     listed = "/v1/audit/events"

@@ -163,9 +163,11 @@ def _events_sql(
     step_us: float,
     extra: str,
     custodians: dict[str, str] | None = None,
+    origin: int | None = None,
 ) -> str:
     """``count`` lookups numbered from ``first``, the n-th at ``start + n * step``
-    (every piece of SQL is this module's own). With ``custodians``
+    (n counted from ``origin``, by default ``first``; every piece of SQL is this module's
+    own). With ``custodians``
     (bench.custodian.body_columns), the columns the custodians' reads look at too."""
     columns = {
         "query": "json_build_object('nhs_number', '9990000018')",
@@ -177,7 +179,7 @@ def _events_sql(
         INSERT INTO audit_events (id, occurred_at, event_type, request_id, principal,
             enquirer, enquirer_id, purpose, reason, source_address, {", ".join(columns)})
         SELECT gen_random_uuid(),
-               {start} + ((i - {first}) * {step_us}) * interval '1 microsecond',
+               {start} + ((i - {origin or first}) * {step_us}) * interval '1 microsecond',
                'lookup', md5(i::text), {extra}, '127.0.0.1', {", ".join(columns.values())}
         FROM generate_series({first}, {first + count - 1}) AS i {joins}
     """  # noqa: S608
@@ -351,6 +353,7 @@ async def _one_size(size: int, *, verify: bool) -> dict[str, Any]:
                         step_us=span_us / size,
                         extra=_caller(max(size // HISTORY, 1)),
                         custodians=custodians,
+                        origin=1,
                     )
                 )
                 if first == 1:

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -28,6 +28,24 @@ class Notification(Base):
         Index("ix_notifications_feed", "authority_id", "first_occurred_at"),
         # Where the notifier starts when its cursor row is behind (migration 0013).
         Index("ix_notifications_last_position", "last_position"),
+        # The list, unacknowledged first (app/notifications/routes.py; migration 0012):
+        # each status walked newest first from its own index.
+        Index(
+            "ix_notifications_unacknowledged",
+            "authority_id",
+            "first_occurred_at",
+            "id",
+            sqlite_where=text("acknowledged_at IS NULL"),
+            postgresql_where=text("acknowledged_at IS NULL"),
+        ),
+        Index(
+            "ix_notifications_acknowledged",
+            "authority_id",
+            "first_occurred_at",
+            "id",
+            sqlite_where=text("acknowledged_at IS NOT NULL"),
+            postgresql_where=text("acknowledged_at IS NOT NULL"),
+        ),
         # Named as migration 0006 named it: the convention would name it after event_id
         # alone, as 0003's constraint on event_id alone was.
         UniqueConstraint("event_id", "authority_id", name="uq_notifications_event_id_authority_id"),

@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import ColumnElement, Select, and_, case, or_, select
+from sqlalchemy import Select, literal, select, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEvent
@@ -74,9 +74,6 @@ class NotificationPage(BaseModel):
     next_cursor: str | None
 
 
-_unread_first = case((Notification.acknowledged_at.is_(None), 0), else_=1)
-
-
 def readable_notifications(reviewer: Principal) -> Select[Notification, AuditEvent, str | None]:
     """The reviewer's own authority's notifications, with the enquiry behind each."""
     return (
@@ -107,38 +104,55 @@ def _read(notification: Notification, event: AuditEvent, name: str | None) -> No
     )
 
 
-def _after(cursor: str) -> ColumnElement[bool]:
-    """Keyset condition for (unacknowledged first, newest first, id)."""
-    rank_text, at_text, id_text = decode_cursor(cursor, 3)
-    if rank_text not in ("0", "1"):
-        raise bad_cursor()
-    rank, at, notification_id = int(rank_text), cursor_time(at_text), cursor_id(id_text)
-    return or_(
-        _unread_first > rank,
-        and_(
-            _unread_first == rank,
-            or_(
-                Notification.first_occurred_at < at,
-                and_(Notification.first_occurred_at == at, Notification.id < notification_id),
-            ),
-        ),
-    )
+def _page(query: NotificationQuery, reviewer: Principal) -> Select[uuid.UUID, int]:
+    """The page's notification ids and ranks (0 unacknowledged, 1 acknowledged), in
+    order: each rank a walk newest first of its own partial index (migration 0012), cut at
+    the page, the two merged. One ORDER BY on ``CASE acknowledged_at IS NULL`` sorted
+    every notification of the authority, and with stale statistics joined each to its
+    event before sorting: 1.5 s at 2 million events (issue 18)."""
+    rank, at, after = None, None, None
+    if query.cursor is not None:
+        rank_text, at_text, id_text = decode_cursor(query.cursor, 3)
+        if rank_text not in ("0", "1"):
+            raise bad_cursor()
+        rank, at, after = int(rank_text), cursor_time(at_text), cursor_id(id_text)
+    halves = []
+    for half_rank, unread, status in (
+        (0, Notification.acknowledged_at.is_(None), NotificationStatus.unacknowledged),
+        (1, Notification.acknowledged_at.is_not(None), NotificationStatus.acknowledged),
+    ):
+        if query.status not in (NotificationStatus.all, status):
+            continue
+        if rank is not None and half_rank < rank:
+            continue  # the cursor is past this rank
+        half = select(Notification.id, literal(half_rank).label("rank")).where(
+            Notification.authority_id == reviewer.organisation_id, unread
+        )
+        if rank == half_rank:
+            half = half.where(
+                tuple_(Notification.first_occurred_at, Notification.id)
+                < tuple_(
+                    literal(at, Notification.first_occurred_at.type),
+                    literal(after, Notification.id.type),
+                )
+            )
+        half = half.order_by(Notification.first_occurred_at.desc(), Notification.id.desc())
+        # A subquery each: SQLite takes no ORDER BY or LIMIT on a compound's members.
+        halves.append(select(half.limit(query.limit + 1).subquery()))
+    return union_all(*halves) if len(halves) > 1 else halves[0]  # type: ignore[return-value]
 
 
 async def notification_page(
     session: AsyncSession, reviewer: Principal, query: NotificationQuery
 ) -> NotificationPage:
     """One page of the feed: unacknowledged first, then newest."""
-    statement = readable_notifications(reviewer)
-    if query.status is NotificationStatus.unacknowledged:
-        statement = statement.where(Notification.acknowledged_at.is_(None))
-    elif query.status is NotificationStatus.acknowledged:
-        statement = statement.where(Notification.acknowledged_at.is_not(None))
-    if query.cursor is not None:
-        statement = statement.where(_after(query.cursor))
-    statement = statement.order_by(
-        _unread_first, Notification.first_occurred_at.desc(), Notification.id.desc()
-    ).limit(query.limit + 1)
+    page = _page(query, reviewer).subquery("page")
+    statement = (
+        readable_notifications(reviewer)
+        .join(page, page.c.id == Notification.id)
+        .order_by(page.c.rank, Notification.first_occurred_at.desc(), Notification.id.desc())
+        .limit(query.limit + 1)
+    )
     await begin_read_only(session)
     rows = (await session.execute(statement)).all()
     items = [_read(*row) for row in rows[: query.limit]]

@@ -21,6 +21,10 @@
   events already in the log, kept by the database for new ones, and nothing written
   to the append-only log itself.
 
+- The notifications list, unacknowledged first: a partial index per status on
+  ``notifications (authority_id, first_occurred_at, id)``, so each is a walk cut at the
+  page (app/notifications/routes.py).
+
 Revision ID: 0012
 Revises: 0011
 """
@@ -70,8 +74,22 @@ ASKED_NHS_NUMBER = {
 }
 
 
+NOTIFICATIONS = {
+    "ix_notifications_unacknowledged": "acknowledged_at IS NULL",
+    "ix_notifications_acknowledged": "acknowledged_at IS NOT NULL",
+}
+
+
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
+    for name, rows in NOTIFICATIONS.items():
+        op.create_index(
+            name,
+            "notifications",
+            ["authority_id", "first_occurred_at", "id"],
+            postgresql_where=sa.text(rows),
+            sqlite_where=sa.text(rows),
+        )
     for name, keys, rows in LIMITS:
         if dialect == "postgresql":
             op.execute(
@@ -98,6 +116,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    for name in NOTIFICATIONS:
+        op.drop_index(name, table_name="notifications")
     op.drop_index(NHS_NUMBER, table_name="audit_events")
     for name, _ in AUTHORITY:
         op.drop_index(name, table_name="audit_events")
