@@ -70,7 +70,11 @@ from app.web.session import CSRF_FIELD, SignedInDep
 router = APIRouter(include_in_schema=False)
 
 PAGE_SIZE = 25
-STATUSES: dict[str, str] = {"active": "Active plans", "ended": "Ended plans", "all": "All plans"}
+PLAN_STATUSES: dict[str, str] = {
+    "active": "Active plans",
+    "ended": "Ended plans",
+    "all": "All plans",
+}
 STATUS_FILTERS: dict[str, StatusFilter] = {"active": "active", "ended": "ended", "all": "all"}
 CONFLICT = "Someone changed this entry while you were editing"
 # A search by name needs all three (EntrySearch).
@@ -217,7 +221,7 @@ async def register_page(
         title="Your authority's register",
         page=page,
         filters={"status": status, "overdue": overdue, "paged": cursor is not None},
-        statuses=STATUSES,
+        statuses=PLAN_STATUSES,
         form={},
     )
 
@@ -262,7 +266,7 @@ async def search(
     context: dict[str, Any] = {
         "title": "Your authority's register",
         "filters": {"status": "active", "overdue": False, "paged": False},
-        "statuses": STATUSES,
+        "statuses": PLAN_STATUSES,
         "form": typed,
     }
     if query is None or errors:
