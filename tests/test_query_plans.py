@@ -17,8 +17,9 @@ import pytest
 from sqlalchemy import event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.audit.alerts import AlertQuery, alert_report
 from app.audit.models import AuditEvent
-from app.audit.review import EnquiryListQuery, filtered, readable_enquiries
+from app.audit.review import EnquirerRead, EnquiryListQuery, filtered, readable_enquiries
 from app.audit.sealing import seal_pending
 from app.auth.principals import Principal
 from app.config import Environment, Settings
@@ -451,3 +452,134 @@ async def test_custodian_reads_are_walks_of_an_index_led_by_the_authority(
     # A page's worth (each of its rows may lie on a heap page of its own, plus the
     # index), not the authority's REVIEW_EVENTS / 3 events (over 1,500 buffers).
     assert _buffers(plan) <= 3 * PAGE, (_buffers(plan), scans)
+
+
+ALERTS_INDEX = "ix_audit_events_not_found_index_time"
+
+
+async def _vacuum(fresh: FreshDatabase) -> None:
+    """What autovacuum does for an append-only table: the visibility map, which an
+    index-only scan needs to leave the heap alone (no column statistics)."""
+    admin = create_engine(
+        fresh.settings.model_copy(update={"database_url": fresh.database.admin_url}), owner=True
+    )
+    try:
+        async with admin.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.exec_driver_sql("VACUUM audit_events")
+    finally:
+        await admin.dispose()
+
+
+BURST = 120  # not-found lookups by one client and enquirer of OTHER in the last hour
+
+
+async def _seed_burst(fresh_admin_sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "occurred_at": now - timedelta(minutes=30) + timedelta(seconds=10 * i),
+            "event_type": "lookup",
+            "principal": "client:burst",
+            "organisation_id": OTHER,
+            "enquirer": {"id": "E-burst", "name": "Dr A Jones"},
+            "enquirer_id": "E-burst",
+            "outcome": "not_on_plan",
+        }
+        for i in range(BURST)
+    ]
+    async with fresh_admin_sessionmaker() as session:
+        await session.execute(insert(AuditEvent.__table__), rows)
+        await session.commit()
+
+
+async def _alert_statements(engine: AsyncEngine) -> list[tuple[str, Any]]:
+    """The alert report's statements on the log, as sent."""
+    settings = Settings(environment=Environment.test)
+    async with _captured(engine) as statements, create_sessionmaker(engine)() as session:
+        report = await alert_report(session, settings, _custodian(), AlertQuery())
+        await session.rollback()
+    spikes = [alert for alert in report.alerts if alert.kind == "not_found_spike"]
+    assert [(alert.count, alert.enquirer) for alert in spikes] == [
+        (BURST, EnquirerRead(id="E-burst", name="Dr A Jones"))
+    ], report
+    probing = [alert for alert in report.alerts if alert.kind == "client_probing"]
+    assert [(alert.count, alert.principal) for alert in probing] == [(BURST, "client:burst")]
+    return statements
+
+
+@pytest.mark.parametrize("analyze", [False, True], ids=["no statistics", "analyzed"])
+async def test_alert_scans_read_the_window_from_an_index_not_the_heap(
+    engine: AsyncEngine,
+    fresh: FreshDatabase,
+    fresh_admin_sessionmaker: async_sessionmaker[AsyncSession],
+    analyze: bool,
+) -> None:
+    """The alerts' national 25-hour scans of not-found lookups (the groups, then the
+    suspects' events) are index-only scans of the window in the alerts' index
+    (migration 0014): nothing of audit_events' heap, and no statement of the report
+    scans the whole log."""
+    if fresh.settings.is_sqlite and analyze:
+        pytest.skip("SQLite keeps no statistics unless asked")
+    await _seed_burst(fresh_admin_sessionmaker)
+    if not fresh.settings.is_sqlite:
+        await _vacuum(fresh)
+    await _analyze(engine, fresh, analyze)
+    statements = await _alert_statements(engine)
+    scans_of_not_found = [
+        (statement, parameters)
+        for statement, parameters in statements
+        if "GROUP BY" in statement.upper() or "IN (" in statement.upper()
+        if "outcome = 'not_on_plan'" in statement
+    ]
+    # Per kind, the groups; then the suspects' events.
+    assert len(scans_of_not_found) == 4, statements
+    async with engine.connect() as connection:
+        if fresh.settings.is_sqlite:
+            for statement in statements:
+                lines = await _sqlite_plan(connection, *statement)
+                on_events = [line for line in lines if " audit_events " in f"{line} "]
+                assert not [line for line in on_events if line.startswith("SCAN")], lines
+            for statement in scans_of_not_found:
+                lines = await _sqlite_plan(connection, *statement)
+                # The suspects' events may be read by their key's index instead.
+                if "GROUP BY" in statement[0].upper():
+                    assert any(ALERTS_INDEX in line for line in lines), lines
+            return
+        heap = (
+            await connection.exec_driver_sql(
+                "SELECT relpages FROM pg_class WHERE relname = 'audit_events'"
+            )
+        ).scalar_one()
+        for statement in statements:
+            plan = await _postgresql_plan(connection, *statement, analyze=True)
+            scans = list(_scans(plan))
+            assert not [
+                scan
+                for scan in scans
+                if scan["Node Type"] == "Seq Scan" and scan["Relation Name"] == "audit_events"
+            ], (statement, scans)
+        for statement in scans_of_not_found:
+            plan = await _postgresql_plan(connection, *statement, analyze=True)
+            on_events = [
+                scan for scan in _scans(plan) if scan.get("Relation Name") == "audit_events"
+            ]
+            assert on_events, plan
+            grouping = "GROUP BY" in statement[0].upper()
+            for scan in on_events:
+                condition = scan.get("Index Cond", "") + scan.get("Recheck Cond", "")
+                assert "timezone('UTC'::text, occurred_at)" in condition, on_events
+                if scan["Node Type"] == "Index Only Scan":
+                    assert scan["Index Name"] == ALERTS_INDEX, (statement, on_events)
+                    assert scan["Heap Fetches"] == 0, (statement, on_events)
+                else:
+                    # The suspects' events alone, by an index led by their key (the
+                    # planner's choice once it knows how few they are), never the
+                    # window's: the count per group is from the index alone.
+                    assert not grouping, (statement, on_events)
+                    assert scan["Node Type"] in {"Index Scan", "Bitmap Heap Scan"}, on_events
+                    read = scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)
+                    assert read <= BURST, (statement, on_events)
+            # The window's part of the index: a small part of the log's heap pages.
+            assert _buffers(plan) <= heap // 5, (_buffers(plan), heap, on_events)
