@@ -322,13 +322,23 @@ def focused(driver: Any) -> dict[str, Any] | None:
 def loads(driver: Any, timeout: float = 10) -> Iterator[None]:
     """Wait, after the block, for the new page that its action (a click, an Enter)
     brings: WebDriver does not wait for a form's navigation itself."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.wait import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
+
+    def gone(_: Any) -> bool:
+        # Stale, or (ChromeDriver, mid-navigation) "Node with given id does not belong
+        # to the document": either way the old page has gone.
+        try:
+            old.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
     yield
-    WebDriverWait(driver, timeout).until(staleness_of(old))
+    WebDriverWait(driver, timeout).until(gone)
     WebDriverWait(driver, timeout).until(
         lambda d: d.execute_script("return document.readyState") == "complete"
     )
