@@ -69,7 +69,7 @@ async def vet(url: str, allowed_hosts: frozenset[str]) -> Target:
     if not all(_public(a) for a in addresses):
         raise RefusedTarget(
             "the host is, or resolves to, a loopback, private, link-local, multicast or "
-            "reserved address; an operator may allow it (CPR_WEBHOOK_ALLOWED_HOSTS)"
+            "reserved address; the service's operator can allow a host meant to be there"
         )
     chosen = addresses[0]
     netloc = f"[{chosen}]" if chosen.version == 6 else str(chosen)

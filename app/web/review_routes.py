@@ -837,13 +837,12 @@ async def webhook_set(
         why = problem.detail or next(
             (str(error.get("msg", "")) for error in problem.errors or ()), "Not accepted"
         )
-        # The service's words name its setting for the operator; a custodian is told whom
-        # to ask instead.
-        why = why.replace(
-            "an operator may allow it (CPR_WEBHOOK_ALLOWED_HOSTS)",
-            f"the service's duty desk ({settings.duty_contact_name}, "
-            f"{settings.duty_contact_phone}) can allow it if your receiver is meant to be there",
-        )
+        if problem.code == "webhook_target_refused":
+            # Whom to ask, by name and number: the operator is reached through the desk.
+            why += (
+                f"; ask the service's duty desk ({settings.duty_contact_name}, "
+                f"{settings.duty_contact_phone})"
+            )
         fields = {"url": f"{why[:1].upper()}{why[1:]}. {FIELD_HELP['url']}".replace("..", ".")}
     if fields:
         return await _webhook(
