@@ -2,9 +2,9 @@
 
 # A cell a spreadsheet would run as a formula (OWASP "CSV injection"): enquirers'
 # reasons and names, custodians' notes are free text, so none is trusted.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = frozenset("=+-@\t\r")
 
 
 def safe_cell(value: object) -> str:
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    text = "" if value is None else value if isinstance(value, str) else str(value)
+    return "'" + text if text[:1] in _FORMULA_START else text

@@ -78,6 +78,9 @@ ADMIN_URL = os.environ.get(
 # The small log the grown one is compared with, and the grown one (10 million: a long run).
 SMALL = int(os.environ.get("GROWTH_SMALL", "20000"))
 GROWTH_EVENTS = int(os.environ.get("GROWTH_EVENTS", "2000000"))
+# Events a day in the body: 2 million over 30 days, 2.4 times the national rate of ten
+# million a year, so one day's reads (alerts, a day's export) are the busiest they would be.
+DAILY = 66_667
 HISTORY = 5_000  # past lookups of client:long (and of its enquirer E-long)
 BURST = 20_000
 BACKLOG = 2_000
@@ -138,7 +141,7 @@ _NOTIFICATIONS_SQL = """
 
 
 @asynccontextmanager
-async def _scratch_database() -> Any:
+async def _scratch_database(*, keep: bool = False) -> Any:
     name = f"cpr_growth_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(_dsn(ADMIN_URL))
     try:
@@ -148,11 +151,14 @@ async def _scratch_database() -> Any:
     try:
         yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
-        admin = await asyncpg.connect(_dsn(ADMIN_URL))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        if keep:
+            print(f"kept: database {name}", file=sys.stderr)
+        else:
+            admin = await asyncpg.connect(_dsn(ADMIN_URL))
+            try:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await admin.close()
 
 
 def _events_sql(
@@ -325,8 +331,8 @@ async def _measure_limits(
     return {"custom": custom, "generic": generic}
 
 
-async def _one_size(size: int, *, verify: bool) -> dict[str, Any]:
-    async with _scratch_database() as url:
+async def _one_size(size: int, *, verify: bool, keep: bool) -> dict[str, Any]:
+    async with _scratch_database(keep=keep) as url:
         settings = Settings(environment=Environment.test, database_url=url)
         # Alembic runs its own event loop: in a thread of its own.
         await asyncio.to_thread(upgrade_database, settings)
@@ -341,8 +347,10 @@ async def _one_size(size: int, *, verify: bool) -> dict[str, Any]:
             # ("stale"), until the VACUUM ANALYZE below ("fresh").
             await admin.execute("ALTER TABLE audit_events SET (autovacuum_enabled = false)")
             await admin.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_queue")
-            body_start = "now() - interval '30 days'"
-            span_us = (timedelta(days=30) - timedelta(hours=2)) / timedelta(microseconds=1)
+            # At most DAILY events a day: a larger log is a longer past, not a busier day.
+            days = max(30, -(-size // DAILY))
+            body_start = f"now() - interval '{days} days'"
+            span_us = (timedelta(days=days) - timedelta(hours=2)) / timedelta(microseconds=1)
             first_part = max(size // 100, 1)
             for first, count in ((1, first_part), (first_part + 1, size - first_part)):
                 await admin.execute(
@@ -579,11 +587,11 @@ def _print_custodians(reports: list[dict[str, Any]]) -> None:
     print(f"\nOver the 100 ms p99 budget: {budget or 'none'}")
 
 
-async def _main(sizes: list[int], verify: bool) -> None:
+async def _main(sizes: list[int], verify: bool, keep: bool) -> None:
     reports = []
     for size in sizes:
         started = time.perf_counter()
-        reports.append(await _one_size(size, verify=verify))
+        reports.append(await _one_size(size, verify=verify, keep=keep))
         print(f"{size:,} events: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     _print(reports)
     _print_custodians(reports)
@@ -597,8 +605,12 @@ def main() -> None:
         help="events in the log's body, the small log first (GROWTH_SMALL, GROWTH_EVENTS)",
     )
     parser.add_argument("--verify", action="store_true", help="run the verifier (slow)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep each scratch database (named on stderr)"
+    )
     arguments = parser.parse_args()
-    asyncio.run(_main([int(size) for size in arguments.sizes.split(",")], arguments.verify))
+    sizes = [int(size) for size in arguments.sizes.split(",")]
+    asyncio.run(_main(sizes, arguments.verify, arguments.keep))
 
 
 if __name__ == "__main__":

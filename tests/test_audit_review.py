@@ -22,7 +22,7 @@ from app.config import Settings
 from app.db import utcnow
 from app.identity.models import OrganisationKind
 from app.main import create_app
-from tests.conftest import NHS, World
+from tests.conftest import BORN, NHS, World
 from tests.enquiries import ask, custodian_of, enquirer_id, fresh_nhs, new_child
 from tests.faults import audit_log_unwritable
 
@@ -317,6 +317,53 @@ async def test_pages_newest_first_without_gaps_or_repeats(
         params["cursor"] = page["next_cursor"]
     assert sizes == [2, 2, 1]
     assert seen == list(reversed(asked))
+
+
+async def _pages(
+    client: httpx.AsyncClient, headers: dict[str, str], params: dict[str, Any]
+) -> list[list[str]]:
+    pages = []
+    while True:
+        page = (await client.get("/v1/audit/events", params=params, headers=headers)).json()
+        pages.append([item["id"] for item in page["items"]])
+        if page["next_cursor"] is None:
+            return pages
+        params = {**params, "cursor": page["next_cursor"]}
+
+
+async def test_referrals_that_matched_two_authorities_page_in_order_for_both(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    """Answers that matched entries of two authorities (walked by their link rows' time,
+    migration 0016) take their place in each authority's pages among its own: newest
+    first, none lost or repeated across pages, and cut by the period on both halves."""
+    who = enquirer_id()
+    twins = {"given_name": "Ruby", "family_name": "Shah", "date_of_birth": BORN["dup"].isoformat()}
+    asked = []
+    for subject in (twins, NHS["multi"], twins, twins, NHS["multi"], twins):
+        response = await ask(client, world, "hospital_client", subject, who)
+        asked.append((subject is twins, response.json()["lookup_id"]))
+    newest_first = [lookup for _, lookup in reversed(asked)]
+    linked = [lookup for twin, lookup in reversed(asked) if twin]
+    pages = await _pages(client, world["custodian_a"].headers, {"enquirer_id": who, "limit": 2})
+    assert pages == [newest_first[0:2], newest_first[2:4], newest_first[4:6]]
+    # Authority B's entry matched only the twins' lookups: its own pages hold just those.
+    pages = await _pages(client, world["custodian_b"].headers, {"enquirer_id": who, "limit": 3})
+    assert pages == [linked[0:3], linked[3:4]]
+    # The period cuts the linked ones as it cuts the authority's own.
+    response = await client.get(
+        "/v1/audit/events",
+        params={"enquirer_id": who, "to": "2000-01-01T00:00:00Z"},
+        headers=world["custodian_b"].headers,
+    )
+    assert response.json()["items"] == []
+    export = await client.post(
+        "/v1/audit/events/export", json={"enquirer_id": who}, headers=world["custodian_b"].headers
+    )
+    rows = list(csv.DictReader(io.StringIO(export.text)))
+    assert [row["event_id"] for row in rows] == linked
+    assert {row["outcome"] for row in rows} == {"refer_to_custodian"}
+    assert all(row["matched_entry_ids"] for row in rows)
 
 
 async def test_the_search_pages_the_same_way(client: httpx.AsyncClient, world: World) -> None:

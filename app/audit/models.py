@@ -21,21 +21,47 @@ REFERRALS = "event_type = 'lookup' AND outcome = 'refer_to_custodian'"
 AUTHORITY_LOOKUPS = "event_type = 'lookup' AND authority_id IS NOT NULL"
 # The rows of the alerts' index (migration 0014): lookups that found no plan.
 NOT_FOUND = "event_type = 'lookup' AND outcome = 'not_on_plan'"
+# The rows of the alerts' other indexes (migration 0016).
+REFUSED = "event_type = 'lookup' AND refusal IS NOT NULL"
+AUTHORITY_REFERRALS = (
+    "event_type = 'lookup' AND outcome = 'refer_to_custodian' AND authority_id IS NOT NULL"
+)
+AUTHORITY_ENTRIES = "event_type = 'lookup' AND authority_id IS NOT NULL AND entry_id IS NOT NULL"
 
 
-class AskedNhsNumber(ColumnElement[str]):
-    """The NHS number a lookup asked with, ``query.nhs_number``, spelt the same in the
-    custodians' searches and in the index on it (migration 0012), with the key a literal:
-    a bound key would not match the index expression (SQLite never, PostgreSQL not in a
-    prepared statement's generic plan)."""
+class JsonText(ColumnElement[str]):
+    """One text field of a JSON column, read by the database (``->>`` on PostgreSQL,
+    ``json_extract`` on SQLite), with the key a literal: a bound key would not match an
+    index on the expression (SQLite never, PostgreSQL not in a prepared statement's
+    generic plan). The export reads its fields so, not as the driver's parsed JSON."""
 
     type = StringType()
     inherit_cache = True
 
-    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
+    _traverse_internals = [  # noqa: RUF012
+        ("column", InternalTraversal.dp_clauseelement),
+        ("key", InternalTraversal.dp_string),
+    ]
+
+    def __init__(self, column: ColumnElement[Any], key: str) -> None:
+        if not key.isidentifier():
+            raise ValueError(f"not a plain key: {key!r}")
+        self.column = column
+        self.key = key
+
+    @property
+    def _from_objects(self) -> list[Any]:
+        return self.column._from_objects
+
+
+class AskedNhsNumber(JsonText):
+    """The NHS number a lookup asked with, ``query.nhs_number``, spelt the same in the
+    custodians' searches and in the index on it (migration 0012)."""
+
+    inherit_cache = True
 
     def __init__(self, column: ColumnElement[Any]) -> None:
-        self.column = column
+        super().__init__(column, "nhs_number")
 
 
 class IndexTime(ColumnElement[datetime]):
@@ -66,16 +92,14 @@ def _index_time(element: IndexTime, compiler: SQLCompiler, **kw: object) -> str:
     return compiler.process(element.value, **kw)
 
 
-@compiles(AskedNhsNumber, "postgresql")
-def _asked_nhs_number_postgresql(
-    element: AskedNhsNumber, compiler: SQLCompiler, **kw: object
-) -> str:
-    return f"({compiler.process(element.column, **kw)} ->> 'nhs_number')"
+@compiles(JsonText, "postgresql")
+def _json_text_postgresql(element: JsonText, compiler: SQLCompiler, **kw: object) -> str:
+    return f"({compiler.process(element.column, **kw)} ->> '{element.key}')"
 
 
-@compiles(AskedNhsNumber)
-def _asked_nhs_number_sqlite(element: AskedNhsNumber, compiler: SQLCompiler, **kw: object) -> str:
-    return f"json_extract({compiler.process(element.column, **kw)}, '$.nhs_number')"
+@compiles(JsonText)
+def _json_text_sqlite(element: JsonText, compiler: SQLCompiler, **kw: object) -> str:
+    return f"json_extract({compiler.process(element.column, **kw)}, '$.{element.key}')"
 
 
 class AuditEvent(Base):
@@ -165,6 +189,43 @@ Index(
     postgresql_include=["organisation_id", "enquirer_id", "principal", "occurred_at", "id"],
 )
 
+# The alerts' other scans (migration 0016): refusals, an authority's referrals (client
+# mismatch), and an authority's answers that named an entry (repeat presentations, read
+# from the index alone on PostgreSQL).
+_ALERT_KEYS: tuple[tuple[str, tuple[str, ...], tuple[str, ...], list[str], str], ...] = (
+    (
+        "ix_audit_events_refused_index_time",
+        (),
+        ("refusal",),
+        ["organisation_id", "principal", "enquirer_id", "purpose", "occurred_at"],
+        REFUSED,
+    ),
+    (
+        "ix_audit_events_authority_referrals_time",
+        ("authority_id",),
+        ("id",),
+        [],
+        AUTHORITY_REFERRALS,
+    ),
+    (
+        "ix_audit_events_authority_entries_time",
+        ("authority_id",),
+        ("entry_id", "organisation_id"),
+        ["occurred_at"],
+        AUTHORITY_ENTRIES,
+    ),
+)
+for _name, _lead, _trail, _include, _where in _ALERT_KEYS:
+    Index(
+        _name,
+        *(_EVENTS[key] for key in _lead),
+        IndexTime(_EVENTS.occurred_at),
+        *(_EVENTS[key] for key in _trail),
+        sqlite_where=text(_where),
+        postgresql_where=text(_where),
+        postgresql_include=_include,
+    )
+
 # A custodian's search by a child's NHS number (migration 0012).
 Index(
     "ix_audit_events_lookups_asked_nhs_number",
@@ -252,6 +313,21 @@ class AuditEventAuthority(Base):
     Append-only."""
 
     __tablename__ = "audit_event_authorities"
+    # An authority's linked events newest first, by the event's time (migration 0016).
+    __table_args__ = (
+        Index(
+            "ix_audit_event_authorities_authority_id_occurred_at",
+            "authority_id",
+            "occurred_at",
+            "event_id",
+        ),
+    )
 
     authority_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_events.id"), primary_key=True)
+    # The event's, copied by the trigger that writes the row: what a review's page walks
+    # and filters the linked events by (migration 0016).
+    occurred_at: Mapped[datetime]
+    enquirer_id: Mapped[str | None] = mapped_column(String(64))
+    organisation_id: Mapped[uuid.UUID | None]
+    purpose: Mapped[str | None] = mapped_column(String(64))
