@@ -47,14 +47,9 @@ async def cpr(*arguments: str) -> Result:
     return await asyncio.to_thread(CliRunner().invoke, main, list(arguments))
 
 
-def _plan(nhs: str, given: str) -> EntryCreate:
+def _plan(nhs: str, given: str, born: date) -> EntryCreate:
     return EntryCreate(
-        child=Person(
-            nhs_number=nhs,
-            given_name=given,
-            family_name="Retained",
-            date_of_birth=TODAY - timedelta(days=3000),
-        ),
+        child=Person(nhs_number=nhs, given_name=given, family_name="Retained", date_of_birth=born),
         categories=[Category.neglect],
         plan_start=OLD - timedelta(days=200),
     )
@@ -75,18 +70,28 @@ class Register:
         return self.log.stored(self.entries[key].id)
 
 
-# key: (authority, ended on; None: live)
+CHILD = TODAY - timedelta(days=3000)
+
+
+def _eighteen_on(day: date) -> date:
+    return day.replace(year=day.year - 18)
+
+
+# key: (authority, ended on (None: never ended), born)
 ENTRIES = {
-    "old_a1": ("a", OLD),
-    "old_a2": ("a", OLD - timedelta(days=400)),
-    "old_b": ("b", OLD),
-    "edge_a": ("a", TODAY - timedelta(days=DAYS)),  # ended exactly the period ago: kept
-    "recent_a": ("a", RECENT),
-    "live_a": ("a", None),
-    "referred_a": ("a", OLD),
+    "old_a1": ("a", OLD, CHILD),
+    "old_a2": ("a", OLD - timedelta(days=400), CHILD),
+    "old_b": ("b", OLD, CHILD),
+    # Never ended, but shown ended since the 18th birthday, that long ago.
+    "adult_a": ("a", None, _eighteen_on(OLD)),
+    "edge_a": ("a", TODAY - timedelta(days=DAYS), CHILD),  # exactly the period ago: kept
+    "recent_a": ("a", RECENT, CHILD),
+    "adult_recent_a": ("a", None, _eighteen_on(RECENT)),
+    "live_a": ("a", None, CHILD),
+    "referred_a": ("a", OLD, CHILD),
 }
-DUE = ("old_a1", "old_a2", "old_b")
-KEPT = ("edge_a", "recent_a", "live_a", "referred_a")
+DUE = ("old_a1", "old_a2", "old_b", "adult_a")
+KEPT = ("edge_a", "recent_a", "adult_recent_a", "live_a", "referred_a")
 
 
 @pytest.fixture
@@ -113,17 +118,17 @@ async def register(fresh: FreshDatabase, fresh_settings: Settings) -> AsyncItera
                 }
                 await session.flush()
                 entries, numbers, names = {}, {}, {}
-                for key, (authority, _) in ENTRIES.items():
+                for key, (authority, _, born) in ENTRIES.items():
                     numbers[key] = fresh_nhs()
                     names[key] = "".join(secrets.choice("abcdefghij") for _ in range(9)).title()
                     entries[key] = create_entry(
                         session,
                         actor=ACTOR,
                         authority_id=orgs[authority].id,
-                        data=_plan(numbers[key], names[key]),
+                        data=_plan(numbers[key], names[key], born),
                     )
                 await session.flush()
-                for key, (_, ended) in ENTRIES.items():
+                for key, (_, ended, _) in ENTRIES.items():
                     record_review(
                         session,
                         entries[key],
@@ -196,7 +201,7 @@ async def _present(register: Register) -> dict[str, int]:
     return {ids[entry_id]: versions.get(entry_id, 0) for entry_id in present}
 
 
-EVERYTHING = {key: 2 if ended is None else 3 for key, (_, ended) in ENTRIES.items()}
+EVERYTHING = {key: 2 if ended is None else 3 for key, (_, ended, _) in ENTRIES.items()}
 
 
 async def _purged_events(register: Register) -> list[AuditEvent]:
@@ -272,7 +277,7 @@ async def test_ended_entries_past_the_period_go_with_their_versions_in_recorded_
     assert dry.exit_code == 0, dry.output
     cut = (TODAY - timedelta(days=DAYS)).isoformat()
     assert f"entries that ended before {cut} (more than {DAYS} days ago):" in dry.output
-    assert f"{register.a.name} ({register.a.id}): would delete 2 entries" in dry.output
+    assert f"{register.a.name} ({register.a.id}): would delete 3 entries" in dry.output
     assert f"{register.b.name} ({register.b.id}): would delete 1 entry" in dry.output
     assert (
         f"{register.a.name} ({register.a.id}): keeping 1 entry that other rows still refer "
@@ -284,21 +289,22 @@ async def test_ended_entries_past_the_period_go_with_their_versions_in_recorded_
 
     result = await cpr("register", "purge-ended", "--batch-size", "1")
     assert result.exit_code == 0, result.output
-    assert "deleted 3 entries with 9 versions" in result.output
+    assert "deleted 4 entries with 11 versions" in result.output
     assert "keeping 1 entry that other rows still refer to" in result.output
     assert await _present(register) == {key: EVERYTHING[key] for key in KEPT}
 
     # One event per batch (here one entry each), in the transaction that deleted it.
     events = await _purged_events(register)
-    assert len(events) == 3
+    assert len(events) == 4
     recorded = {}
+    keys = {str(register.entries[key].id): key for key in DUE}
     for event in events:
         assert (event.principal, event.outcome) == ("cli:register-purge-ended", "ok")
         detail = event.detail or {}
         assert detail["retention_days"] == DAYS
         assert detail["ended_before"] == cut
-        assert (detail["entries"], detail["versions"]) == (1, 3)
         [entry_id] = detail["entry_ids"]
+        assert (detail["entries"], detail["versions"]) == (1, EVERYTHING[keys[entry_id]])
         recorded[entry_id] = event.authority_id
         said = json.dumps(detail)
         for key in ENTRIES:  # never a child's NHS number or names
@@ -324,7 +330,7 @@ async def test_ended_entries_past_the_period_go_with_their_versions_in_recorded_
     assert again.exit_code == 0, again.output
     assert "nothing deleted: no entry is due" in again.output
     assert "keeping 1 entry" in again.output
-    assert len(await _purged_events(register)) == 3
+    assert len(await _purged_events(register)) == 4
 
 
 @pytest.mark.usefixtures("owner_env")
@@ -333,7 +339,7 @@ async def test_cpr_audit_verify_verifies_the_chain_after_a_purge(
 ) -> None:
     result = await cpr("register", "purge-ended")
     assert result.exit_code == 0, result.output
-    assert "deleted 4 entries with 12 versions" in result.output  # nothing refers to any
+    assert "deleted 5 entries with 14 versions" in result.output  # nothing refers to any
     await register.log.sequencer.run_once(checkpoint=True)
     monkeypatch.setenv("DATABASE_URL", register.log.settings.database_url)
     if register.log.settings.database_role is not None:
@@ -523,8 +529,9 @@ async def test_after_a_purge_lookups_answer_as_for_an_ended_plan_and_reviews_sti
         "/v1/audit/events/search", json={"nhs_number": nhs}, headers=custodian
     )
     assert searched.status_code == 200, searched.text
-    gone = await client.get(f"/v1/audit/entries/{entry.id}/enquiries", headers=custodian)
-    assert gone.status_code == 404, gone.text
+    for path in (f"/v1/audit/entries/{entry.id}/enquiries", f"/v1/register/entries/{entry.id}"):
+        gone = await client.get(path, headers=custodian)
+        assert gone.status_code == 404, (path, gone.text)
     for path in ("/v1/notifications", "/v1/audit/alerts"):
         response = await client.get(path, headers=custodian)
         assert response.status_code == 200, (path, response.text)

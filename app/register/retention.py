@@ -1,7 +1,8 @@
 """Ended entries leave the register once the retention period has passed
 (``cpr register purge-ended``; docs/audit-log.md, "Retention").
 
-An entry that ended more than ``CPR_REGISTER_ENDED_RETENTION_DAYS`` ago is deleted with
+An entry that ended more than ``CPR_REGISTER_ENDED_RETENTION_DAYS`` ago (on its end
+date, or on the child's 18th birthday, from which it is shown ended) is deleted with
 every one of its versions, unless some other row still refers to it: every foreign key
 to ``register_entries`` in the database itself is checked (today only the entry's own
 versions have one), so a table added later keeps what it refers to without this module
@@ -11,8 +12,8 @@ and no lock is held for long. The audit events that name a purged entry keep its
 it then resolves to nothing.
 
 Only the schema owner can do it: ``cpr_app`` has no DELETE on either table, and the
-database's guards (migration 0015) let the owner delete only an ended entry, and a
-version only of an ended entry deleted with it.
+database's guards (migration 0015) let the owner delete only an entry that is no
+longer live, and a version only of such an entry deleted with it.
 """
 
 import uuid
@@ -133,7 +134,12 @@ def _referred(found: Sequence[Reference]) -> ColumnElement[bool]:
 
 
 def _ended_before(before: date) -> ColumnElement[bool]:
-    return and_(RegisterEntry.ended_on.is_not(None), RegisterEntry.ended_on < before)
+    """Ended before the day: on its recorded end date, or else on the child's 18th
+    birthday (from which the entry is shown ended, app/register/reads.py)."""
+    return or_(
+        RegisterEntry.ended_on < before,
+        and_(RegisterEntry.ended_on.is_(None), RegisterEntry.adult_on < before),
+    )
 
 
 async def survey(

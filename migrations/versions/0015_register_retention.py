@@ -3,14 +3,14 @@ with all their versions (`cpr register purge-ended`, docs/audit-log.md "Retentio
 
 The service role ``cpr_app`` loses DELETE on ``register_entries`` (it never deleted
 one; on ``register_entry_versions`` it never had it). The guards, on both databases:
-``register_entries`` refuses to delete a live plan (``ended_on IS NULL``) and, on
-PostgreSQL, any TRUNCATE; ``register_entry_versions`` still refuses every UPDATE and
+``register_entries`` refuses to delete a live plan (not ended, and the child not yet
+18: app/register/queries.py ``live``) and, on PostgreSQL, any TRUNCATE; ``register_entry_versions`` still refuses every UPDATE and
 every DELETE except of a version of an ended entry deleted in the same transaction.
 
 How "deleted with it" is held: on SQLite the purge defers foreign keys (``PRAGMA
 defer_foreign_keys``) and deletes the entries first, so a version may go only once its
 entry is gone. On PostgreSQL (whose foreign key is not deferrable) the versions go
-first, each only if its entry has ended, and a deferred constraint trigger refuses the
+first, each only if its entry is no longer live, and a deferred constraint trigger refuses the
 commit if any such entry is still there; the foreign key refuses an entry whose
 versions are not all gone. Every guard is ENABLE ALWAYS.
 
@@ -38,13 +38,16 @@ CREATE FUNCTION cpr_refuse_unpurged() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
         IF TG_TABLE_NAME = 'register_entries' THEN
-            IF OLD.ended_on IS NOT NULL THEN
+            IF OLD.ended_on IS NOT NULL OR OLD.adult_on <= current_date THEN
                 RETURN OLD;
             END IF;
             RAISE EXCEPTION 'register_entries: a live plan is never deleted'
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
-        IF EXISTS (SELECT 1 FROM register_entries WHERE id = OLD.entry_id AND ended_on IS NOT NULL) THEN
+        IF EXISTS (
+            SELECT 1 FROM register_entries WHERE id = OLD.entry_id
+            AND (ended_on IS NOT NULL OR adult_on <= current_date)
+        ) THEN
             RETURN OLD;
         END IF;
     ELSIF TG_OP = 'TRUNCATE' AND TG_TABLE_NAME = 'register_entries' THEN
@@ -81,7 +84,8 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         op.execute(
             f"CREATE TRIGGER {ENTRIES}_no_delete BEFORE DELETE ON {ENTRIES} "
-            f"WHEN OLD.ended_on IS NULL BEGIN SELECT RAISE(ABORT, '{LIVE_REFUSED}'); END"
+            "WHEN OLD.ended_on IS NULL AND (OLD.adult_on IS NULL OR OLD.adult_on > date('now')) "
+            f"BEGIN SELECT RAISE(ABORT, '{LIVE_REFUSED}'); END"
         )
         op.execute(f"DROP TRIGGER IF EXISTS {VERSIONS}_no_delete")
         op.execute(_SQLITE_VERSIONS_GUARD)
