@@ -8,7 +8,7 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -26,6 +26,7 @@ from app.apiclient import (
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     CommandError,
+    progress,
     refusal,
     request,
     sign_in,
@@ -57,8 +58,17 @@ from app.identity.models import Client, Organisation, OrganisationKind, Scope, U
 from app.logging import configure_logging
 from app.lookup.schemas import Purpose
 from app.register.cli import register_group
-from app.register.csvformat import DATE_FORMATS, iso_date
+from app.register.csvformat import DATE_FORMATS, iso_date, plural
 from app.register.identifiers import normalise_nhs_number
+from app.register.retention import (
+    BATCH_SIZE,
+    MAX_BATCH_SIZE,
+    PURGED,
+    purge_batch,
+    references,
+    survey,
+)
+from app.register.retention import cutoff as retention_cutoff
 
 if TYPE_CHECKING:  # imported where used: `cpr` starts fast for its other commands
     import httpx
@@ -963,6 +973,113 @@ def _kept_because(settings: Settings, archived: Archived) -> str | None:
     return None
 
 
+# --- register retention --------------------------------------------------------------------
+
+
+@register_group.command("purge-ended")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say what would be deleted (entries per authority) and delete nothing.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, MAX_BATCH_SIZE),
+    default=BATCH_SIZE,
+    show_default=True,
+    help="Entries per transaction (each batch is one authority's, with its own audit event).",
+)
+def register_purge_ended(dry_run: bool, batch_size: int) -> None:
+    """Delete the register entries that ended more than CPR_REGISTER_ENDED_RETENTION_DAYS
+    ago, with their versions, unless another row still refers to them; as the schema
+    owner (its DATABASE_URL, no CPR_DATABASE_ROLE), as for `cpr audit archive`. Each
+    batch is recorded in the log (register.purged) in the transaction that deletes it
+    (docs/audit-log.md, "Retention").
+
+    \b
+    Exit codes: 0 done (or nothing to do, or no retention period set: nothing
+    deleted); 1 the database refused a deletion (that batch was not deleted);
+    3 not run as the schema owner (nothing deleted); 4 the database cannot be reached.
+    """
+    settings = get_settings()
+    days = settings.register_ended_retention_days
+    if days is None:
+        click.echo(
+            "nothing deleted: no retention period is set (CPR_REGISTER_ENDED_RETENTION_DAYS)"
+        )
+        return
+    if settings.database_role is not None and not dry_run:
+        click.echo(
+            f"nothing deleted: the command acts as the role {settings.database_role}, which "
+            "has no right to this deletion; run it as the schema owner (its DATABASE_URL, "
+            "no CPR_DATABASE_ROLE)"
+        )
+        sys.exit(EXIT_REFUSED)
+    before = retention_cutoff(date.today(), days)
+
+    async def work(session: AsyncSession) -> None:
+        found = await references(session)
+        authorities = await survey(session, before, found)
+        await session.rollback()
+        click.echo(
+            f"entries that ended before {before.isoformat()} (more than {days} days ago):"
+            + ("" if authorities else " none")
+        )
+        referring = ", ".join(reference.name for reference in found)
+        for due in authorities:
+            named = f"{due.authority} ({due.authority_id})"
+            verb = "would delete" if dry_run else "to delete"
+            click.echo(f"  {named}: {verb} {plural(due.due, 'entry')}")
+            if due.kept:
+                click.echo(
+                    f"  {named}: keeping {plural(due.kept, 'entry')} that other rows still "
+                    f"refer to ({referring})"
+                )
+        total = sum(due.due for due in authorities)
+        if dry_run:
+            click.echo("dry run: nothing deleted")
+            return
+        if total == 0:
+            click.echo("nothing deleted: no entry is due")
+            return
+        deleted = versions = 0
+        with progress("Deleting ended entries", total) as step:
+            for due in authorities:
+                while due.due:
+                    try:
+                        purged = await purge_batch(
+                            session,
+                            due.authority_id,
+                            before=before,
+                            days=days,
+                            found=found,
+                            batch_size=batch_size,
+                        )
+                        await session.commit()
+                    except DBAPIError as exc:
+                        await session.rollback()
+                        raise CommandError(
+                            f"the database refused the deletion ({type(exc.orig).__name__}); "
+                            f"that batch was not deleted (before it: {plural(deleted, 'entry')} "
+                            "deleted, each batch with its audit event)",
+                            EXIT_FAILED,
+                        ) from exc
+                    if purged is None:
+                        break
+                    deleted += len(purged.entry_ids)
+                    versions += purged.versions
+                    step(len(purged.entry_ids))
+        click.echo(
+            f"deleted {plural(deleted, 'entry')} with {plural(versions, 'version')}; "
+            f"each batch recorded in the log ({PURGED})"
+        )
+
+    try:
+        _with_session(settings, work)
+    except DATABASE_ERRORS as exc:
+        raise _database_unreachable(settings, exc, "deleted") from exc
+
+
 def _keep_checkpoint(path: Path, note: str) -> None:
     """Written aside and renamed into place: the file holds the old note or the new."""
     aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -983,11 +1100,13 @@ def _held_note(value: str, option: str = "--since") -> str:
     raise click.BadParameter(f"{value} is neither a file nor a checkpoint note", param_hint=option)
 
 
-def _database_unreachable(settings: Settings, exc: BaseException) -> CommandError:
+def _database_unreachable(
+    settings: Settings, exc: BaseException, undone: str = "verified"
+) -> CommandError:
     where = settings.database_url.split("@")[-1]  # never the password
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return CommandError(
-        f"cannot reach the database ({where}): {reason[:200]}; nothing was verified",
+        f"cannot reach the database ({where}): {reason[:200]}; nothing was {undone}",
         EXIT_UNAVAILABLE,
     )
 

@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     # it wrote from the database only when its every event is older than this many days,
     # and only when run as the schema owner. None: nothing is ever deleted.
     audit_retention_days: Annotated[int, Field(gt=0)] | None = None
+    # `cpr register purge-ended` (docs/audit-log.md, "Retention") deletes register entries
+    # that ended more than this many days ago, with their versions, run as the schema
+    # owner. None: no entry ever leaves the register.
+    register_ended_retention_days: Annotated[int, Field(gt=0)] | None = None
 
     # Where the background work (sealing, checkpoints, notifications, webhooks) runs:
     # in each API process (the embedded default, `make run`), or only in `cpr worker`,
