@@ -91,6 +91,7 @@ bench-growth: $(BENCH_STAMP)
 	cp var/bench/results.md var/bench/results-history-$(GROWTH_SMALL).md
 	BENCH_BACKENDS=postgresql BENCH_CONNECTIONS=32 BENCH_HISTORY=$(GROWTH_EVENTS) $(BIN)/python -m bench.run
 	cp var/bench/results.md var/bench/results-history-$(GROWTH_EVENTS).md
+	$(BIN)/python -m bench.ratio var/bench/results-history-$(GROWTH_SMALL).md var/bench/results-history-$(GROWTH_EVENTS).md | tee var/bench/results-growth-lookups.md
 
 # Issue 11: the long fault-injection variants (tests/test_production_faults.py, marker
 # `chaos`; `make test` runs the short ones): a private PostgreSQL 15 cluster stopped, frozen

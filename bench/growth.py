@@ -8,7 +8,8 @@ For each size, in a scratch database of its own on the PostgreSQL server of
 BENCH_POSTGRES_URL (trust auth, a superuser; dropped at the end), migrated with
 ``app.cli.upgrade_database``:
 
-1. The log's body, ``size`` past lookups over the 30 days up to two hours ago by 397
+1. The log's body, ``size`` past lookups over the days up to two hours ago (at most DAILY
+   a day, 30 days at least) by 397
    clients, one of them (``client:long``, enquirer ``E-long``) with HISTORY of them,
    written with one ``INSERT ... SELECT generate_series`` with the queue trigger off
    (the body is sealed next, so it would only pass through the queue). Then sealed as
@@ -78,9 +79,12 @@ ADMIN_URL = os.environ.get(
 # The small log the grown one is compared with, and the grown one (10 million: a long run).
 SMALL = int(os.environ.get("GROWTH_SMALL", "20000"))
 GROWTH_EVENTS = int(os.environ.get("GROWTH_EVENTS", "2000000"))
-# Events a day in the body: 2 million over 30 days, 2.4 times the national rate of ten
-# million a year, so one day's reads (alerts, a day's export) are the busiest they would be.
-DAILY = 66_667
+# Events a day in the body, at most: the national rate, ten million a year. A larger log
+# is a longer past (2 million: 73 days; 10 million: a year), not a busier day.
+DAILY = 27_400
+# Members of staff who ask, nationally: with 20 (as before) every enquirer of every
+# organisation made over ten not-found lookups an hour, all day: 98 not-found alerts.
+ENQUIRERS = 2_000
 HISTORY = 5_000  # past lookups of client:long (and of its enquirer E-long)
 BURST = 20_000
 BACKLOG = 2_000
@@ -195,8 +199,9 @@ def _caller(long_every: int) -> str:
     """principal, enquirer, enquirer_id, purpose, reason for event number i."""
     return f"""
         CASE WHEN i % {long_every} = 0 THEN 'client:long' ELSE 'client:' || (i % {CLIENTS}) END,
-        json_build_object('id', 'e' || (i % 20), 'name', 'Dr A Jones', 'role', 'registrar'),
-        CASE WHEN i % {long_every} = 0 THEN 'E-long' ELSE 'e' || (i % 20) END,
+        json_build_object('id', 'e' || (i % {ENQUIRERS}), 'name', 'Dr A Jones',
+            'role', 'registrar'),
+        CASE WHEN i % {long_every} = 0 THEN 'E-long' ELSE 'e' || (i % {ENQUIRERS}) END,
         {purpose_sql()}, 'bench: the log as it grows'
     """
 

@@ -513,7 +513,9 @@ async def test_export_reads_and_sends_in_chunks(
         organisation_name="x",
         scopes=frozenset(),
     )
-    statement = review.readable_enquiries(custodian).where(AuditEvent.enquirer_id == who)
+    statement = review.filtered(
+        review.readable_enquiries(custodian), review.EnquiryFilters(enquirer_id=who), custodian
+    )
     chunks = [
         chunk async for chunk in review._csv(sessionmaker, statement, custodian.organisation_id)
     ]

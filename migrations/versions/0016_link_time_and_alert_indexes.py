@@ -174,23 +174,10 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         op.execute("DROP TRIGGER audit_events_authorities")
         op.execute(_SQLITE_LINK_BEFORE)
-        # SQLite drops a column only by rebuilding the table, which drops its guards.
-        op.execute(f"DROP TRIGGER {LINKS}_no_update")
-        op.execute(f"DROP TRIGGER {LINKS}_no_delete")
-        with op.batch_alter_table(LINKS) as batch_op:
-            for name in COPIED:
-                batch_op.drop_column(name)
-        op.execute(
-            f"CREATE TRIGGER {LINKS}_no_update BEFORE UPDATE ON {LINKS} "
-            f"BEGIN SELECT RAISE(ABORT, '{LINKS} is append-only'); END"
-        )
-        op.execute(
-            "CREATE TRIGGER audit_event_authorities_no_delete BEFORE DELETE "
-            "ON audit_event_authorities WHEN NOT EXISTS (SELECT 1 FROM audit_archives) "
-            "OR EXISTS (SELECT 1 FROM audit_seals WHERE event_id = OLD.event_id) "
-            "OR EXISTS (SELECT 1 FROM audit_unsealed WHERE event_id = OLD.event_id) "
-            "BEGIN SELECT RAISE(ABORT, 'audit_event_authorities is append-only'); END"
-        )
+        # SQLite (3.35 and later) drops a column in place: the guards stay.
+        for name in COPIED:
+            op.execute(f"ALTER TABLE {LINKS} DROP COLUMN {name}")
     else:
-        op.execute(_POSTGRESQL_LINK.replace(", occurred_at)", ")").replace(", NEW.occurred_at", ""))
-        op.drop_column(LINKS, "occurred_at")
+        op.execute(_POSTGRESQL_LINK_BEFORE)
+        for name in COPIED:
+            op.drop_column(LINKS, name)
