@@ -606,3 +606,81 @@ async def test_alert_scans_read_the_window_from_an_index_not_the_heap(
                     assert read <= BURST, (statement, on_events)
             # The window's part of the index: a small part of the log's heap pages.
             assert _buffers(plan) <= heap // 5, (_buffers(plan), heap, on_events)
+
+
+# Each of the alerts' other scans (migration 0016), by a phrase of its statement: the
+# index it must read, whatever the statistics.
+_ALERT_SCANS = {
+    "refusal =": "ix_audit_events_refused_index_time",
+    "'refer_to_custodian'": "ix_audit_events_authority_referrals_time",
+    "entry_id IS NOT NULL": "ix_audit_events_authority_entries_time",
+}
+
+
+async def _seed_refusals_and_referrals(
+    fresh_admin_sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "occurred_at": now - timedelta(minutes=i + 1),
+            "event_type": "lookup",
+            "principal": "client:suspect",
+            "organisation_id": OTHER,
+            "enquirer_id": "E-suspect",
+            "purpose": "unscheduled_care",
+            "outcome": "refused" if i % 2 else "refer_to_custodian",
+            "refusal": "volume_limit_enquirer" if i % 2 else None,
+            "authority_id": None if i % 2 else AUTHORITY,
+            "detail": None,
+        }
+        for i in range(20)
+    ]
+    async with fresh_admin_sessionmaker() as session:
+        await session.execute(insert(AuditEvent.__table__), rows)
+        await session.commit()
+
+
+@pytest.mark.parametrize("analyze", [False, True], ids=["no statistics", "analyzed"])
+async def test_each_alert_scan_reads_an_index_of_its_own(
+    review_engine: AsyncEngine,
+    fresh: FreshDatabase,
+    fresh_admin_sessionmaker: async_sessionmaker[AsyncSession],
+    analyze: bool,
+) -> None:
+    """The refusals, the client mismatch and the repeat presentations read their window
+    from an index of their own (migration 0016), not every lookup of the window: over a
+    log of REVIEW_EVENTS, whose days' window of repeat presentations holds thousands of
+    the authority's lookups."""
+    if fresh.settings.is_sqlite and analyze:
+        pytest.skip("SQLite keeps no statistics unless asked")
+    await _seed_refusals_and_referrals(fresh_admin_sessionmaker)
+    await _analyze(review_engine, fresh, analyze)
+    settings = Settings(environment=Environment.test)
+    async with _captured(review_engine) as statements, create_sessionmaker(review_engine)() as s:
+        report = await alert_report(s, settings, _custodian(), AlertQuery())
+        await s.rollback()
+    assert [alert.count for alert in report.alerts if alert.kind == "volume_limit_enquirer"] == [10]
+    # Not the enquirer's details of each refusals' group, read by the group's own key.
+    scans = [s for s in statements if not s[0].startswith("SELECT audit_events.enquirer ")]
+    found = {phrase: [s for s in scans if phrase in s[0]] for phrase in _ALERT_SCANS}
+    assert all(found.values()), statements
+    async with review_engine.connect() as connection:
+        for phrase, index in _ALERT_SCANS.items():
+            for statement in found[phrase]:
+                if fresh.settings.is_sqlite:
+                    # SQLite may take the authority's other index, as bounded by the window.
+                    lines = await _sqlite_plan(connection, *statement)
+                    on_events = [line for line in lines if " audit_events " in f"{line} "]
+                    assert on_events, lines
+                    assert not [line for line in on_events if line.startswith("SCAN")], lines
+                    continue
+                plan = await _postgresql_plan(connection, *statement, analyze=True)
+                on_events = [s for s in _scans(plan) if s.get("Relation Name") == "audit_events"]
+                assert index in {scan.get("Index Name") for scan in _scans(plan)}, plan
+                assert "Seq Scan" not in {scan["Node Type"] for scan in on_events}, plan
+                # The window's few refusals and referrals; the repeat presentations' 2,900
+                # entries of the days' window from the index alone (not their heap pages).
+                bound = 300 if index == "ix_audit_events_authority_entries_time" else 100
+                assert _buffers(plan) <= bound, (statement, _buffers(plan))

@@ -243,14 +243,19 @@ async def _busiest_windows(
     only columns the alerts' index (migration 0014) carries, so that for the national
     not-found scans each is an index-only scan of the window, never its heap; what else
     an alert shows (the enquirer's details) is read by id for the alerts alone."""
-    suspects = (
-        await session.execute(
+    # Events with no key are grouped too and passed over here: ``key IS NOT NULL`` in the
+    # statement let PostgreSQL read a volume limit's index led by the key, every lookup of
+    # the log, for the window.
+    suspects = [
+        row
+        for row in await session.execute(
             select(AuditEvent.organisation_id, key)
-            .where(*scope, key.is_not(None))
+            .where(*scope)
             .group_by(AuditEvent.organisation_id, key)
             .having(func.count() >= threshold)
         )
-    ).all()
+        if row[1] is not None
+    ]
     if not suspects:
         return []
     rows = (
@@ -337,6 +342,14 @@ async def _client_probing(
     reviewer's children referred to a custodian (that authority only)."""
     minutes = settings.alert_client_window_minutes
     window = timedelta(minutes=minutes)
+    referrals = [
+        *_lookups(),
+        # Not the plain column: the volume limits' national index of referrals matched
+        # it, and read every referral of the window (models.AUTHORITY_REFERRALS).
+        func.coalesce(AuditEvent.outcome, literal_column("''"))
+        == literal_column("'refer_to_custodian'"),
+        *_window(since - window, until),
+    ]
     alerts = []
     for kind, scope, threshold in (
         (
@@ -348,11 +361,9 @@ async def _client_probing(
             AlertKind.client_mismatch,
             # The authority's referrals (ix_audit_events_authority_referrals_time) and
             # its multi-authority ones (the link rows' time index), by time: a few.
-            [
-                *_lookups("refer_to_custodian"),
-                *_window(since - window, until),
-                concerns(reviewer.organisation_id, since - window, until),
-            ],
+            # The ids alone: with the window beside them PostgreSQL read it from a volume
+            # limit's index of every lookup, rather than each event by primary key.
+            [concerns(reviewer.organisation_id, since - window, until, referrals)],
             settings.alert_client_mismatch_threshold,
         ),
     ):

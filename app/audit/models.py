@@ -23,8 +23,12 @@ AUTHORITY_LOOKUPS = "event_type = 'lookup' AND authority_id IS NOT NULL"
 NOT_FOUND = "event_type = 'lookup' AND outcome = 'not_on_plan'"
 # The rows of the alerts' other indexes (migration 0016).
 REFUSED = "event_type = 'lookup' AND refusal IS NOT NULL"
+# The answer through coalesce, as the alert writes it: so that no condition on the plain
+# column (the volume limits' national index of referrals) can read this one, and the
+# alert's cannot read that one, which holds no authority.
 AUTHORITY_REFERRALS = (
-    "event_type = 'lookup' AND outcome = 'refer_to_custodian' AND authority_id IS NOT NULL"
+    "event_type = 'lookup' AND authority_id IS NOT NULL "
+    "AND coalesce(outcome, '') = 'refer_to_custodian'"
 )
 AUTHORITY_ENTRIES = "event_type = 'lookup' AND authority_id IS NOT NULL AND entry_id IS NOT NULL"
 

@@ -415,17 +415,25 @@ def readable_enquiries(reviewer: Principal) -> Enquiries:
     return Enquiries(reviewer.organisation_id)
 
 
-def concerns(authority_id: uuid.UUID, start: datetime, end: datetime) -> ColumnElement[bool]:
-    """Events in ``(start, end]`` about one of the authority's children, including answers
-    that matched entries of several authorities (``AuditEventAuthority``, walked by its
-    time), as one condition (the alerts' scans filter by it, beside the window on the
-    event's own time; the reviews' reads use Enquiries' two halves)."""
-    links = select(AuditEventAuthority.event_id).where(
-        AuditEventAuthority.authority_id == authority_id,
-        AuditEventAuthority.occurred_at > start,
-        AuditEventAuthority.occurred_at <= end,
+def concerns(
+    authority_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    conditions: Sequence[ColumnElement[bool]],
+) -> ColumnElement[bool]:
+    """Events about one of the authority's children meeting ``conditions`` (which hold a
+    window ``(start, end]``), including answers that matched entries of several
+    authorities (``AuditEventAuthority``, walked by its time), as one condition for the
+    alerts' scans. The ids are found first, the authority's from an index led by it and
+    the linked ones from the link rows', then read by primary key: as ``authority_id =
+    :a OR id IN (links)`` PostgreSQL read the window from a volume limit's index of every
+    lookup instead. (The reviews' reads use Enquiries' two halves.)"""
+    link = AuditEventAuthority.__table__.c
+    ours = select(AuditEvent.id).where(*conditions, AuditEvent.authority_id == authority_id)
+    linked = select(link.event_id).where(
+        link.authority_id == authority_id, link.occurred_at > start, link.occurred_at <= end
     )
-    return or_(AuditEvent.authority_id == authority_id, _AnyOf(AuditEvent.id.expression, links))
+    return _AnyOf(AuditEvent.id.expression, union(ours, linked))
 
 
 def asked_with_nhs_number(nhs_number: str) -> ColumnElement[bool]:
