@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner
 from fastapi import FastAPI
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
@@ -727,3 +728,33 @@ async def test_a_hung_checkpoint_directory_does_not_stop_the_sealing(
     assert sequencer.checkpoint_copy_problem() is None
     latest = (log.settings.checkpoint_dir / "latest.txt").read_text()
     assert log.signer.verifier.open(latest).size == 9
+
+
+async def test_a_backlog_is_sealed_in_bounded_transactions_each_committed(
+    log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue longer than a round (after a restart, or a seeded history) is sealed in
+    rounds of ROUND_BATCHES batches, each committed as it ends: another connection sees
+    the first round's seals while later rounds are still to come, and one checkpoint is
+    signed, at the end, over the whole log."""
+    monkeypatch.setattr(sealing, "ROUND_BATCHES", 2)
+    settings = log.settings.model_copy(update={"sealing_batch_size": 5})
+    sequencer = Sequencer(log.sessionmaker, log.signer, settings)
+    await log.write(23)  # three rounds of at most 10, after the fixture's 6
+    seen_between_rounds: list[int] = []
+    seal = sequencer._seal
+
+    async def observed(*, checkpoint: bool) -> Any:
+        async with log.admin() as session:
+            seen_between_rounds.append(
+                await session.scalar(select(func.count()).select_from(AuditSeal))
+            )
+        return await seal(checkpoint=checkpoint)
+
+    monkeypatch.setattr(sequencer, "_seal", observed)
+    total, signed = await sequencer.run_once(checkpoint=True)
+    assert (total.count, total.size) == (23, 29)
+    assert seen_between_rounds == [6, 16, 26]
+    assert signed is not None
+    assert signed.size == 29
+    assert (await log.verify()).ok

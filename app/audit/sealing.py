@@ -106,6 +106,8 @@ class Sealed:
 
 
 SKIPPED = Sealed(0, 0, EMPTY_HEAD, skipped=True)
+# Batches in one round, one transaction (10,000 events at the default batch of 250).
+ROUND_BATCHES = 40
 
 
 class SealingBusy(TimeoutError):
@@ -432,8 +434,9 @@ class Sequencer:
     async def run_once(
         self, *, checkpoint: bool = False, wait: bool = True
     ) -> tuple[Sealed, AuditCheckpoint | None]:
-        """One round: seal everything queued, sign a checkpoint if due (or if
-        ``checkpoint``), copy what the checkpoint directory lacks.
+        """Seal everything queued, in rounds of at most ROUND_BATCHES batches (each its
+        own transaction), sign a checkpoint if due (or if ``checkpoint``, once the queue
+        is empty), copy what the checkpoint directory lacks.
 
         While another replica's sequencer holds the sealing lock, the round is
         skipped (SKIPPED) without waiting on the database: at once if not ``wait``
@@ -444,19 +447,32 @@ class Sequencer:
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         if checkpoint or self._checkpoint_due():
             await self._reload_key(always=checkpoint)  # the key matters only to sign
+        total, signed = Sealed(0, 0, EMPTY_HEAD), None
         while True:
             async with self._round:
                 outcome = await self._seal(checkpoint=checkpoint)
-            if outcome is not None or not wait:
+            if outcome is not None:
+                # A round is at most ROUND_BATCHES batches, one transaction: a backlog
+                # (after a restart, or millions seeded) is sealed in bounded
+                # transactions, each committed, never in one that holds the lock and
+                # every seal until the whole queue is done.
+                sealed, signed_now = outcome
+                total = Sealed(total.count + sealed.count, sealed.size, sealed.head)
+                if signed_now is not None:
+                    signed = signed_now
+                    self._last_checkpoint, self._unsigned = time.monotonic(), False
+                if sealed.more:
+                    continue
+                break
+            if not wait:
                 break
             if time.monotonic() >= deadline:
                 if checkpoint:
                     raise SealingBusy("another sequencer held the sealing lock")
                 break
             await asyncio.sleep(LOCK_RETRY_SECONDS)
-        total, signed = outcome if outcome is not None else (SKIPPED, None)
-        if signed is not None:
-            self._last_checkpoint, self._unsigned = time.monotonic(), False
+        if outcome is None and not total.count:
+            total = SKIPPED
         await self._copy_checkpoints(signed)
         if total.count:
             log.info("audit_sealed", count=total.count, size=total.size)
@@ -466,19 +482,22 @@ class Sequencer:
         settings = self._settings
         async with self._sessionmaker() as session:
             total = Sealed(0, 0, EMPTY_HEAD)
-            while True:
+            for _ in range(ROUND_BATCHES):
                 sealed = await seal_pending(session, batch_size=settings.sealing_batch_size)
                 if sealed is None:
                     await session.rollback()
                     return None
-                total = Sealed(total.count + sealed.count, sealed.size, sealed.head)
+                total = Sealed(
+                    total.count + sealed.count, sealed.size, sealed.head, more=sealed.more
+                )
                 if not sealed.more:
                     break
             self._unsigned = self._unsigned or total.count > 0
             signed, refused = None, None
             if not checkpoint and self._unsigned and self._checkpoint_due():
                 await self._defer_to_stored(session, total.size)
-            if checkpoint or (self._unsigned and self._checkpoint_due()):
+            # Asked for a checkpoint: at the round that leaves the queue empty.
+            if (checkpoint and not total.more) or (self._unsigned and self._checkpoint_due()):
                 try:
                     signed = await sign_checkpoint(
                         session, self.signer, settings.audit_log_origin, total
