@@ -164,20 +164,18 @@ def _window(start: datetime, end: datetime) -> list[Any]:
     ]
 
 
-def _lookups(outcome: str | None = None) -> list[Any]:
-    """Lookups (with that answer), the rows of the alerts' partial indexes (migrations
-    0014 and 0016), as literals: a bound value would not match a partial index in a
-    prepared statement's generic plan, nor on SQLite."""
-    found = [AuditEvent.event_type == literal_column(f"'{LOOKUP}'")]
-    if outcome is not None:
-        found.append(AuditEvent.outcome == literal_column(f"'{outcome}'"))
-    return found
+def _lookups() -> list[Any]:
+    """Lookups, the rows of the alerts' partial indexes (migrations 0014 and 0016), as a
+    literal: a bound value would not match a partial index in a prepared statement's
+    generic plan, nor on SQLite."""
+    return [AuditEvent.event_type == literal_column(f"'{LOOKUP}'")]
 
 
 def _not_found_between(start: datetime, end: datetime) -> list[Any]:
     """Not-found lookups in ``(start, end]``, read from ix_audit_events_not_found_index_
     time (migration 0014), which carries every column the scans read."""
-    return [*_lookups("not_on_plan"), *_window(start, end)]
+    not_found = AuditEvent.outcome == literal_column("'not_on_plan'")
+    return [*_lookups(), not_found, *_window(start, end)]
 
 
 def peak_count(
@@ -359,10 +357,9 @@ async def _client_probing(
         ),
         (
             AlertKind.client_mismatch,
-            # The authority's referrals (ix_audit_events_authority_referrals_time) and
-            # its multi-authority ones (the link rows' time index), by time: a few.
-            # The ids alone: with the window beside them PostgreSQL read it from a volume
-            # limit's index of every lookup, rather than each event by primary key.
+            # The ids of the authority's referrals and of its multi-authority ones, each
+            # found by time from its own index, alone: with the window beside them
+            # PostgreSQL read it from a volume limit's index of every lookup.
             [concerns(reviewer.organisation_id, since - window, until, referrals)],
             settings.alert_client_mismatch_threshold,
         ),
