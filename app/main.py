@@ -1,7 +1,6 @@
 """Builds the FastAPI app."""
 
 import asyncio
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +29,7 @@ from app.db import (
 )
 from app.errors import install_handlers
 from app.fhir import routes as fhir_routes
+from app.heap import settle_heap
 from app.logging import configure_logging
 from app.lookup import routes as lookup_routes
 from app.lookup.schemas import LookupRequest
@@ -75,11 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.checkpoint_verifier = checkpoint_verifier(settings, app.state.sequencer)
         if background is not None:
             background.start()
-        # What exists now (modules, the app, its routes and schemas) lives as long as the
-        # worker: keep it out of the cyclic collector's full passes, which otherwise stop
-        # the worker for 30-120 ms every few seconds under load, the lookups' p99.
-        gc.collect()
-        gc.freeze()
+        settle_heap()
         try:
             yield
         finally:

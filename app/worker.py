@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.background import Background, shut_down
 from app.config import Settings, get_settings
 from app.db import create_engine, create_sessionmaker, lock_key, open_connection
+from app.heap import settle_heap
 from app.logging import configure_logging
 
 LEADER_LOCK = lock_key("cp-register worker leadership")
@@ -221,6 +222,7 @@ def create_worker_app(settings: Settings | None = None) -> FastAPI:
         app.state.worker = worker
         running = asyncio.create_task(worker.run_forever())
         app.state.running = running
+        settle_heap()
         try:
             yield
         finally:

@@ -9,8 +9,8 @@ BENCH_POSTGRES_URL (trust auth, a superuser; dropped at the end), migrated with
 ``app.cli.upgrade_database``:
 
 1. The log's body, ``size`` past lookups over the days up to two hours ago (at most DAILY
-   a day, 30 days at least) by 397
-   clients, one of them (``client:long``, enquirer ``E-long``) with HISTORY of them,
+   a day, 30 days at least) by CLIENTS clients (each of one organisation), one of them
+   (``client:long``, enquirer ``E-long``) with HISTORY of them,
    written with one ``INSERT ... SELECT generate_series`` with the queue trigger off
    (the body is sealed next, so it would only pass through the queue). Then sealed as
    the sequencer seals, in ``(occurred_at, id)`` order with the service's own hashing
@@ -64,6 +64,7 @@ from app.db import create_engine, create_sessionmaker
 from app.lookup.limits import limit_columns, limit_parameters
 from bench.custodian import (
     BIG_SHARE,
+    ORGANISATIONS,
     body_columns,
     body_joins,
     measure,
@@ -76,6 +77,8 @@ from bench.custodian import reads as custodian_reads
 ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
+# Autovacuum's interval on the log, in new events (migration 0017).
+VACUUM_EVENTS = 10_000
 # The small log the grown one is compared with, and the grown one (10 million: a long run).
 SMALL = int(os.environ.get("GROWTH_SMALL", "20000"))
 GROWTH_EVENTS = int(os.environ.get("GROWTH_EVENTS", "2000000"))
@@ -90,7 +93,11 @@ BURST = 20_000
 BACKLOG = 2_000
 BATCH = 250
 RUNS = 5
-CLIENTS = 397
+# System clients, nationally: each of one organisation, as in service (client i % 400 is
+# always of organisation i % 50). With 397 every client asked from all 50 organisations:
+# 19,850 (organisation, client) groups for the alerts to count where there are 400.
+CLIENTS = 400
+assert CLIENTS % ORGANISATIONS == 0
 STREAM_PARTITION = 10_000
 # --verify: the incremental walk starts this many events before the head.
 SINCE_TAIL = 1_000
@@ -349,15 +356,25 @@ async def _one_size(size: int, *, verify: bool, keep: bool) -> dict[str, Any]:
             seeded = await seed_custodians(engine, admin)
             custodians = body_columns(seeded["authority"], seeded["other"])
             # Statistics as ANALYZE left them when the log was a hundredth of its size
-            # ("stale"), until the VACUUM ANALYZE below ("fresh").
+            # ("stale"), until the VACUUM ANALYZE below ("fresh"): autovacuum off.
             await admin.execute("ALTER TABLE audit_events SET (autovacuum_enabled = false)")
             await admin.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_queue")
             # At most DAILY events a day: a larger log is a longer past, not a busier day.
             days = max(30, -(-size // DAILY))
             body_start = f"now() - interval '{days} days'"
             span_us = (timedelta(days=days) - timedelta(hours=2)) / timedelta(microseconds=1)
+            # The visibility map as autovacuum leaves it at worst (migration 0017): every
+            # page but the newest VACUUM_EVENTS events'.
             first_part = max(size // 100, 1)
-            for first, count in ((1, first_part), (first_part + 1, size - first_part)):
+            recent = min(VACUUM_EVENTS, size - first_part)
+            parts = (
+                (1, first_part),
+                (first_part + 1, size - first_part - recent),
+                (size - recent + 1, recent),
+            )
+            for first, count in parts:
+                if first == size - recent + 1:
+                    await admin.execute("VACUUM audit_events")
                 await admin.execute(
                     _events_sql(
                         first,

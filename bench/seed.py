@@ -229,30 +229,32 @@ async def seed_audit_history(engine: AsyncEngine, settings: Settings, *, events:
         organisation_id = await connection.scalar(
             select(Organisation.id).where(Organisation.name == ED_ORGANISATION)
         )
-    rows = []
-    for _ in range(events):
-        client = rng.randrange(HISTORY_CLIENTS)
-        enquirer = f"H{client}-{rng.randrange(20)}"
-        rows.append(
-            new_event(
-                occurred_at=now - timedelta(seconds=rng.uniform(3600, HISTORY_DAYS * 86400)),
-                event_type="lookup",
-                principal=f"client:cpr-history-{client:04d}",
-                organisation_id=organisation_id,
-                enquirer={"id": enquirer, "name": "Dr History", "role": "ED registrar"},
-                enquirer_id=enquirer,
-                purpose="unscheduled_care",
-                reason="seeded history (benchmark)",
-                query={"nhs_number": None, "given_name": None, "family_name": None},
-                outcome="not_on_plan",
-                disclosed={"status": "not_on_plan"},
-                source_address="192.0.2.1",
+    # Oldest first, as the service writes them; the rows are built a batch at a time, so
+    # that a history of millions (make bench-growth) never sits in memory whole.
+    ages = sorted((rng.uniform(3600, HISTORY_DAYS * 86400) for _ in range(events)), reverse=True)
+    for start in range(0, events, BATCH_SIZE):
+        rows = []
+        for age in ages[start : start + BATCH_SIZE]:
+            client = rng.randrange(HISTORY_CLIENTS)
+            enquirer = f"H{client}-{rng.randrange(20)}"
+            rows.append(
+                new_event(
+                    occurred_at=now - timedelta(seconds=age),
+                    event_type="lookup",
+                    principal=f"client:cpr-history-{client:04d}",
+                    organisation_id=organisation_id,
+                    enquirer={"id": enquirer, "name": "Dr History", "role": "ED registrar"},
+                    enquirer_id=enquirer,
+                    purpose="unscheduled_care",
+                    reason="seeded history (benchmark)",
+                    query={"nhs_number": None, "given_name": None, "family_name": None},
+                    outcome="not_on_plan",
+                    disclosed={"status": "not_on_plan"},
+                    source_address="192.0.2.1",
+                )
             )
-        )
-    rows.sort(key=lambda row: row["occurred_at"])
-    for start in range(0, len(rows), BATCH_SIZE):
         async with engine.begin() as connection:
-            await connection.execute(INSERT_EVENT.statement, rows[start : start + BATCH_SIZE])
+            await connection.execute(INSERT_EVENT.statement, rows)
     signer = CheckpointSigner.from_file(
         settings.checkpoint_key_path, settings.audit_log_origin, create=False
     )

@@ -6,13 +6,13 @@ import csv
 import io
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit import review
@@ -581,6 +581,48 @@ async def test_many_not_found_answers_to_one_enquirer_raise_an_alert(
     assert alert["principal"] == world["hospital_client"].subject
     assert alert["entry_id"] is None
     assert of_enquirer(alerts, careful) == []
+
+
+async def test_a_spike_is_found_wherever_its_window_falls_and_only_if_one_window_holds_it(
+    watchful_client: httpx.AsyncClient,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """The report reads only the groups with the threshold's worth of events in two
+    consecutive window-long spans (clock hours here): a spike across the hour is found
+    with its count, and three not-found answers spread over 70 minutes are not one."""
+    hour = utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    across, spread = enquirer_id(), enquirer_id()
+    timings = {
+        across: (-10, -5, 5),  # three within 15 minutes, across the hour
+        spread: (-55, -50, 20),  # three in consecutive hours, never three in 60 minutes
+    }
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "occurred_at": hour + timedelta(minutes=minutes),
+            "event_type": "lookup",
+            "principal": world["hospital_client"].subject,
+            "organisation_id": world.orgs["hospital"].id,
+            "enquirer": {"id": who, "name": "Dr A Jones"},
+            "enquirer_id": who,
+            "purpose": "unscheduled_care",
+            "outcome": "not_on_plan",
+        }
+        for who, offsets in timings.items()
+        for minutes in offsets
+    ]
+    async with sessionmaker() as session:
+        await session.execute(insert(AuditEvent.__table__), rows)
+        await session.commit()
+
+    alerts = await alerts_for(watchful_client, world["custodian_a"].headers)
+
+    [alert] = of_enquirer(alerts, across)
+    assert (alert["kind"], alert["count"]) == ("not_found_spike", 3)
+    window = [datetime.fromisoformat(alert[end]) for end in ("window_start", "window_end")]
+    assert window == [hour - timedelta(minutes=10), hour + timedelta(minutes=5)]
+    assert of_enquirer(alerts, spread) == []
 
 
 async def test_lookups_refused_at_the_volume_limit_raise_an_alert(

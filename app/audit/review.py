@@ -606,31 +606,56 @@ def csv_row(row: Any, authority_id: uuid.UUID) -> list[str]:
     ``AuditEventRead`` (``event_read``), flattened, and no others. Read straight from
     the row, without the ORM's objects, the response models or parsing the enquirer and
     the identifiers, which cost some 100 µs a row: a day of a large authority's
-    enquiries is thousands of rows."""
-    disclosed = row.disclosed
-    values: Sequence[object] = (
-        row.id,
-        row.occurred_at.isoformat(),
-        row.organisation_id,
-        row.organisation_name,
-        row.enquirer_id or "",
-        row.enquirer_name,
-        row.enquirer_role,
-        row.purpose,
-        row.reason,
-        row.query_nhs_number,
-        row.query_given_name,
-        row.query_family_name,
-        row.query_date_of_birth,
-        row.outcome,
-        disclosed.get("status") if disclosed else None,
-        ";".join(disclosed.get("categories") or ()) if disclosed else None,
-        disclosed.get("unborn") if disclosed else None,
-        row.entry_id,
-        row.entry_version,
-        ";".join(str(entry_id) for entry_id in _matched(row.detail, authority_id)),
-    )
-    return [safe_cell(value) for value in values]
+    enquiries is thousands of rows. The row is unpacked by position (its columns in
+    ``newest_first_rows``' order) and only text is passed through ``safe_cell``: ids,
+    times and numbers are ours and cannot start a formula (half the cost again)."""
+    (
+        event_id,
+        occurred_at,
+        organisation_id,
+        organisation_name,
+        purpose,
+        reason,
+        outcome,
+        disclosed,
+        entry_id,
+        entry_version,
+        detail,
+        enquirer_id,
+        enquirer_name,
+        enquirer_role,
+        nhs_number,
+        given_name,
+        family_name,
+        date_of_birth,
+    ) = row
+    status = categories = unborn = ""
+    if disclosed:
+        status = safe_cell(disclosed.get("status"))
+        categories = safe_cell(";".join(disclosed.get("categories") or ()))
+        unborn = "" if disclosed.get("unborn") is None else str(disclosed["unborn"])
+    return [
+        str(event_id),
+        occurred_at.isoformat(),
+        "" if organisation_id is None else str(organisation_id),
+        safe_cell(organisation_name),
+        safe_cell(enquirer_id),
+        safe_cell(enquirer_name),
+        safe_cell(enquirer_role),
+        safe_cell(purpose),
+        safe_cell(reason),
+        safe_cell(nhs_number),
+        safe_cell(given_name),
+        safe_cell(family_name),
+        safe_cell(date_of_birth),
+        safe_cell(outcome),
+        status,
+        categories,
+        unborn,
+        "" if entry_id is None else str(entry_id),
+        "" if entry_version is None else str(entry_version),
+        ";".join(str(matched) for matched in _matched(detail, authority_id)),
+    ]
 
 
 async def _csv(
