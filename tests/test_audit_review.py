@@ -462,6 +462,15 @@ async def test_export_streams_csv_and_is_itself_audited(
     assert rows[0]["nhs_number"] == NHS["multi"]
     assert rows[0]["disclosed_categories"] == "neglect;emotional_abuse"
     assert rows[0]["organisation_name"] == world.orgs["hospital"].name
+    # What was disclosed, cell by cell as the event says it (both databases spell a JSON
+    # boolean differently when they read it out).
+    listed = {e["id"]: e for e in await events(client, world["custodian_a"].headers)}
+    for row in rows:
+        disclosed = listed[row["event_id"]]["disclosed"]
+        unborn = disclosed.get("unborn")
+        assert row["disclosed_status"] == disclosed["status"] == "on_plan"
+        assert row["disclosed_unborn"] == ("" if unborn is None else str(unborn)), disclosed
+        assert row["disclosed_categories"] == ";".join(disclosed.get("categories") or ())
     export = await event_of(sessionmaker, response)
     assert export.event_type == "audit.exported"
     assert export.principal == world["custodian_a"].subject
