@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.audit import alerts as alerting
 from app.audit import review
 from app.audit.models import AuditEvent
 from app.auth.principals import Principal
@@ -592,14 +593,19 @@ async def test_many_not_found_answers_to_one_enquirer_raise_an_alert(
     assert of_enquirer(alerts, careful) == []
 
 
+@pytest.mark.parametrize("few", [alerting.FEW_SUSPECTS, 0], ids=["by period", "by spans"])
 async def test_a_spike_is_found_wherever_its_window_falls_and_only_if_one_window_holds_it(
     watchful_client: httpx.AsyncClient,
     world: World,
     sessionmaker: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+    few: int,
 ) -> None:
-    """The report reads only the groups with the threshold's worth of events in two
-    consecutive window-long spans (clock hours here): a spike across the hour is found
-    with its count, and three not-found answers spread over 70 minutes are not one."""
+    """A spike across the hour is found with its count and window, and three not-found
+    answers spread over 70 minutes are not one: whether the groups to read were chosen
+    by their count over the period, or (as when more than FEW_SUSPECTS are over the
+    threshold) by their counts in consecutive window-long spans, clock hours here."""
+    monkeypatch.setattr(alerting, "FEW_SUSPECTS", few)
     hour = utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     across, spread = enquirer_id(), enquirer_id()
     timings = {
