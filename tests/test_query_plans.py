@@ -691,7 +691,7 @@ async def test_autovacuum_keeps_up_with_the_log_counted_in_events(
 ) -> None:
     """The index-only scans above leave the heap alone only for pages vacuumed since they
     were written: the log and its link rows are vacuumed every 10,000 new rows and
-    analysed every 50,000 (migration 0017), not after a share of a table that grows for
+    analysed every 200,000 (migration 0017), not after a share of a table that grows for
     years (20 % and 10 % by default: months apart at ten million events a year)."""
     if fresh.settings.is_sqlite:
         pytest.skip("SQLite has no autovacuum and no visibility map")
@@ -709,7 +709,7 @@ async def test_autovacuum_keeps_up_with_the_log_counted_in_events(
     expected = {
         "autovacuum_vacuum_insert_threshold=10000",
         "autovacuum_vacuum_insert_scale_factor=0",
-        "autovacuum_analyze_threshold=50000",
+        "autovacuum_analyze_threshold=200000",
         "autovacuum_analyze_scale_factor=0",
     }
     assert {table: set(values or ()) for table, values in options.items()} == {
