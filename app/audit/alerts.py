@@ -229,9 +229,10 @@ def peak_distinct(
 
 
 # Groups over the threshold in the whole period beyond which the period is counted again
-# by spans (``_suspects``) before any group's events are read: after a busy hour every
-# enquirer of the country can be over it, and reading and windowing each one's events
-# cost more than the count by spans (issue 18).
+# by spans (``_suspects``) before any group's events are read: at the national rate each
+# of 2,000 enquirers has a dozen not-found answers a day, so after a busy ten minutes
+# every one is over it, and reading and windowing each one's events costs more than the
+# count by spans (issue 18).
 FEW_SUSPECTS = 50
 
 
@@ -270,10 +271,8 @@ def _suspects(
     """The (organisation, ``key``) groups with at least ``threshold`` events in some two
     consecutive window-long spans: the only ones that can hold that many in one window.
     Each event is counted in its span and in the next (a pair ending there), so it is
-    one hashed aggregate of the scope, no sort. Counting per group over the whole period
-    was no filter: at the national rate each of 2,000 enquirers has a dozen not-found
-    answers a day, so after a busy ten minutes every one was a suspect, and the report
-    read and windowed all of the period's events (issue 18)."""
+    one hashed aggregate of the scope, no sort; it has about a group per event, so it is
+    run only past FEW_SUSPECTS."""
     shifts = union_all(
         select(literal_column("0").label("shift")), select(literal_column("1"))
     ).subquery("shifts")
