@@ -601,21 +601,27 @@ async def test_a_spike_is_found_wherever_its_window_falls_and_only_if_one_window
     monkeypatch: pytest.MonkeyPatch,
     few: int,
 ) -> None:
-    """A spike across the hour is found with its count and window, and three not-found
-    answers spread over 70 minutes are not one: whether the groups to read were chosen
-    by their count over the period, or (as when more than FEW_SUSPECTS are over the
-    threshold) by their counts in consecutive window-long spans, clock hours here."""
+    """A spike across the hour is found with its count and window; three not-found
+    answers spread over 70 minutes are not one, nor three whose first is exactly the
+    window (60 minutes) before the last, while a microsecond under it is; and of seven
+    over five hours only the three within two minutes are. Whether the groups to read
+    were chosen by their count over the period, or (as when more than FEW_SUSPECTS are
+    over the threshold) by their counts in consecutive window-long spans, clock hours."""
     monkeypatch.setattr(alerting, "FEW_SUSPECTS", few)
-    hour = utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
-    across, spread = enquirer_id(), enquirer_id()
+    hour = utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    across, spread, exact, inside, busy = (enquirer_id() for _ in range(5))
+    minute, tick = timedelta(minutes=1), timedelta(microseconds=1)
     timings = {
-        across: (-10, -5, 5),  # three within 15 minutes, across the hour
-        spread: (-55, -50, 20),  # three in consecutive hours, never three in 60 minutes
+        across: (-10 * minute, -5 * minute, 5 * minute),  # three within 15 minutes
+        spread: (-55 * minute, -50 * minute, 20 * minute),  # never three in 60 minutes
+        exact: (0 * minute, 30 * minute, 60 * minute),  # (t - 60 minutes, t]: two in it
+        inside: (tick, 30 * minute, 60 * minute),  # three
+        busy: tuple(n * minute for n in (-150, -90, -30, 30, 90, 91, 92)),  # 3 in 2 min
     }
     rows = [
         {
             "id": uuid.uuid4(),
-            "occurred_at": hour + timedelta(minutes=minutes),
+            "occurred_at": hour + offset,
             "event_type": "lookup",
             "principal": world["hospital_client"].subject,
             "organisation_id": world.orgs["hospital"].id,
@@ -625,7 +631,7 @@ async def test_a_spike_is_found_wherever_its_window_falls_and_only_if_one_window
             "outcome": "not_on_plan",
         }
         for who, offsets in timings.items()
-        for minutes in offsets
+        for offset in offsets
     ]
     async with sessionmaker() as session:
         await session.execute(insert(AuditEvent.__table__), rows)
@@ -633,11 +639,20 @@ async def test_a_spike_is_found_wherever_its_window_falls_and_only_if_one_window
 
     alerts = await alerts_for(watchful_client, world["custodian_a"].headers)
 
+    def window(alert: dict[str, Any]) -> list[datetime]:
+        return [datetime.fromisoformat(alert[end]) for end in ("window_start", "window_end")]
+
     [alert] = of_enquirer(alerts, across)
     assert (alert["kind"], alert["count"]) == ("not_found_spike", 3)
-    window = [datetime.fromisoformat(alert[end]) for end in ("window_start", "window_end")]
-    assert window == [hour - timedelta(minutes=10), hour + timedelta(minutes=5)]
+    assert window(alert) == [hour - 10 * minute, hour + 5 * minute]
     assert of_enquirer(alerts, spread) == []
+    assert of_enquirer(alerts, exact) == []
+    [alert] = of_enquirer(alerts, inside)
+    assert alert["count"] == 3
+    assert window(alert) == [hour + tick, hour + 60 * minute]
+    [alert] = of_enquirer(alerts, busy)
+    assert alert["count"] == 3
+    assert window(alert) == [hour + 90 * minute, hour + 92 * minute]
 
 
 async def test_lookups_refused_at_the_volume_limit_raise_an_alert(
