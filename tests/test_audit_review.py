@@ -130,13 +130,57 @@ async def test_search_by_the_childs_nhs_number_travels_in_the_body(
     response = await search(client, world["custodian_a"].headers, nhs_number=spaced)
 
     assert response.status_code == 200
-    ids = {e["id"] for e in response.json()["items"]}
-    assert ids == {by_number.json()["lookup_id"], by_names.json()["lookup_id"]}
+    # Newest first, each once: the lookup by number both asked with it and was answered
+    # with the entry.
+    ids = [e["id"] for e in response.json()["items"]]
+    assert ids == [by_names.json()["lookup_id"], by_number.json()["lookup_id"]]
     # Reading the log is itself on record: who looked, for which child.
     read = await event_of(sessionmaker, response)
     assert (read.event_type, read.principal) == ("audit.read", world["custodian_a"].subject)
     assert read.query == {"nhs_number": nhs}
     assert read.detail["path"] == "/v1/audit/events/search"
+
+
+async def test_a_childs_enquiries_page_newest_first_however_each_found_it(
+    client: httpx.AsyncClient, world: World, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """By NHS number and on the entry's own page, the enquiries by number and by names
+    and date of birth (each found from an index of its own) interleave newest first,
+    page after page, none twice and none left out."""
+    entry, nhs = await new_child(sessionmaker, world.orgs["authority_a"])
+    by_names = {
+        "given_name": entry.child_given_name,
+        "family_name": entry.child_family_name,
+        "date_of_birth": entry.child_date_of_birth.isoformat(),  # type: ignore[union-attr]
+    }
+    asked = [
+        (await ask(client, world, "hospital_client", nhs if n % 3 else by_names)).json()
+        for n in range(7)
+    ]
+    newest_first = [answer["lookup_id"] for answer in reversed(asked)]
+    headers = world["custodian_a"].headers
+
+    async def pages(read: Any) -> list[list[str]]:
+        found, cursor = [], None
+        while True:
+            page = (await read(cursor)).json()
+            found.append([e["id"] for e in page["items"]])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
+
+    async def by_number(cursor: str | None) -> httpx.Response:
+        body = {"nhs_number": nhs, "limit": 3} | ({"cursor": cursor} if cursor else {})
+        return await search(client, headers, **body)
+
+    async def on_the_entry(cursor: str | None) -> httpx.Response:
+        params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
+        path = f"/v1/audit/entries/{entry.id}/enquiries"
+        return await client.get(path, params=params, headers=headers)
+
+    expected = [newest_first[:3], newest_first[3:6], newest_first[6:]]
+    assert await pages(by_number) == expected
+    assert await pages(on_the_entry) == expected
 
 
 async def test_searching_for_another_authoritys_child_finds_nothing(

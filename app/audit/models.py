@@ -31,6 +31,9 @@ AUTHORITY_REFERRALS = (
     "AND coalesce(outcome, '') = 'refer_to_custodian'"
 )
 AUTHORITY_ENTRIES = "event_type = 'lookup' AND authority_id IS NOT NULL AND entry_id IS NOT NULL"
+# The rows of the index of one entry's enquiries (migration 0018): lookups answered with
+# an entry. ``entry_id = :e`` implies the second term, on both databases.
+ENTRY_LOOKUPS = "event_type = 'lookup' AND entry_id IS NOT NULL"
 
 
 class JsonText(ColumnElement[str]):
@@ -230,13 +233,24 @@ for _name, _lead, _trail, _include, _where in _ALERT_KEYS:
         postgresql_include=_include,
     )
 
-# A custodian's search by a child's NHS number (migration 0012).
+# The enquiries about one child (app/audit/review.py ``Enquiries.halves``; migration
+# 0018): those asked with its NHS number, and those answered with one of its entries,
+# each walked newest first with its tie-break, so that a page stops when it is full.
 Index(
-    "ix_audit_events_lookups_asked_nhs_number",
+    "ix_audit_events_lookups_asked_nhs_number_index_time",
     AskedNhsNumber(_EVENTS.query),
-    _EVENTS.occurred_at,
+    IndexTime(_EVENTS.occurred_at),
+    _EVENTS.id,
     sqlite_where=text(LOOKUPS),
     postgresql_where=text(LOOKUPS),
+)
+Index(
+    "ix_audit_events_lookups_entry_id_index_time",
+    _EVENTS.entry_id,
+    IndexTime(_EVENTS.occurred_at),
+    _EVENTS.id,
+    sqlite_where=text(ENTRY_LOOKUPS),
+    postgresql_where=text(ENTRY_LOOKUPS),
 )
 
 

@@ -297,14 +297,14 @@ class Enquiries:
         return Enquiries(self.authority_id, self.criteria + criteria, self.children, mirrored)
 
     def about_one_child(self, *found_by: ColumnElement[bool]) -> "Enquiries":
-        """The conditions name one child: every enquiry they allow meets one of
-        ``found_by`` (an entry, an NHS number asked), each served by an index of its own.
-        Those few enquiries are found by them, then read whole and checked against the
-        conditions: the planners otherwise walked every one of the authority's (or, on
-        SQLite, the whole NHS-number index, its OR of two indexes never split)."""
-        if self.children:  # already found by something the new conditions narrow
-            return self
-        return Enquiries(self.authority_id, self.criteria, found_by, self.links)
+        """The enquiries are about one child: each meets one of ``found_by`` (an entry,
+        an NHS number asked), each served by an index of its own, which ``halves`` walks
+        newest first: the planners otherwise walked every one of the authority's (or, on
+        SQLite, the whole NHS-number index, its OR of two indexes never split). Once
+        found by something, these narrow it."""
+        if self.children:  # already found by something: these narrow it
+            return self.where(or_(*found_by))
+        return Enquiries(self.authority_id, self.criteria, found_by, None)
 
     def halves(self, limit: int | None = None) -> list[Select[Any]]:
         """The halves, each selecting the event's columns and the enquiring
@@ -319,14 +319,26 @@ class Enquiries:
         ours = AuditEvent.authority_id == self.authority_id
         link = AuditEventAuthority.__table__.c
         if self.children:
-            found = union(*(select(events.c.id).where(lookups, c) for c in self.children))
+            # One walk per way of finding the child, newest first from its own index
+            # (the key, then the time as IndexTime, then the id: migration 0018), each
+            # checked as it goes and cut at the page; an enquiry two walks find is kept
+            # once (``_merged``). Reading every enquiry about the child by primary key,
+            # then sorting them, cost 4,685 buffers a page for a child asked about 1,100
+            # times (issue 18).
             linked_to_us = (
                 select(link.event_id)
                 .where(link.authority_id == self.authority_id, link.event_id == events.c.id)
                 .exists()
             )
             concerned = or_(ours, linked_to_us)
-            return [self._fenced(_AnyOf(events.c.id, found), [lookups, concerned, *self.criteria])]
+            return [
+                select(*events.c, Organisation.name.label("organisation_name"))
+                .outerjoin(Organisation, Organisation.id == AuditEvent.organisation_id)
+                .where(lookups, found, concerned, *self.criteria)
+                .order_by(_time(AuditEvent.occurred_at).desc(), AuditEvent.id.desc())
+                .limit(limit)
+                for found in self.children
+            ]
         own = (
             select(*events.c, Organisation.name.label("organisation_name"))
             .outerjoin(Organisation, Organisation.id == AuditEvent.organisation_id)
@@ -372,7 +384,18 @@ class Enquiries:
         """Each half cut at the page, then merged."""
         halves = self.halves(limit)
         # Each a subquery: SQLite takes no ORDER BY or LIMIT on a compound's members.
-        return union_all(*(select(half.subquery()) for half in halves)).subquery("readable")
+        merged = union_all(*(select(half.subquery()) for half in halves)).subquery("readable")
+        if len(self.children) < 2:
+            return merged
+        # The walks about one child may each find an enquiry (asked with the number and
+        # answered with the entry): once each. The newest ``limit`` of their union are
+        # among each walk's newest ``limit``, so the page is exact. (Telling each walk
+        # to leave out what another finds made it read every enquiry about the child to
+        # check it.)
+        nth = func.row_number().over(partition_by=merged.c.id).label("nth")
+        walked = select(merged, nth).subquery("walked")
+        columns = [column for column in walked.c if column.name != "nth"]
+        return select(*columns).where(walked.c.nth == 1).subquery("readable")
 
     def newest_first(self, limit: int | None = None) -> Select[AuditEvent, str | None]:
         """The enquiries newest first, at most ``limit`` of them, as events."""
@@ -442,24 +465,30 @@ def asked_with_nhs_number(nhs_number: str) -> ColumnElement[bool]:
     return AskedNhsNumber(AuditEvent.__table__.c.query) == nhs_number
 
 
+async def numbered(session: AsyncSession, reviewer: Principal, nhs_number: str) -> list[uuid.UUID]:
+    """The reviewer's own entries for the child with that NHS number, to find the
+    enquiries answered with them by each one's index (``filtered``)."""
+    entries = only(own_entries(reviewer), RegisterEntry.id).where(
+        RegisterEntry.subject_nhs_number == nhs_number
+    )
+    return list((await session.scalars(entries.order_by(RegisterEntry.id))).all())
+
+
 def filtered(
     statement: Enquiries,
     filters: EnquiryFilters,
     reviewer: Principal,
     nhs_number: str | None = None,
+    entries: Sequence[uuid.UUID] = (),
 ) -> Enquiries:
     if filters.entry_id is not None:
-        about = AuditEvent.entry_id == filters.entry_id
-        statement = statement.where(about).about_one_child(about)
+        statement = statement.about_one_child(AuditEvent.entry_id == filters.entry_id)
     if nhs_number is not None:
         # Asked with that number, or answered with one of our entries for that child
-        # (an enquiry by names and date of birth carries no NHS number).
-        entries = only(own_entries(reviewer), RegisterEntry.id).where(
-            RegisterEntry.subject_nhs_number == nhs_number
-        )
+        # (``entries``: an enquiry by names and date of birth carries no NHS number).
         asked = asked_with_nhs_number(nhs_number)
-        answered = _AnyOf(AuditEvent.entry_id.expression, entries)
-        statement = statement.where(or_(asked, answered)).about_one_child(asked, answered)
+        answered = [AuditEvent.entry_id == entry_id for entry_id in entries]
+        statement = statement.about_one_child(asked, *answered)
     link = AuditEventAuthority.__table__.c
     if filters.enquirer_id is not None:
         statement = statement.where(
@@ -749,8 +778,10 @@ async def list_page(
 async def search_page(
     session: AsyncSession, request: Request, reviewer: Principal, search: EnquirySearch
 ) -> AuditEventPage:
-    statement = filtered(readable_enquiries(reviewer), search, reviewer, search.nhs_number)
-    return await page_of(session, request, reviewer, statement, search, search.nhs_number)
+    nhs_number = search.nhs_number
+    entries = await numbered(session, reviewer, nhs_number) if nhs_number else []
+    statement = filtered(readable_enquiries(reviewer), search, reviewer, nhs_number, entries)
+    return await page_of(session, request, reviewer, statement, search, nhs_number)
 
 
 async def entry_page(
@@ -774,7 +805,7 @@ async def entry_page(
     if found.subject_nhs_number is not None:
         # Also the enquiries with the child's number that a custodian had to resolve.
         found_by.append(asked_with_nhs_number(found.subject_nhs_number))
-    statement = readable_enquiries(reviewer).where(or_(*found_by)).about_one_child(*found_by)
+    statement = readable_enquiries(reviewer).about_one_child(*found_by)
     return await page_of(session, request, reviewer, statement, page)
 
 
@@ -796,7 +827,8 @@ async def export_csv(
         )
     )
     await commit_or_fail_closed(session)
-    statement = filtered(readable_enquiries(reviewer), export, reviewer, export.nhs_number)
+    entries = await numbered(session, reviewer, nhs_number) if nhs_number else []
+    statement = filtered(readable_enquiries(reviewer), export, reviewer, nhs_number, entries)
     filename = f"enquiries-{utcnow():%Y%m%dT%H%M%SZ}.csv"
     chunks = _csv(request.app.state.sessionmaker, statement, reviewer.organisation_id)
     return chunks, filename
