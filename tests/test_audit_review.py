@@ -738,6 +738,34 @@ async def test_a_purpose_the_organisation_may_not_give_raises_an_alert(
     assert alert["detail"].startswith('1 lookup was refused for giving the purpose "Police')
 
 
+async def test_each_enquirer_refused_is_an_alert_naming_them_as_they_last_gave_their_name(
+    watchful_client: httpx.AsyncClient, world: World
+) -> None:
+    """Refusals by many enquirer ids (as a client inventing them sends) are an alert
+    each, in one read, each naming its enquirer as the latest refusal did."""
+    names = {enquirer_id(): f"Dr {n}" for n in range(6)}
+    for who, name in names.items():
+        for given in ("Dr Earlier", name):
+            refused = await ask(
+                watchful_client,
+                world,
+                "hospital_client",
+                NHS["neglect"],
+                who,
+                purpose="police_investigation",
+                name=given,
+            )
+            assert refused.status_code == 403
+
+    alerts = await alerts_for(watchful_client, world["custodian_a"].headers)
+
+    for who, name in names.items():
+        [alert] = of_enquirer(alerts, who)
+        assert (alert["kind"], alert["count"]) == ("purpose_not_allowed", 2)
+        assert alert["enquirer"]["name"] == name
+        assert alert["window_start"] < alert["window_end"]
+
+
 async def test_one_child_looked_up_by_several_sites_raises_an_alert_for_its_authority_only(
     app: FastAPI,
     watchful_client: httpx.AsyncClient,

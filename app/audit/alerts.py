@@ -696,8 +696,30 @@ async def _refusals(session: AsyncSession, since: datetime, until: datetime) -> 
             AuditEvent.refusal == kind.value,
             *_window(since, until),
         ]
-        groups = (
-            await session.execute(
+        named = "enquirer_id" in names
+        if named:
+            # With the enquirer as the group's latest refusal named them, in the same
+            # read: a statement per group was one per enquirer id a client invents.
+            ranked = (
+                select(
+                    *keys,
+                    func.count().over(partition_by=keys).label("refused"),
+                    func.min(AuditEvent.occurred_at).over(partition_by=keys).label("first"),
+                    func.max(AuditEvent.occurred_at).over(partition_by=keys).label("last"),
+                    func.row_number()
+                    .over(
+                        partition_by=keys,
+                        order_by=(AuditEvent.occurred_at.desc(), AuditEvent.id.desc()),
+                    )
+                    .label("nth"),
+                    AuditEvent.enquirer,
+                )
+                .where(*scope)
+                .subquery("ranked")
+            )
+            statement = select(ranked).where(ranked.c.nth == 1)
+        else:
+            statement = (
                 select(
                     *keys,
                     func.count().label("refused"),
@@ -707,20 +729,10 @@ async def _refusals(session: AsyncSession, since: datetime, until: datetime) -> 
                 .where(*scope)
                 .group_by(*keys)
             )
-        ).all()
-        for group in groups:
+        for group in (await session.execute(statement)).all():
             enquirer = None
-            if group.principal is not None and "enquirer_id" in names:
-                named = await session.scalar(
-                    select(AuditEvent.enquirer)
-                    .where(
-                        *scope,
-                        *(key == getattr(group, n) for key, n in zip(keys, names, strict=True)),
-                    )
-                    .order_by(AuditEvent.occurred_at.desc())
-                    .limit(1)
-                )
-                enquirer = EnquirerRead.model_validate(named) if named else None
+            if named and group.principal is not None and group.enquirer:
+                enquirer = EnquirerRead.model_validate(group.enquirer)
             alerts.append(
                 AlertRead(
                     kind=kind,
