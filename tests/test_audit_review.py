@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -545,6 +545,48 @@ async def test_exported_cells_cannot_become_spreadsheet_formulas(
     )
     [row] = list(csv.DictReader(io.StringIO(response.text)))
     assert row["enquirer_name"] == "'=HYPERLINK(evil)"
+
+
+@pytest.mark.parametrize("body", [{}, {"nhs_number": NHS["multi"]}], ids=["filters", "nhs"])
+async def test_an_export_leaves_no_transaction_of_the_request_open_while_it_streams(
+    app: FastAPI,
+    world: World,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    body: dict[str, Any],
+) -> None:
+    """The request's session is closed only once the CSV has been sent: on SQLite a
+    transaction left open on it would hold, for the whole download, the write lock that
+    every lookup needs."""
+    custodian = Principal(
+        kind="user",
+        id="x",
+        display_name="x",
+        role=None,
+        organisation_id=world.orgs["authority_a"].id,
+        organisation_kind=OrganisationKind.local_authority,
+        organisation_name="x",
+        scopes=frozenset(),
+    )
+    request = Request(
+        {
+            "type": "http",
+            "method": "POST",
+            "scheme": "http",
+            "server": ("127.0.0.1", 80),
+            "client": ("127.0.0.1", 40000),
+            "path": "/v1/audit/events/export",
+            "query_string": b"",
+            "headers": [],
+            "app": app,
+        }
+    )
+    async with sessionmaker() as session:
+        chunks, _ = await review.export_csv(
+            session, request, custodian, review.EnquiryExport.model_validate(body)
+        )
+        assert not session.in_transaction()
+        sent = "".join([chunk async for chunk in chunks])
+        assert sent.startswith("event_id,")
 
 
 async def test_export_reads_and_sends_in_chunks(

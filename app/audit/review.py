@@ -461,7 +461,7 @@ def concerns(
 
 def asked_with_nhs_number(nhs_number: str) -> ColumnElement[bool]:
     """The enquirer sent this NHS number: the expression ix_audit_events_lookups_asked_
-    nhs_number holds (migration 0012), on both databases."""
+    nhs_number_index_time is led by (migrations 0012 and 0018), on both databases."""
     return AskedNhsNumber(AuditEvent.__table__.c.query) == nhs_number
 
 
@@ -816,6 +816,10 @@ async def export_csv(
     leaves (fail closed)."""
     filters = export.model_dump(mode="json", by_alias=True, exclude_none=True)
     nhs_number = filters.pop("nhs_number", None)
+    # Before the commit, which ends this read too: the request's session is closed only
+    # once the CSV has been sent, and on SQLite an open transaction holds the write lock
+    # that every lookup needs.
+    entries = await numbered(session, reviewer, nhs_number) if nhs_number else []
     session.add(
         authority_event(
             request,
@@ -827,7 +831,6 @@ async def export_csv(
         )
     )
     await commit_or_fail_closed(session)
-    entries = await numbered(session, reviewer, nhs_number) if nhs_number else []
     statement = filtered(readable_enquiries(reviewer), export, reviewer, nhs_number, entries)
     filename = f"enquiries-{utcnow():%Y%m%dT%H%M%SZ}.csv"
     chunks = _csv(request.app.state.sessionmaker, statement, reviewer.organisation_id)
