@@ -547,6 +547,21 @@ async def test_exported_cells_cannot_become_spreadsheet_formulas(
     assert row["enquirer_name"] == "'=HYPERLINK(evil)"
 
 
+def custodian_a(world: World) -> Principal:
+    """A custodian of authority A, as the routes' dependencies make one, to call the
+    review's functions directly."""
+    return Principal(
+        kind="user",
+        id="x",
+        display_name="x",
+        role=None,
+        organisation_id=world.orgs["authority_a"].id,
+        organisation_kind=OrganisationKind.local_authority,
+        organisation_name="x",
+        scopes=frozenset(),
+    )
+
+
 @pytest.mark.parametrize("body", [{}, {"nhs_number": NHS["multi"]}], ids=["filters", "nhs"])
 async def test_an_export_leaves_no_transaction_of_the_request_open_while_it_streams(
     app: FastAPI,
@@ -557,16 +572,7 @@ async def test_an_export_leaves_no_transaction_of_the_request_open_while_it_stre
     """The request's session is closed only once the CSV has been sent: on SQLite a
     transaction left open on it would hold, for the whole download, the write lock that
     every lookup needs."""
-    custodian = Principal(
-        kind="user",
-        id="x",
-        display_name="x",
-        role=None,
-        organisation_id=world.orgs["authority_a"].id,
-        organisation_kind=OrganisationKind.local_authority,
-        organisation_name="x",
-        scopes=frozenset(),
-    )
+    custodian = custodian_a(world)
     request = Request(
         {
             "type": "http",
@@ -599,16 +605,7 @@ async def test_export_reads_and_sends_in_chunks(
     for _ in range(5):
         await ask(client, world, "hospital_client", NHS["neglect"], who)
     monkeypatch.setattr(review, "EXPORT_CHUNK", 2)
-    custodian = Principal(
-        kind="user",
-        id="x",
-        display_name="x",
-        role=None,
-        organisation_id=world.orgs["authority_a"].id,
-        organisation_kind=OrganisationKind.local_authority,
-        organisation_name="x",
-        scopes=frozenset(),
-    )
+    custodian = custodian_a(world)
     statement = review.filtered(
         review.readable_enquiries(custodian), review.EnquiryFilters(enquirer_id=who), custodian
     )

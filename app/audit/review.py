@@ -465,9 +465,13 @@ def asked_with_nhs_number(nhs_number: str) -> ColumnElement[bool]:
     return AskedNhsNumber(AuditEvent.__table__.c.query) == nhs_number
 
 
-async def numbered(session: AsyncSession, reviewer: Principal, nhs_number: str) -> list[uuid.UUID]:
-    """The reviewer's own entries for the child with that NHS number, to find the
-    enquiries answered with them by each one's index (``filtered``)."""
+async def numbered(
+    session: AsyncSession, reviewer: Principal, nhs_number: str | None
+) -> list[uuid.UUID]:
+    """The reviewer's own entries for the child with that NHS number (none without
+    one), to find the enquiries answered with them by each one's index (``filtered``)."""
+    if nhs_number is None:
+        return []
     entries = only(own_entries(reviewer), RegisterEntry.id).where(
         RegisterEntry.subject_nhs_number == nhs_number
     )
@@ -779,7 +783,7 @@ async def search_page(
     session: AsyncSession, request: Request, reviewer: Principal, search: EnquirySearch
 ) -> AuditEventPage:
     nhs_number = search.nhs_number
-    entries = await numbered(session, reviewer, nhs_number) if nhs_number else []
+    entries = await numbered(session, reviewer, nhs_number)
     statement = filtered(readable_enquiries(reviewer), search, reviewer, nhs_number, entries)
     return await page_of(session, request, reviewer, statement, search, nhs_number)
 
@@ -819,7 +823,7 @@ async def export_csv(
     # Before the commit, which ends this read too: the request's session is closed only
     # once the CSV has been sent, and on SQLite an open transaction holds the write lock
     # that every lookup needs.
-    entries = await numbered(session, reviewer, nhs_number) if nhs_number else []
+    entries = await numbered(session, reviewer, nhs_number)
     session.add(
         authority_event(
             request,
