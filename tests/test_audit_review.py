@@ -547,6 +547,31 @@ async def test_exported_cells_cannot_become_spreadsheet_formulas(
     assert row["enquirer_name"] == "'=HYPERLINK(evil)"
 
 
+@pytest.mark.parametrize(
+    "name",
+    ['Dr "Quote", Jr.', "Dr Back\\slash", "Dr Ünïcødé 李 🩺", 'Dr {"id": "not json"}'],
+    ids=["quotes-comma", "backslash", "unicode", "json-like"],
+)
+async def test_exported_text_is_what_was_asked_and_what_the_api_lists(
+    client: httpx.AsyncClient, world: World, name: str
+) -> None:
+    """The export reads the enquirer's name out of the stored JSON in the database (on
+    PostgreSQL parsed once as jsonb): escapes and non-ASCII text come out as asked."""
+    who = enquirer_id()
+    await ask(client, world, "hospital_client", NHS["neglect"], who, name=name)
+    headers = world["custodian_a"].headers
+    response = await client.post(
+        "/v1/audit/events/export", json={"enquirer_id": who}, headers=headers
+    )
+    listed = await client.get("/v1/audit/events", params={"enquirer_id": who}, headers=headers)
+    [row] = list(csv.DictReader(io.StringIO(response.text)))
+    [item] = listed.json()["items"]
+    assert row["enquirer_name"] == name == item["enquirer"]["name"]
+    assert row["enquirer_id"] == who
+    assert row["disclosed_status"] == "on_plan"
+    assert row["disclosed_categories"] == ";".join(item["disclosed"]["categories"])
+
+
 def custodian_a(world: World) -> Principal:
     """A custodian of authority A, as the routes' dependencies make one, to call the
     review's functions directly."""
