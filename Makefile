@@ -81,17 +81,15 @@ bench: $(BENCH_STAMP)
 # small log (GROWTH_SMALL events) and a grown one (GROWTH_EVENTS, 2 million; 10 million
 # in a long run) side by side, on PostgreSQL: sealing, the volume limits, every custodian
 # read (p50/p99, buffers), verification; then the lookup under load (sealing on) over a
-# log of GROWTH_EVENTS past lookups, against `make bench`'s own 20,000.
+# log of GROWTH_EVENTS past lookups beside one of GROWTH_SMALL, GROWTH_ROUNDS interleaved
+# rounds (bench/interleaved.py).
 GROWTH_EVENTS ?= 2000000
 GROWTH_SMALL ?= 20000
+GROWTH_ROUNDS ?= 6
 bench-growth: $(BENCH_STAMP)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python -m bench.growth --sizes $(GROWTH_SMALL),$(GROWTH_EVENTS) --verify
-	BENCH_BACKENDS=postgresql BENCH_CONNECTIONS=32 BENCH_HISTORY=$(GROWTH_SMALL) $(BIN)/python -m bench.run
-	cp var/bench/results.md var/bench/results-history-$(GROWTH_SMALL).md
-	BENCH_BACKENDS=postgresql BENCH_CONNECTIONS=32 BENCH_HISTORY=$(GROWTH_EVENTS) $(BIN)/python -m bench.run
-	cp var/bench/results.md var/bench/results-history-$(GROWTH_EVENTS).md
-	$(BIN)/python -m bench.ratio var/bench/results-history-$(GROWTH_SMALL).md var/bench/results-history-$(GROWTH_EVENTS).md | tee var/bench/results-growth-lookups.md
+	BENCH_CONNECTIONS=32 $(BIN)/python -m bench.interleaved --sizes $(GROWTH_SMALL),$(GROWTH_EVENTS) --rounds $(GROWTH_ROUNDS)
 
 # Issue 11: the long fault-injection variants (tests/test_production_faults.py, marker
 # `chaos`; `make test` runs the short ones): a private PostgreSQL 15 cluster stopped, frozen
