@@ -525,14 +525,24 @@ async def test_export_streams_csv_and_is_itself_audited(
 async def test_an_export_by_nhs_number_records_the_number_asked_for(
     client: httpx.AsyncClient, world: World, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
+    """And holds the child's enquiries the search lists, in its order: the one-child
+    read (a walk per way of finding the child, merged), here for a child with entries in
+    two authorities."""
+    who = enquirer_id()
+    for _ in range(2):
+        await ask(client, world, "hospital_client", NHS["multi"], who)
+    headers = world["custodian_a"].headers
     response = await client.post(
-        "/v1/audit/events/export",
-        json={"nhs_number": NHS["multi"]},
-        headers=world["custodian_a"].headers,
+        "/v1/audit/events/export", json={"nhs_number": NHS["multi"]}, headers=headers
     )
     assert response.status_code == 200
     export = await event_of(sessionmaker, response)
     assert export.query == {"nhs_number": NHS["multi"]}
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    listed = await search(client, headers, nhs_number=NHS["multi"], limit=500)
+    assert [row["event_id"] for row in rows] == [item["id"] for item in listed.json()["items"]]
+    assert [row["nhs_number"] for row in rows if row["enquirer_id"] == who] == [NHS["multi"]] * 2
+    assert {row["matched_entry_ids"] for row in rows if row["enquirer_id"] == who} != {""}
 
 
 async def test_exported_cells_cannot_become_spreadsheet_formulas(

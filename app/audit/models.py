@@ -112,7 +112,7 @@ def _json_text_sqlite(element: JsonText, compiler: SQLCompiler, **kw: object) ->
 
 class ParsedJson(ColumnElement[Any]):
     """A JSON column parsed once: on PostgreSQL cast to ``jsonb``, whose fields ``->>``
-    looks up without parsing the stored text again for each (the export reads eight
+    looks up without parsing the stored text again for each (the export reads ten
     fields of three columns a row); on SQLite the column itself."""
 
     type = NullType()

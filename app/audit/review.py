@@ -409,11 +409,12 @@ class Enquiries:
 
     def newest_first_rows(self) -> Select[Any]:
         """All of them newest first, as the export's columns (``csv_row``): the events'
-        plain columns, the organisation's name, and the text fields of the enquirer and
-        the identifiers asked as the database reads them, not as parsed JSON: each
-        document parsed once (``ParsedJson``), behind a fence (OFFSET 0) that keeps it
-        one parse, then its fields read (on PostgreSQL ``->>`` on the stored text parsed
-        it again for each: 3 of the 12 ms of a day of a large authority's enquiries)."""
+        plain columns, the organisation's name, and the text fields of the enquirer, the
+        identifiers asked and what was disclosed, read by the database rather than
+        deserialised by the driver. Each document is parsed once (``ParsedJson``) behind
+        a fence (OFFSET 0) that keeps it one parse, then its fields read: on PostgreSQL
+        ``->>`` on the stored text parsed it again for each, 3 of the 12 ms of a day of a
+        large authority's enquiries."""
         merged = self._merged(None)
         c = merged.c
         documents = (
