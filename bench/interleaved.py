@@ -42,7 +42,6 @@ from sqlalchemy import func, select
 from app.audit.models import AuditEvent
 from bench.report import DISTURBED_CORES, SEALING_ON, AuditCheck, Run
 from bench.run import (
-    NEVER_REGISTERED,
     OUTPUT_DIR,
     ROOT,
     BenchConfig,
@@ -54,12 +53,11 @@ from bench.run import (
     postgres_unreachable,
     prepare_database,
     production_database,
+    seed_for_lookups,
     seeding_engine,
     service_env,
-    service_settings,
-    write_bodies,
+    service_server,
 )
-from bench.seed import analyse, seed_audit_history, seed_register
 from bench.servers import Server
 
 BUDGET = 0.10
@@ -100,20 +98,9 @@ async def grown_log(config: BenchConfig, name: str, size: int, tmp: Path) -> Asy
         prepare_database(database, env, tmp)
         engines = Engines(writer=seeding_engine(env), admin=admin_engine(database))
         try:
-            seeded = await seed_register(
-                engines.writer, entries=config.entries, never_registered=NEVER_REGISTERED
-            )
-            took = await seed_audit_history(engines.writer, service_settings(env), events=size)
-            await analyse(engines.admin)
-            print(f"  {size:,} past lookups seeded and sealed in {took:.0f} s", flush=True)
-            bodies = tmp / "bodies.jsonl"
-            write_bodies(bodies, seeded)
-            async with Server(
-                ["app.main:create_app", "--factory"],
-                workers=config.workers,
-                env=env,
-                ready_path="/readyz",
-                log_path=OUTPUT_DIR / f"interleaved-{name}.log",
+            _, bodies = await seed_for_lookups(engines, config, env, tmp, history=size)
+            async with service_server(
+                config, env, OUTPUT_DIR / f"interleaved-{name}.log"
             ) as server:
                 log = Log(name, size, engines, server, Path(env["CPR_KEY_DIR"]), bodies)
                 log.outcomes_before = await lookup_outcomes(engines.admin)

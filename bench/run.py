@@ -494,6 +494,35 @@ def write_bodies(path: Path, seeded: SeededRegister) -> None:
             out.write(json.dumps(body, separators=(",", ":")) + "\n")
 
 
+async def seed_for_lookups(
+    engines: Engines, config: BenchConfig, env: dict[str, str], tmp: Path, *, history: int
+) -> tuple[SeededRegister, Path]:
+    """What a lookup run needs in its database: the register (BENCH_ENTRIES), ``history``
+    past lookups sealed by the service's sequencer, both analysed; and the bodies file."""
+    seeded = await seed_register(
+        engines.writer, entries=config.entries, never_registered=NEVER_REGISTERED
+    )
+    await analyse(engines.admin)
+    print(f"  {seeded_line(seeded)}", flush=True)
+    took = await seed_audit_history(engines.writer, service_settings(env), events=history)
+    await analyse(engines.admin)
+    print(f"  seeded {history:,} past lookup events, sealed, in {took:.1f} s", flush=True)
+    bodies = tmp / "bodies.jsonl"
+    write_bodies(bodies, seeded)
+    return seeded, bodies
+
+
+def service_server(config: BenchConfig, env: dict[str, str], log_path: Path) -> Server:
+    """The service as deployed (uvicorn, BENCH_WORKERS workers) with ``env``."""
+    return Server(
+        ["app.main:create_app", "--factory"],
+        workers=config.workers,
+        env=env,
+        ready_path="/readyz",
+        log_path=log_path,
+    )
+
+
 # --- scenarios ---------------------------------------------------------------------------
 
 
@@ -600,13 +629,7 @@ async def service_instance(
 ) -> None:
     before = await lookup_outcomes(engines.admin)
     log = OUTPUT_DIR / f"{report.backend}-{scenario.replace(' ', '').replace(',', '-')}.log"
-    async with Server(
-        ["app.main:create_app", "--factory"],
-        workers=config.workers,
-        env=env,
-        ready_path="/readyz",
-        log_path=log,
-    ) as service:
+    async with service_server(config, env, log) as service:
         key_dir = Path(env["CPR_KEY_DIR"])
         answered, unanswered = await lookup_runs(
             report, config, service, scenario, bodies, engines, key_dir
@@ -853,18 +876,9 @@ async def bench_backend(backend: str, config: BenchConfig) -> BackendReport:
             print(f"  {report.setup}", flush=True)
             engines = Engines(writer=seeding_engine(env), admin=admin_engine(database))
             try:
-                report.seeded = await seed_register(
-                    engines.writer, entries=config.entries, never_registered=NEVER_REGISTERED
+                report.seeded, bodies = await seed_for_lookups(
+                    engines, config, env, tmp, history=config.history
                 )
-                await analyse(engines.admin)
-                print(f"  {seeded_line(report.seeded)}", flush=True)
-                took = await seed_audit_history(
-                    engines.writer, service_settings(env), events=config.history
-                )
-                await analyse(engines.admin)
-                print(f"  seeded {config.history} past lookup events, sealed, in {took:.1f} s")
-                bodies = tmp / "bodies.jsonl"
-                write_bodies(bodies, report.seeded)
                 # The service as deployed, then with one thing off, to measure its cost.
                 for scenario, changed in (
                     (SEALING_ON, {}),
